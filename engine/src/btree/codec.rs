@@ -1,0 +1,179 @@
+//! How keys and values are packed into nodes. Keys are delta-encoded against
+//! the previous key of the same node, so runs of neighbouring keys cost a
+//! byte or two each.
+
+use crate::error::Result;
+use crate::format::{varint, varint::Reader, Kind};
+use std::fmt::Debug;
+
+/// Packing rules for one kind of tree.
+pub trait Codec: Sized + 'static {
+    type Key: Ord + Copy + Debug + Send + Sync;
+    type Value: Clone + Debug + Send + Sync;
+    /// Block type of this tree's nodes.
+    const KIND: Kind;
+    /// Upper bound on the encoded bytes of one entry, leaf or internal.
+    const MAX_ENTRY: usize;
+    fn put_key(prev: Option<&Self::Key>, key: &Self::Key, out: &mut Vec<u8>);
+    fn get_key(prev: Option<&Self::Key>, r: &mut Reader) -> Result<Self::Key>;
+    fn put_value(prev: Option<&Self::Value>, value: &Self::Value, out: &mut Vec<u8>);
+    fn get_value(prev: Option<&Self::Value>, r: &mut Reader) -> Result<Self::Value>;
+}
+
+/// Key of the exception tree: "for `chunk` of `origin`, `version` has its own
+/// copy". Ordered origin, chunk, version, so all exceptions of one chunk are
+/// neighbours and one origin's exceptions are one range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExcKey {
+    pub origin: u32,
+    pub chunk: u64,
+    pub version: u32,
+}
+
+impl ExcKey {
+    pub fn new(origin: u32, chunk: u64, version: u32) -> Self {
+        ExcKey { origin, chunk, version }
+    }
+}
+
+/// The exception tree: key -> COW chunk number holding the data.
+pub struct ExceptionCodec;
+
+impl Codec for ExceptionCodec {
+    type Key = ExcKey;
+    type Value = u64;
+    const KIND: Kind = Kind::ExceptionNode;
+    const MAX_ENTRY: usize = 5 + 10 + 5 + 10;
+
+    fn put_key(prev: Option<&ExcKey>, k: &ExcKey, out: &mut Vec<u8>) {
+        match prev {
+            Some(p) if p.origin == k.origin => {
+                varint::put(out, 0);
+                let dc = k.chunk - p.chunk;
+                varint::put(out, dc);
+                if dc == 0 {
+                    varint::put(out, u64::from(k.version - p.version));
+                } else {
+                    varint::put(out, u64::from(k.version));
+                }
+            }
+            _ => {
+                let base = prev.map_or(0, |p| p.origin);
+                // +1 so that 0 always means "same origin as before".
+                varint::put(out, u64::from(k.origin - base) + u64::from(prev.is_none()));
+                varint::put(out, k.chunk);
+                varint::put(out, u64::from(k.version));
+            }
+        }
+    }
+
+    fn get_key(prev: Option<&ExcKey>, r: &mut Reader) -> Result<ExcKey> {
+        let d_origin = r.get()?;
+        match prev {
+            Some(p) if d_origin == 0 => {
+                let dc = r.get()?;
+                let chunk = p.chunk.checked_add(dc).ok_or_else(|| r.err("chunk overflow"))?;
+                let dv = r.get_u32()?;
+                let version = if dc == 0 {
+                    if dv == 0 {
+                        return Err(r.err("duplicate key"));
+                    }
+                    p.version.checked_add(dv).ok_or_else(|| r.err("version overflow"))?
+                } else {
+                    dv
+                };
+                Ok(ExcKey { origin: p.origin, chunk, version })
+            }
+            _ => {
+                let base = u64::from(prev.map_or(0, |p| p.origin));
+                let origin = if prev.is_none() {
+                    d_origin.checked_sub(1).ok_or_else(|| r.err("bad origin delta"))?
+                } else {
+                    base + d_origin
+                };
+                let origin = u32::try_from(origin).map_err(|_| r.err("origin overflow"))?;
+                let chunk = r.get()?;
+                let version = r.get_u32()?;
+                Ok(ExcKey { origin, chunk, version })
+            }
+        }
+    }
+
+    fn put_value(prev: Option<&u64>, v: &u64, out: &mut Vec<u8>) {
+        match prev {
+            Some(p) => varint::put_signed(out, v.wrapping_sub(*p) as i64),
+            None => varint::put(out, *v),
+        }
+    }
+
+    fn get_value(prev: Option<&u64>, r: &mut Reader) -> Result<u64> {
+        Ok(match prev {
+            Some(p) => p.wrapping_add(r.get_signed()? as u64),
+            None => r.get()?,
+        })
+    }
+}
+
+/// The space tree: bitmap block index -> (page holding it, free pages in it).
+pub struct SpaceCodec;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceEntry {
+    pub page: u64,
+    pub free: u32,
+}
+
+impl Codec for SpaceCodec {
+    type Key = u64;
+    type Value = SpaceEntry;
+    const KIND: Kind = Kind::SpaceNode;
+    const MAX_ENTRY: usize = 10 + 10 + 5;
+
+    fn put_key(prev: Option<&u64>, k: &u64, out: &mut Vec<u8>) {
+        varint::put(out, k - prev.copied().unwrap_or(0));
+    }
+
+    fn get_key(prev: Option<&u64>, r: &mut Reader) -> Result<u64> {
+        let d = r.get()?;
+        prev.copied().unwrap_or(0).checked_add(d).ok_or_else(|| r.err("key overflow"))
+    }
+
+    fn put_value(_prev: Option<&SpaceEntry>, v: &SpaceEntry, out: &mut Vec<u8>) {
+        varint::put(out, v.page);
+        varint::put(out, u64::from(v.free));
+    }
+
+    fn get_value(_prev: Option<&SpaceEntry>, r: &mut Reader) -> Result<SpaceEntry> {
+        Ok(SpaceEntry { page: r.get()?, free: r.get_u32()? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exception_keys_round_trip() {
+        let keys = [
+            ExcKey::new(0, 0, 0),
+            ExcKey::new(0, 0, 5),
+            ExcKey::new(0, 3, 1),
+            ExcKey::new(2, 0, 0),
+            ExcKey::new(2, u64::MAX, u32::MAX),
+        ];
+        let mut out = Vec::new();
+        let mut prev = None;
+        for k in &keys {
+            ExceptionCodec::put_key(prev, k, &mut out);
+            prev = Some(k);
+        }
+        let mut r = Reader::new(&out, 0, "t");
+        let mut prev = None;
+        for k in &keys {
+            let got = ExceptionCodec::get_key(prev.as_ref(), &mut r).unwrap();
+            assert_eq!(&got, k);
+            prev = Some(got);
+        }
+        assert!(r.at_end());
+    }
+}

@@ -1,0 +1,130 @@
+use super::codec::{ExcKey, ExceptionCodec};
+use super::walk::Visitor;
+use super::*;
+use crate::io::MemDev;
+use std::collections::BTreeMap;
+
+/// Pages handed out in order; frees held back until `commit`.
+struct TestAlloc {
+    next: u64,
+    free: Vec<u64>,
+    pending: Vec<u64>,
+    live: HashSet<u64>,
+}
+
+impl MetaAlloc for TestAlloc {
+    fn alloc_meta(&mut self) -> Result<u64> {
+        let p = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next
+        });
+        assert!(self.live.insert(p), "page {p} handed out twice");
+        Ok(p)
+    }
+    fn free_meta(&mut self, page: u64) {
+        assert!(self.live.remove(&page), "page {page} freed but not live");
+        self.pending.push(page);
+    }
+}
+
+struct Collect(Vec<u64>, Vec<(ExcKey, u64)>);
+impl Visitor<ExceptionCodec> for Collect {
+    fn page(&mut self, page: u64) -> Result<()> {
+        self.0.push(page);
+        Ok(())
+    }
+    fn entry(&mut self, k: &ExcKey, v: &u64) -> Result<()> {
+        self.1.push((*k, *v));
+        Ok(())
+    }
+}
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn matches_a_btreemap_through_commits_and_reloads() {
+    let dev = MemDev::new("t", 64 << 20);
+    let mut alloc = TestAlloc { next: 1, free: vec![], pending: vec![], live: HashSet::new() };
+    let mut tree: Tree<ExceptionCodec> = Tree::new(0);
+    let mut model = BTreeMap::new();
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    for round in 0..40u64 {
+        for _ in 0..2000 {
+            let r = rng(&mut seed);
+            let k = ExcKey::new((r % 3) as u32, (r >> 8) % 5000, ((r >> 24) % 7) as u32);
+            let io = Loader { dev: &dev, max_generation: round, page_count: 1 << 20 };
+            if r % 5 < 3 {
+                let v = r >> 40;
+                assert_eq!(tree.insert(&io, &mut alloc, k, v).unwrap(), model.insert(k, v));
+            } else {
+                assert_eq!(tree.remove(&io, &mut alloc, &k).unwrap(), model.remove(&k));
+            }
+        }
+        for (page, block) in tree.take_dirty(round + 1) {
+            dev.write_at(&block, page * 4096).unwrap();
+        }
+        alloc.free.append(&mut alloc.pending);
+        // Drop the cache: everything must come back from disk.
+        let root = tree.root();
+        tree.reset(root);
+        let io = Loader { dev: &dev, max_generation: round + 1, page_count: 1 << 20 };
+        let mut c = Collect(vec![], vec![]);
+        tree.walk(&io, &mut c).unwrap();
+        let want: Vec<_> = model.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(c.1, want);
+        let pages: HashSet<u64> = c.0.iter().copied().collect();
+        assert_eq!(pages, alloc.live, "walked pages are exactly the live ones");
+        // Range scans agree with the model.
+        let lo = ExcKey::new(1, 100, 0);
+        let hi = ExcKey::new(1, 300, 0);
+        let mut out = Vec::new();
+        tree.range(&io, &lo, &hi, usize::MAX, &mut out).unwrap();
+        let want: Vec<_> = model.range(lo..hi).map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(out, want);
+    }
+    // Remove everything: the tree and its pages go away.
+    let keys: Vec<_> = model.keys().copied().collect();
+    let io = Loader { dev: &dev, max_generation: 100, page_count: 1 << 20 };
+    for k in keys {
+        assert!(tree.remove(&io, &mut alloc, &k).unwrap().is_some());
+    }
+    assert_eq!(tree.root(), 0);
+    assert!(alloc.live.is_empty());
+}
+
+#[test]
+fn a_flipped_byte_is_a_typed_error() {
+    let dev = MemDev::new("t", 16 << 20);
+    let mut alloc = TestAlloc { next: 1, free: vec![], pending: vec![], live: HashSet::new() };
+    let mut tree: Tree<ExceptionCodec> = Tree::new(0);
+    let io = Loader { dev: &dev, max_generation: 1, page_count: 4096 };
+    for i in 0..3000u64 {
+        tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), i * 7).unwrap();
+    }
+    for (page, block) in tree.take_dirty(1) {
+        dev.write_at(&block, page * 4096).unwrap();
+    }
+    let root = tree.root();
+    let pages: Vec<u64> = alloc.live.iter().copied().collect();
+    for page in pages {
+        for off in [0usize, 17, 30, 60, 200, 4095] {
+            let mut b = vec![0u8; 4096];
+            dev.read_at(&mut b, page * 4096).unwrap();
+            b[off] ^= 0x5a;
+            dev.write_at(&b, page * 4096).unwrap();
+            tree.reset(root);
+            let mut c = Collect(vec![], vec![]);
+            match tree.walk(&io, &mut c) {
+                Err(Error::Corrupt { block, .. }) => assert_eq!(block, page),
+                other => panic!("page {page} offset {off}: {other:?}"),
+            }
+            b[off] ^= 0x5a;
+            dev.write_at(&b, page * 4096).unwrap();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Typed errors of the engine. Each variant names the thing at fault.
+
+use std::fmt;
+use std::io;
+
+/// What kind of metadata block was expected when a corruption was found.
+pub type BlockKind = &'static str;
+
+/// Every error the engine returns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error from a backend, with the device and operation.
+    Io { device: String, op: &'static str, source: io::Error },
+    /// A metadata block failed validation.
+    Corrupt { block: u64, expected: BlockKind, reason: String },
+    /// No superblock slot holds a valid store.
+    NotAStore { device: String, reason: String },
+    /// Formatting was refused because the device already holds a store.
+    AlreadyFormatted { device: String },
+    /// The chunk size is not a power of two in 1..=64 pages.
+    BadChunkSize(u64),
+    /// The COW device is too small to hold a store.
+    DeviceTooSmall { device: String, bytes: u64, needed: u64 },
+    /// An origin larger than the store can address.
+    OriginTooLarge { origin: String, bytes: u64, max: u64 },
+    /// The origin device is smaller than recorded at bind time.
+    OriginShrunk { origin: String, bytes: u64, recorded: u64 },
+    /// An origin id already bound to the store.
+    OriginExists(String),
+    /// An origin id the store does not know.
+    UnknownOrigin(String),
+    /// The origin is known but its device is not attached.
+    OriginNotAttached(String),
+    /// An origin id that is empty or too long.
+    BadOriginId(String),
+    /// A tag that does not exist (never existed, or deleted).
+    UnknownTag { origin: String, tag: u32 },
+    /// Tag 0 (the origin) was given where a snapshot is required.
+    TagZero { origin: String, op: &'static str },
+    /// Unbinding an origin that still has snapshots.
+    HasSnapshots { origin: String, count: u64 },
+    /// A memo longer than allowed.
+    MemoTooLong { bytes: usize, max: usize },
+    /// The COW device has no room left.
+    NoSpace,
+    /// Too many versions or origins.
+    LimitReached(&'static str),
+    /// I/O out of the device's range.
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    /// An operation that conflicts with one in progress.
+    Busy { what: String },
+    /// The store failed earlier (I/O error during commit); reopen it.
+    Failed(String),
+}
+
+/// Result type of the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(device: &str, op: &'static str, source: io::Error) -> Self {
+        Error::Io { device: device.to_string(), op, source }
+    }
+
+    pub(crate) fn corrupt(block: u64, expected: BlockKind, reason: impl Into<String>) -> Self {
+        Error::Corrupt { block, expected, reason: reason.into() }
+    }
+
+    /// The errno this error maps to, for block-level front ends (NBD, FUSE).
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NoSpace => libc::ENOSPC,
+            Error::OutOfRange { .. } => libc::EINVAL,
+            Error::UnknownTag { .. } | Error::UnknownOrigin(_) => libc::ENOENT,
+            Error::Busy { .. } => libc::EBUSY,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { device, op, source } => write!(f, "{device}: {op} failed: {source}"),
+            Error::Corrupt { block, expected, reason } => {
+                write!(f, "metadata block {block} ({expected}) is corrupt: {reason}")
+            }
+            Error::NotAStore { device, reason } => {
+                write!(f, "{device} does not hold a dms store: {reason}")
+            }
+            Error::AlreadyFormatted { device } => write!(
+                f,
+                "{device} already holds a dms store; force formatting to overwrite it"
+            ),
+            Error::BadChunkSize(n) => write!(
+                f,
+                "chunk size {n} is invalid: it must be a power of two from 1 to 64 pages"
+            ),
+            Error::DeviceTooSmall { device, bytes, needed } => {
+                write!(f, "{device} is too small ({bytes} bytes); a store needs at least {needed}")
+            }
+            Error::OriginTooLarge { origin, bytes, max } => write!(
+                f,
+                "origin {origin} is {bytes} bytes; this store can address at most {max}"
+            ),
+            Error::OriginShrunk { origin, bytes, recorded } => write!(
+                f,
+                "origin {origin} is {bytes} bytes but was bound with {recorded}"
+            ),
+            Error::OriginExists(id) => write!(f, "origin {id} is already bound to this store"),
+            Error::UnknownOrigin(id) => write!(f, "origin {id} is not bound to this store"),
+            Error::OriginNotAttached(id) => write!(f, "origin {id} has no device attached"),
+            Error::BadOriginId(id) => write!(f, "origin id {id:?} is invalid (1..=255 bytes)"),
+            Error::UnknownTag { origin, tag } => {
+                write!(f, "origin {origin} has no snapshot with tag {tag}")
+            }
+            Error::TagZero { origin, op } => {
+                write!(f, "{op}: tag 0 is the origin {origin} itself, not a snapshot")
+            }
+            Error::HasSnapshots { origin, count } => write!(
+                f,
+                "origin {origin} still has {count} snapshot(s); delete them first"
+            ),
+            Error::MemoTooLong { bytes, max } => {
+                write!(f, "memo is {bytes} bytes; at most {max} are allowed")
+            }
+            Error::NoSpace => write!(f, "the COW device is full"),
+            Error::LimitReached(what) => write!(f, "limit reached: {what}"),
+            Error::OutOfRange { offset, len, size } => write!(
+                f,
+                "I/O of {len} bytes at {offset} is past the end of the device ({size} bytes)"
+            ),
+            Error::Busy { what } => write!(f, "busy: {what}"),
+            Error::Failed(why) => write!(f, "the store failed earlier and must be reopened: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

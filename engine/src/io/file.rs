@@ -1,0 +1,95 @@
+//! Regular files and block devices, by positional I/O.
+
+use super::BlockDev;
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// A regular file or a block device.
+pub struct FileDev {
+    name: String,
+    file: File,
+    size: u64,
+}
+
+/// `BLKGETSIZE64` from `<linux/fs.h>`: `_IOR(0x12, 114, size_t)`.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+impl FileDev {
+    /// Open `path` read-write. With `exclusive`, take an advisory lock so that
+    /// a second process opening the same device is refused.
+    pub fn open(path: impl AsRef<Path>, exclusive: bool) -> Result<FileDev> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        // O_NOFOLLOW: a symlink swapped in for the device is refused, not followed.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io(&name, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&name, "stat", e))?;
+        let ft = meta.file_type();
+        let size = if ft.is_block_device() {
+            let mut bytes: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes) };
+            if rc != 0 {
+                return Err(Error::io(&name, "BLKGETSIZE64", std::io::Error::last_os_error()));
+            }
+            bytes
+        } else if ft.is_file() {
+            meta.len()
+        } else {
+            return Err(Error::io(
+                &name,
+                "open",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file or block device",
+                ),
+            ));
+        };
+        if exclusive {
+            // SAFETY: flock on a descriptor we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                let err = if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        "device is in use by another process",
+                    )
+                } else {
+                    err
+                };
+                return Err(Error::io(&name, "lock", err));
+            }
+        }
+        Ok(FileDev { name, file, size })
+    }
+}
+
+impl BlockDev for FileDev {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| Error::io(&self.name, "read", e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file.write_all_at(buf, offset).map_err(|e| Error::io(&self.name, "write", e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.name, "sync", e))
+    }
+}

@@ -1,0 +1,32 @@
+//! Block backends: where the store and the origins keep their bytes.
+//!
+//! A backend is a flat array of bytes with positional I/O and a durability
+//! barrier (`sync`). The store never assumes anything else of it.
+
+mod fault;
+mod file;
+mod memory;
+
+pub use fault::{FaultController, FaultDev};
+pub use file::FileDev;
+pub use memory::MemDev;
+
+use crate::error::Result;
+use std::sync::Arc;
+
+/// A device the engine reads and writes.
+pub trait BlockDev: Send + Sync {
+    /// A short name for messages (usually the path).
+    fn name(&self) -> &str;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Read exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Write all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Make every completed write durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// A shared handle to a backend.
+pub type Dev = Arc<dyn BlockDev>;

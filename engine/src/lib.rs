@@ -1,0 +1,4 @@
+pub mod btree;
+pub mod error;
+pub mod format;
+pub mod io;
