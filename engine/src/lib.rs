@@ -1,4 +1,28 @@
-pub mod btree;
-pub mod error;
-pub mod format;
+//! dms-engine: a multi-version snapshot store for block devices, after the
+//! dm-snap-mv "versioned pointers" design.
+//!
+//! One COW device (the [`Store`]) keeps any number of snapshots of several
+//! origin devices. Each [`Volume`] is one version, origin (tag 0) or
+//! snapshot, readable and writable at any byte offset. The layers, bottom
+//! up: `io` (block backends) -> `format` (on-disk blocks) -> `space`
+//! (allocation) -> `btree` (copy-on-write B-tree of versioned pointers) ->
+//! `versions` (version tree) -> `store` (transactions, commands, status,
+//! cleaning, rollback, checking) -> `volume` (byte-level I/O).
+
+mod btree;
+mod error;
+mod format;
 pub mod io;
+mod space;
+mod store;
+mod versions;
+mod volume;
+
+pub use error::{Error, Result};
+pub use format::{PAGE_SIZE, SECTOR_SIZE};
+pub use store::{
+    CheckReport, CleanReport, FormatOptions, OriginStatus, Store, StoreStatus, VersionStatus,
+    MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
+};
+pub use versions::record::{MAX_MEMO, MAX_ORIGIN_ID};
+pub use volume::Volume;

@@ -16,7 +16,7 @@ mod mutate;
 mod walk;
 
 pub use codec::Codec;
-pub use walk::WalkStats;
+pub use walk::{Visitor, WalkStats};
 
 use crate::error::{Error, Result};
 use crate::format::{self, varint::Reader, PAYLOAD_SIZE};

@@ -1,0 +1,178 @@
+//! The cleaner: removes ghosts no one needs and returns their space.
+//!
+//! A pass fixes its plan up front (flagging the versions it removes, so a
+//! restart resumes the same plan), then walks the origin's exceptions in
+//! chunk order. For each chunk, deepest version first: a dropped ghost's
+//! exception is freed; a merged ghost's passes to its heir unless the heir
+//! has its own, in which case it is freed. Between chunks the tree is
+//! consistent either way, so the pass can stop anywhere. At the end the
+//! ghosts, now empty, leave the tree.
+
+use super::Store;
+use crate::error::Result;
+use crate::versions::record::flags;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::PoisonError;
+
+const BATCH: usize = 2048;
+
+/// What a cleaning run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub versions_removed: u64,
+    pub chunks_freed: u64,
+}
+
+impl Store {
+    /// Clean every origin until nothing is left to clean.
+    pub fn clean(&self) -> Result<CleanReport> {
+        let mut report = CleanReport::default();
+        let origins: Vec<u32> = self.inner.meta()?.origins.keys().copied().collect();
+        for index in origins {
+            while self.clean_pass(index, &mut report)? {}
+        }
+        Ok(report)
+    }
+
+    /// Whether any origin has versions waiting for the cleaner.
+    pub fn cleaning_pending(&self) -> Result<bool> {
+        let m = self.inner.meta()?;
+        Ok(m.origins.values().any(|o| o.rec.clean_cursor.is_some() || !o.tree.plan_cleaning(false).is_empty()))
+    }
+
+    /// One pass over one origin; false when there was nothing to do.
+    fn clean_pass(&self, index: u32, report: &mut CleanReport) -> Result<bool> {
+        let inner = &self.inner;
+        let shape = inner.shape(index);
+        {
+            let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+            let mut m = inner.meta()?;
+            let Some(o) = m.origins.get_mut(&index) else { return Ok(false) };
+            if o.rec.clean_cursor.is_none() {
+                let plan = o.tree.plan_cleaning(false);
+                if plan.is_empty() {
+                    return Ok(false);
+                }
+                for &v in plan.keys() {
+                    if let Some(x) = o.tree.get_mut(v) {
+                        x.flags |= flags::CLEANING;
+                    }
+                }
+                o.cleaning = plan;
+                o.rec.clean_cursor = Some(0);
+                let ids: Vec<u32> = o.cleaning.keys().copied().collect();
+                m.mark_versions(index, &ids);
+                m.dirty_origins.insert(index);
+            }
+        }
+        loop {
+            let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
+            let (chunks, cursor) = {
+                let mut m = inner.meta()?;
+                let cursor = m.origin_ref(index)?.rec.clean_cursor.unwrap_or(0);
+                let entries = m.exception_range(index, cursor, BATCH)?;
+                let mut chunks: BTreeSet<u64> = entries.iter().map(|(k, _)| k.chunk).collect();
+                if entries.len() == BATCH && chunks.len() > 1 {
+                    chunks.pop_last();
+                }
+                (chunks, cursor)
+            };
+            if chunks.is_empty() {
+                break;
+            }
+            for &c in &chunks {
+                let _stripe = inner.stripe(index, c).write().unwrap_or_else(PoisonError::into_inner);
+                let mut m = inner.meta()?;
+                let excs = m.exceptions(index, c)?;
+                let o = m.origin_ref(index)?;
+                let plan = &o.cleaning;
+                let mut items: Vec<(u32, u32, u64)> = excs
+                    .iter()
+                    .filter(|(v, _)| plan.contains_key(v))
+                    .map(|&(v, e)| (o.tree.pre(v), v, e))
+                    .collect();
+                items.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                let mut owners: BTreeSet<u32> = excs.iter().map(|e| e.0).collect();
+                let targets: Vec<(u32, u64, Option<u32>)> = items
+                    .iter()
+                    .map(|&(_, v, e)| (v, e, final_heir(plan, v)))
+                    .collect();
+                for (v, e, heir) in targets {
+                    owners.remove(&v);
+                    match heir {
+                        Some(h) if !owners.contains(&h) => {
+                            m.relabel(index, c, v, h)?;
+                            owners.insert(h);
+                        }
+                        _ => {
+                            m.remove_exception(index, c, v)?;
+                            m.space.alloc.free_data(e);
+                            report.chunks_freed += 1;
+                        }
+                    }
+                }
+            }
+            let mut m = inner.meta()?;
+            let next = chunks.last().map_or(cursor, |c| c + 1);
+            m.origin_mut(index)?.rec.clean_cursor = Some(next);
+            m.dirty_origins.insert(index);
+            // Keep transactions small so the metadata reserve is never at risk.
+            if m.space.alloc.fresh_pages() > 256 {
+                let txn = m.txn;
+                drop(m);
+                inner.commit_until(txn)?;
+            }
+        }
+        {
+            let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+            let mut m = inner.meta()?;
+            let o = m.origin_mut(index)?;
+            let plan = std::mem::take(&mut o.cleaning);
+            let mut changed = Vec::new();
+            let (dropped, merged): (Vec<_>, Vec<_>) = plan.iter().partition(|(_, h)| h.is_none());
+            for (&v, _) in dropped.iter().chain(merged.iter()) {
+                let Some(x) = o.tree.get(v) else { continue };
+                if x.exceptions != 0 {
+                    tracing::error!(version = v, exceptions = x.exceptions, "cleaned version still owns exceptions; kept");
+                    if let Some(x) = o.tree.get_mut(v) {
+                        x.flags &= !flags::CLEANING;
+                    }
+                    changed.push(v);
+                    continue;
+                }
+                let merged = plan.get(&v).copied().flatten().is_some();
+                if merged && x.children.len() != 1 {
+                    // The shape is not what the plan expected: keep the ghost.
+                    tracing::error!(version = v, "merged ghost without a single child; kept");
+                    if let Some(x) = o.tree.get_mut(v) {
+                        x.flags &= !flags::CLEANING;
+                    }
+                    changed.push(v);
+                    continue;
+                }
+                let heir_child = if merged { x.children.first().copied() } else { None };
+                o.tree.remove(v, heir_child);
+                changed.push(v);
+                if let Some(c) = heir_child {
+                    changed.push(c);
+                }
+                report.versions_removed += 1;
+            }
+            o.tree.relabel();
+            o.rec.clean_cursor = None;
+            m.mark_versions(index, &changed);
+            m.dirty_origins.insert(index);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+}
+
+/// The version that ends up with `v`'s exceptions: follow merged ghosts down.
+fn final_heir(plan: &HashMap<u32, Option<u32>>, v: u32) -> Option<u32> {
+    let mut h = plan.get(&v).copied().flatten()?;
+    while let Some(next) = plan.get(&h) {
+        h = (*next)?;
+    }
+    Some(h)
+}

@@ -1,0 +1,81 @@
+//! Group commit.
+
+use super::{lock, Inner};
+use crate::error::Result;
+use crate::format::{Superblock, PAGE_SIZE};
+use std::sync::atomic::Ordering;
+
+impl Inner {
+    /// Return once transaction `target` is durable, committing if no one
+    /// else is. Waiters arriving during a commit share the next one.
+    pub(crate) fn commit_until(&self, target: u64) -> Result<()> {
+        let mut cs = lock(&self.commit);
+        loop {
+            if cs.durable >= target {
+                return Ok(());
+            }
+            self.check_failed()?;
+            if cs.running {
+                cs = self.commit_cv.wait(cs).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            cs.running = true;
+            drop(cs);
+            let res = self.commit_once();
+            cs = lock(&self.commit);
+            cs.running = false;
+            match res {
+                Ok(txn) => {
+                    cs.durable = txn;
+                    self.durable_txn.store(txn, Ordering::Release);
+                    self.commit_cv.notify_all();
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    self.commit_cv.notify_all();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One commit; returns the transaction number made durable.
+    fn commit_once(&self) -> Result<u64> {
+        let (txn, blocks, sb, origins) = {
+            let mut m = self.meta()?;
+            let txn = m.txn;
+            m.txn += 1;
+            let origins: Vec<_> = m
+                .origins
+                .values()
+                .filter(|o| o.dirty.swap(false, Ordering::AcqRel))
+                .filter_map(|o| o.dev.clone())
+                .collect();
+            if m.has_changes() {
+                let (blocks, sb) = m.prepare_commit()?;
+                (txn, blocks, Some(sb), origins)
+            } else {
+                (txn, Vec::new(), None, origins)
+            }
+        };
+        for (page, block) in &blocks {
+            self.cow.write_at(block, page * PAGE_SIZE as u64)?;
+        }
+        // Data chunks, nodes and origin writes are durable before the
+        // superblock that makes them reachable.
+        self.cow.sync()?;
+        for dev in &origins {
+            dev.sync()?;
+        }
+        if let Some(sb) = &sb {
+            self.cow.write_at(&sb.encode(), Superblock::slot(sb.generation) * PAGE_SIZE as u64)?;
+            self.cow.sync()?;
+        }
+        let mut m = lock(&self.meta);
+        if sb.is_some() {
+            m.space.alloc.commit_done();
+        }
+        m.relabeled.retain(|_, t| *t > txn);
+        Ok(txn)
+    }
+}

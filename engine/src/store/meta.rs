@@ -1,0 +1,264 @@
+//! The metadata state guarded by the store's mutex.
+
+use crate::btree::codec::{ExcKey, ExceptionCodec};
+use crate::btree::{Loader, Tree};
+use crate::error::{Error, Result};
+use crate::format::Superblock;
+use crate::io::Dev;
+use crate::space::SpaceMap;
+use crate::versions::record::{CatKey, CatValue, CatalogCodec, OriginRecord};
+use crate::versions::VersionTree;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// One bound origin in memory.
+pub(crate) struct Origin {
+    pub index: u32,
+    pub rec: OriginRecord,
+    pub tree: VersionTree,
+    pub dev: Option<Dev>,
+    /// Set after an origin write; the next commit syncs the device.
+    pub dirty: Arc<AtomicBool>,
+    pub open_volumes: usize,
+    /// The cleaning pass in progress: version -> its one surviving child
+    /// (None = dropped with its subtree).
+    pub cleaning: HashMap<u32, Option<u32>>,
+}
+
+impl Origin {
+    pub fn chunks(&self, chunk_bytes: u64) -> u64 {
+        self.rec.size.div_ceil(chunk_bytes)
+    }
+}
+
+pub(crate) struct Meta {
+    pub cow: Dev,
+    /// The superblock of the last encoded commit.
+    pub sb: Superblock,
+    pub exc: Tree<ExceptionCodec>,
+    pub cat: Tree<CatalogCodec>,
+    pub space: SpaceMap,
+    pub origins: HashMap<u32, Origin>,
+    pub by_id: HashMap<String, u32>,
+    /// The open transaction's number (in memory only).
+    pub txn: u64,
+    /// COW chunks whose owner changed, with the transaction that did it: an
+    /// in-place write to one waits until that transaction is durable.
+    pub relabeled: HashMap<u64, u64>,
+    pub dirty_versions: HashSet<(u32, u32)>,
+    pub dirty_origins: HashSet<u32>,
+    pub removed_records: Vec<CatKey>,
+    pub force_dirty: bool,
+}
+
+pub(crate) fn loader<'a>(cow: &'a Dev, sb: &Superblock) -> Loader<'a> {
+    Loader { dev: &**cow, max_generation: sb.generation, page_count: sb.page_count }
+}
+
+impl Meta {
+    pub fn new(cow: Dev, sb: Superblock, space: SpaceMap, origins: HashMap<u32, Origin>, txn: u64) -> Meta {
+        let by_id = origins.iter().map(|(i, o)| (o.rec.id.clone(), *i)).collect();
+        Meta {
+            cow,
+            exc: Tree::new(sb.exception_root),
+            cat: Tree::new(sb.catalog_root),
+            sb,
+            space,
+            origins,
+            by_id,
+            txn,
+            relabeled: HashMap::new(),
+            dirty_versions: HashSet::new(),
+            dirty_origins: HashSet::new(),
+            removed_records: Vec::new(),
+            force_dirty: false,
+        }
+    }
+
+    /// Load the catalog and space map named by `sb`.
+    pub fn load(cow: Dev, sb: Superblock) -> Result<Meta> {
+        let io = loader(&cow, &sb);
+        let space = SpaceMap::open(&io, sb.space_root, sb.chunk_pages, sb.data_chunks)?;
+        let mut cat: Tree<CatalogCodec> = Tree::new(sb.catalog_root);
+        let lo = CatKey { origin: 0, version: 0 };
+        let hi = CatKey { origin: u32::MAX, version: u32::MAX };
+        let mut entries = Vec::new();
+        cat.range(&io, &lo, &hi, usize::MAX, &mut entries)?;
+        let block = sb.catalog_root;
+        let mut grouped: HashMap<u32, (Option<OriginRecord>, Vec<_>)> = HashMap::new();
+        for (k, v) in entries {
+            let slot = grouped.entry(k.origin).or_default();
+            match v {
+                CatValue::Origin(o) if k.version == 0 => slot.0 = Some(o),
+                CatValue::Version(r) if k.version != 0 => slot.1.push((k.version, r)),
+                _ => return Err(Error::corrupt(block, "catalog tree node", format!("record of the wrong kind at {k:?}"))),
+            }
+        }
+        let mut origins = HashMap::new();
+        for (index, (rec, versions)) in grouped {
+            let Some(rec) = rec else {
+                return Err(Error::corrupt(block, "catalog tree node", format!("versions without origin {index}")));
+            };
+            if index >= sb.next_origin {
+                return Err(Error::corrupt(block, "catalog tree node", format!("origin {index} beyond the counter")));
+            }
+            let tree = VersionTree::from_records(rec.birthday, versions, block)?;
+            let cleaning = if rec.clean_cursor.is_some() { tree.cleaning() } else { HashMap::new() };
+            origins.insert(
+                index,
+                Origin {
+                    index,
+                    rec,
+                    tree,
+                    dev: None,
+                    dirty: Arc::new(AtomicBool::new(false)),
+                    open_volumes: 0,
+                    cleaning,
+                },
+            );
+        }
+        let mut m = Meta::new(cow, sb, space, origins, 1);
+        m.cat = cat;
+        Ok(m)
+    }
+
+    pub fn origin(&self, id: &str) -> Result<u32> {
+        self.by_id.get(id).copied().ok_or_else(|| Error::UnknownOrigin(id.to_string()))
+    }
+
+    pub fn origin_ref(&self, index: u32) -> Result<&Origin> {
+        self.origins.get(&index).ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))
+    }
+
+    pub fn origin_mut(&mut self, index: u32) -> Result<&mut Origin> {
+        self.origins.get_mut(&index).ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))
+    }
+
+    /// Version carrying `tag` of origin `index`.
+    pub fn version_of(&self, index: u32, tag: u32) -> Result<u32> {
+        let o = self.origin_ref(index)?;
+        o.tree.by_tag(tag).ok_or_else(|| Error::UnknownTag { origin: o.rec.id.clone(), tag })
+    }
+
+    /// Exceptions of one chunk: (version, COW chunk).
+    pub fn exceptions(&mut self, origin: u32, chunk: u64) -> Result<Vec<(u32, u64)>> {
+        let io = loader(&self.cow, &self.sb);
+        let mut out = Vec::new();
+        let hi = if chunk == u64::MAX { ExcKey::new(origin + 1, 0, 0) } else { ExcKey::new(origin, chunk + 1, 0) };
+        self.exc.range(&io, &ExcKey::new(origin, chunk, 0), &hi, usize::MAX, &mut out)?;
+        Ok(out.into_iter().map(|(k, v)| (k.version, v)).collect())
+    }
+
+    /// Exceptions of an origin from chunk `from` on, at most `limit`.
+    pub fn exception_range(&mut self, origin: u32, from: u64, limit: usize) -> Result<Vec<(ExcKey, u64)>> {
+        let io = loader(&self.cow, &self.sb);
+        let mut out = Vec::new();
+        self.exc.range(&io, &ExcKey::new(origin, from, 0), &ExcKey::new(origin + 1, 0, 0), limit, &mut out)?;
+        Ok(out)
+    }
+
+    fn count(&mut self, origin: u32, version: u32, delta: i64) {
+        if let Some(v) = self.origins.get_mut(&origin).and_then(|o| o.tree.get_mut(version)) {
+            v.exceptions = v.exceptions.saturating_add_signed(delta);
+            self.dirty_versions.insert((origin, version));
+        }
+    }
+
+    pub fn insert_exception(&mut self, origin: u32, chunk: u64, version: u32, cow: u64) -> Result<()> {
+        let io = loader(&self.cow, &self.sb);
+        let old = self.exc.insert(&io, &mut self.space.alloc, ExcKey::new(origin, chunk, version), cow)?;
+        if old.is_none() {
+            self.count(origin, version, 1);
+        }
+        Ok(())
+    }
+
+    pub fn remove_exception(&mut self, origin: u32, chunk: u64, version: u32) -> Result<Option<u64>> {
+        let io = loader(&self.cow, &self.sb);
+        let old = self.exc.remove(&io, &mut self.space.alloc, &ExcKey::new(origin, chunk, version))?;
+        if old.is_some() {
+            self.count(origin, version, -1);
+        }
+        Ok(old)
+    }
+
+    /// Move exception (chunk, from) to (chunk, to), keeping its data.
+    pub fn relabel(&mut self, origin: u32, chunk: u64, from: u32, to: u32) -> Result<()> {
+        if let Some(cow) = self.remove_exception(origin, chunk, from)? {
+            self.insert_exception(origin, chunk, to, cow)?;
+            self.relabeled.insert(cow, self.txn);
+        }
+        Ok(())
+    }
+
+    pub fn mark_versions(&mut self, origin: u32, ids: &[u32]) {
+        for &v in ids {
+            self.dirty_versions.insert((origin, v));
+        }
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.force_dirty
+            || self.exc.is_dirty()
+            || self.cat.is_dirty()
+            || !self.dirty_versions.is_empty()
+            || !self.dirty_origins.is_empty()
+            || !self.removed_records.is_empty()
+            || self.space.alloc.fresh_pages() > 0
+            || self.space.alloc.has_pending()
+    }
+
+    /// Write dirty catalog records into the catalog tree.
+    fn write_records(&mut self) -> Result<()> {
+        let io = loader(&self.cow, &self.sb);
+        for key in std::mem::take(&mut self.removed_records) {
+            self.cat.remove(&io, &mut self.space.alloc, &key)?;
+        }
+        let mut origins: Vec<u32> = self.dirty_origins.drain().collect();
+        origins.sort_unstable();
+        for o in origins {
+            if let Some(org) = self.origins.get(&o) {
+                let val = CatValue::Origin(org.rec.clone());
+                self.cat.insert(&io, &mut self.space.alloc, CatKey { origin: o, version: 0 }, val)?;
+            }
+        }
+        let mut versions: Vec<(u32, u32)> = self.dirty_versions.drain().collect();
+        versions.sort_unstable();
+        for (o, v) in versions {
+            let key = CatKey { origin: o, version: v };
+            let rec = self.origins.get(&o).and_then(|org| org.tree.get(v)).map(|x| x.record());
+            match rec {
+                Some(rec) if v != 0 => {
+                    self.cat.insert(&io, &mut self.space.alloc, key, CatValue::Version(rec))?;
+                }
+                Some(_) => {}
+                None => {
+                    self.cat.remove(&io, &mut self.space.alloc, &key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode the open transaction as generation `sb.generation + 1`.
+    pub fn prepare_commit(&mut self) -> Result<(Vec<(u64, Vec<u8>)>, Superblock)> {
+        self.write_records()?;
+        let gen = self.sb.generation + 1;
+        let mut blocks = self.exc.take_dirty(gen);
+        blocks.extend(self.cat.take_dirty(gen));
+        let io = loader(&self.cow, &self.sb);
+        blocks.extend(self.space.prepare_commit(&io, gen)?);
+        let alloc = &self.space.alloc;
+        let mut sb = self.sb.clone();
+        sb.generation = gen;
+        sb.exception_root = self.exc.root();
+        sb.catalog_root = self.cat.root();
+        sb.space_root = self.space.root();
+        sb.data_chunks = alloc.data_chunks;
+        sb.meta_pages = alloc.used_pages().saturating_sub(alloc.data_chunks * u64::from(alloc.chunk_pages()));
+        self.sb = sb.clone();
+        self.force_dirty = false;
+        Ok((blocks, sb))
+    }
+}

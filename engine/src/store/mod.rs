@@ -1,0 +1,267 @@
+//! The store: one COW device holding the metadata and copied-out data of
+//! many origins. Transactions, group commit and the locks live here.
+//!
+//! Locks, always taken in this order:
+//! 1. an origin's *shape* lock: shared by I/O and background work, exclusive
+//!    for snapshot create/delete, rollback and the cleaner's tree surgery;
+//! 2. a chunk stripe lock: shared by reads, exclusive by writes;
+//! 3. the metadata mutex: held only for in-memory work, never across data I/O.
+//!
+//! Commit: encode dirty nodes under the metadata mutex, then (mutex
+//! released) write them, sync, write the superblock into slot
+//! `generation % 2`, sync. Commits are serialised by the commit state; every
+//! writer waiting for durability shares the next commit.
+
+mod check;
+mod clean;
+mod commit;
+mod meta;
+mod ops;
+mod rollback;
+mod status;
+
+pub use check::CheckReport;
+pub use clean::CleanReport;
+pub use status::{OriginStatus, StoreStatus, VersionStatus};
+
+pub(crate) use meta::{Meta, Origin};
+
+use crate::error::{Error, Result};
+use crate::format::{Superblock, PAGE_SIZE, SUPERBLOCK_SLOTS};
+use crate::io::Dev;
+use crate::space::SpaceMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+/// Smallest and largest chunk size, in 4 KiB pages.
+pub const MIN_CHUNK_PAGES: u32 = 1;
+pub const MAX_CHUNK_PAGES: u32 = 64;
+/// Largest origin the store addresses: byte offsets must stay below 2^63.
+pub const MAX_ORIGIN_BYTES: u64 = 1 << 60;
+/// Smallest COW device accepted, in pages.
+const MIN_COW_PAGES: u64 = 256;
+const STRIPES: usize = 1024;
+
+/// Options for [`Store::format`].
+#[derive(Clone, Debug)]
+pub struct FormatOptions {
+    /// Chunk size in 4 KiB pages: a power of two in 1..=64.
+    pub chunk_pages: u32,
+    /// Overwrite a device that already holds a store.
+    pub force: bool,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions { chunk_pages: 1, force: false }
+    }
+}
+
+pub(crate) struct CommitState {
+    running: bool,
+    durable: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cow: Dev,
+    pub(crate) meta: Mutex<Meta>,
+    commit: Mutex<CommitState>,
+    commit_cv: Condvar,
+    /// Highest transaction known durable (mirror of CommitState::durable).
+    durable_txn: AtomicU64,
+    stripes: Vec<RwLock<()>>,
+    shapes: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
+    failed: Mutex<Option<String>>,
+    pub(crate) chunk_bytes: u64,
+}
+
+/// An open store. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Format `cow` as an empty store.
+    pub fn format(cow: Dev, opts: &FormatOptions) -> Result<Store> {
+        let cp = opts.chunk_pages;
+        if !(MIN_CHUNK_PAGES..=MAX_CHUNK_PAGES).contains(&cp) || !cp.is_power_of_two() {
+            return Err(Error::BadChunkSize(u64::from(cp)));
+        }
+        let pages = cow.size() / PAGE_SIZE as u64;
+        let needed = MIN_COW_PAGES.max(u64::from(cp) * 16);
+        if pages < needed {
+            return Err(Error::DeviceTooSmall {
+                device: cow.name().to_string(),
+                bytes: cow.size(),
+                needed: needed * PAGE_SIZE as u64,
+            });
+        }
+        if !opts.force {
+            for slot in 0..SUPERBLOCK_SLOTS {
+                let mut b = vec![0u8; PAGE_SIZE];
+                cow.read_at(&mut b, slot * PAGE_SIZE as u64)?;
+                if Superblock::looks_like_store(&b) {
+                    return Err(Error::AlreadyFormatted { device: cow.name().to_string() });
+                }
+            }
+        }
+        let mut uuid = [0u8; 16];
+        let seed = blake3::hash(format!("{:?}{}{:?}", std::time::SystemTime::now(), std::process::id(), cow.name()).as_bytes());
+        uuid.copy_from_slice(&seed.as_bytes()[..16]);
+        let sb = Superblock {
+            generation: 0,
+            chunk_pages: cp,
+            page_count: pages,
+            uuid,
+            exception_root: 0,
+            catalog_root: 0,
+            space_root: 0,
+            next_origin: 0,
+            data_chunks: 0,
+            meta_pages: 0,
+            created: now(),
+        };
+        let space = SpaceMap::format(pages, cp);
+        let meta = Meta::new(cow.clone(), sb, space, HashMap::new(), 1);
+        let store = Store::from_meta(cow.clone(), meta);
+        // Wipe both slots, then commit generation 1: the store exists only
+        // once that superblock is durable.
+        let zero = vec![0u8; PAGE_SIZE];
+        for slot in 0..SUPERBLOCK_SLOTS {
+            cow.write_at(&zero, slot * PAGE_SIZE as u64)?;
+        }
+        lock(&store.inner.meta).force_dirty = true;
+        store.flush()?;
+        Ok(store)
+    }
+
+    /// Open the store on `cow`: pick the newest valid superblock and load the
+    /// catalog and the space map (no data is scanned).
+    pub fn open(cow: Dev) -> Result<Store> {
+        let mut best: Option<Superblock> = None;
+        let mut errors = Vec::new();
+        for slot in 0..SUPERBLOCK_SLOTS {
+            let mut b = vec![0u8; PAGE_SIZE];
+            cow.read_at(&mut b, slot * PAGE_SIZE as u64)?;
+            match Superblock::decode(&b, slot) {
+                Ok(sb) => {
+                    if best.as_ref().is_none_or(|x| sb.generation > x.generation) {
+                        best = Some(sb);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let Some(sb) = best else {
+            return Err(Error::NotAStore { device: cow.name().to_string(), reason: errors.join("; ") });
+        };
+        let pages = cow.size() / PAGE_SIZE as u64;
+        if pages < sb.page_count {
+            return Err(Error::DeviceTooSmall {
+                device: cow.name().to_string(),
+                bytes: cow.size(),
+                needed: sb.page_count * PAGE_SIZE as u64,
+            });
+        }
+        let meta = Meta::load(cow.clone(), sb)?;
+        Ok(Store::from_meta(cow, meta))
+    }
+
+    fn from_meta(cow: Dev, meta: Meta) -> Store {
+        let chunk_bytes = u64::from(meta.sb.chunk_pages) * PAGE_SIZE as u64;
+        let txn = meta.txn;
+        Store {
+            inner: Arc::new(Inner {
+                cow,
+                meta: Mutex::new(meta),
+                commit: Mutex::new(CommitState { running: false, durable: txn - 1 }),
+                commit_cv: Condvar::new(),
+                durable_txn: AtomicU64::new(txn - 1),
+                stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+                shapes: Mutex::new(HashMap::new()),
+                failed: Mutex::new(None),
+                chunk_bytes,
+            }),
+        }
+    }
+
+    /// Chunk size in bytes.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.inner.chunk_bytes
+    }
+
+    /// Make every completed write, on every origin and snapshot, durable.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_failed(&self) -> Result<()> {
+        match &*lock(&self.failed) {
+            Some(why) => Err(Error::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn fail(&self, e: &Error) {
+        let mut f = lock(&self.failed);
+        if f.is_none() {
+            tracing::error!("store failed: {e}");
+            *f = Some(e.to_string());
+        }
+    }
+
+    /// Lock the metadata, refusing if the store has failed.
+    pub(crate) fn meta(&self) -> Result<MutexGuard<'_, Meta>> {
+        self.check_failed()?;
+        Ok(lock(&self.meta))
+    }
+
+    fn stripe_index(origin: u32, chunk: u64) -> usize {
+        let h = (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(origin).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)) >> 40;
+        (h as usize) % STRIPES
+    }
+
+    pub(crate) fn stripe(&self, origin: u32, chunk: u64) -> &RwLock<()> {
+        &self.stripes[Self::stripe_index(origin, chunk)]
+    }
+
+    /// Stripe indices for a set of chunks, sorted and unique: taking several
+    /// stripes always in ascending order rules out deadlock.
+    pub(crate) fn stripe_set(&self, origin: u32, chunks: impl Iterator<Item = u64>) -> Vec<usize> {
+        let mut v: Vec<usize> = chunks.map(|c| Self::stripe_index(origin, c)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    pub(crate) fn stripe_at(&self, i: usize) -> &RwLock<()> {
+        &self.stripes[i]
+    }
+
+    pub(crate) fn shape(&self, origin: u32) -> Arc<RwLock<()>> {
+        lock(&self.shapes).entry(origin).or_default().clone()
+    }
+
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable_txn.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn flush(&self) -> Result<()> {
+        let target = self.meta()?.txn;
+        self.commit_until(target)
+    }
+}

@@ -1,0 +1,249 @@
+//! Store commands: bind, attach, unbind, snapshot, delete. Each is durable
+//! when it returns and changes nothing when it fails.
+
+use super::meta::{Meta, Origin};
+use super::{now, Store, MAX_ORIGIN_BYTES};
+use crate::error::{Error, Result};
+use crate::io::Dev;
+use crate::versions::record::{CatKey, OriginRecord, MAX_MEMO, MAX_ORIGIN_ID};
+use crate::versions::VersionTree;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError};
+
+fn check_memo(memo: &str) -> Result<()> {
+    if memo.len() > MAX_MEMO {
+        return Err(Error::MemoTooLong { bytes: memo.len(), max: MAX_MEMO });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Bind a new origin device under `origin_id`.
+    pub fn bind(&self, origin_id: &str, dev: Dev) -> Result<()> {
+        if origin_id.is_empty() || origin_id.len() > MAX_ORIGIN_ID {
+            return Err(Error::BadOriginId(origin_id.to_string()));
+        }
+        let size = dev.size();
+        if size > MAX_ORIGIN_BYTES {
+            return Err(Error::OriginTooLarge { origin: origin_id.to_string(), bytes: size, max: MAX_ORIGIN_BYTES });
+        }
+        {
+            let mut m = self.inner.meta()?;
+            if m.by_id.contains_key(origin_id) {
+                return Err(Error::OriginExists(origin_id.to_string()));
+            }
+            let index = m.sb.next_origin;
+            if index == u32::MAX {
+                return Err(Error::LimitReached("origins in this store"));
+            }
+            let birthday = now();
+            let rec = OriginRecord {
+                id: origin_id.to_string(),
+                size,
+                birthday,
+                next_tag: 1,
+                next_version: 1,
+                rollback: None,
+                clean_cursor: None,
+            };
+            m.sb.next_origin = index + 1;
+            m.force_dirty = true;
+            m.by_id.insert(origin_id.to_string(), index);
+            m.origins.insert(
+                index,
+                Origin {
+                    index,
+                    rec,
+                    tree: VersionTree::new(birthday),
+                    dev: Some(dev),
+                    dirty: Arc::new(AtomicBool::new(false)),
+                    open_volumes: 0,
+                    cleaning: HashMap::new(),
+                },
+            );
+            m.dirty_origins.insert(index);
+        }
+        self.flush()
+    }
+
+    /// Give a bound origin its device (after opening the store). Resumes an
+    /// interrupted rollback.
+    pub fn attach(&self, origin_id: &str, dev: Dev) -> Result<()> {
+        let resume = {
+            let mut m = self.inner.meta()?;
+            let index = m.origin(origin_id)?;
+            let o = m.origin_mut(index)?;
+            if dev.size() < o.rec.size {
+                return Err(Error::OriginShrunk { origin: origin_id.to_string(), bytes: dev.size(), recorded: o.rec.size });
+            }
+            o.dev = Some(dev);
+            o.rec.rollback.is_some()
+        };
+        if resume {
+            self.finish_rollback(origin_id)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the origin has its device attached.
+    pub fn is_attached(&self, origin_id: &str) -> Result<bool> {
+        let m = self.inner.meta()?;
+        let index = m.origin(origin_id)?;
+        Ok(m.origin_ref(index)?.dev.is_some())
+    }
+
+    /// Remove an origin with no snapshots left from the store, returning the
+    /// space of any versions still waiting for the cleaner.
+    pub fn unbind(&self, origin_id: &str) -> Result<()> {
+        let index = self.inner.meta()?.origin(origin_id)?;
+        let shape = self.inner.shape(index);
+        let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        {
+            let m = self.inner.meta()?;
+            let o = m.origin_ref(index)?;
+            let snapshots = o.tree.tag_count() as u64 - 1;
+            if snapshots > 0 {
+                return Err(Error::HasSnapshots { origin: origin_id.to_string(), count: snapshots });
+            }
+            if o.rec.rollback.is_some() {
+                return Err(Error::Busy { what: format!("origin {origin_id} is being rolled back") });
+            }
+            if o.open_volumes > 0 {
+                return Err(Error::Busy { what: format!("origin {origin_id} has {} open volume(s)", o.open_volumes) });
+            }
+        }
+        // Every exception left belongs to a ghost: free them all.
+        loop {
+            let mut m = self.inner.meta()?;
+            let batch = m.exception_range(index, 0, 4096)?;
+            if batch.is_empty() {
+                break;
+            }
+            for (k, cow) in batch {
+                m.remove_exception(index, k.chunk, k.version)?;
+                m.space.alloc.free_data(cow);
+            }
+        }
+        {
+            let mut m = self.inner.meta()?;
+            let Some(o) = m.origins.remove(&index) else {
+                return Err(Error::UnknownOrigin(origin_id.to_string()));
+            };
+            m.by_id.remove(origin_id);
+            for v in o.tree.ids() {
+                m.removed_records.push(CatKey { origin: index, version: v });
+                m.dirty_versions.remove(&(index, v));
+            }
+            m.dirty_origins.remove(&index);
+        }
+        self.flush()
+    }
+
+    /// Take a snapshot of the origin (`so`). Returns the new tag.
+    pub fn snapshot_origin(&self, origin_id: &str, memo: &str) -> Result<u32> {
+        self.snapshot_impl(origin_id, None, memo)
+    }
+
+    /// Take a snapshot of snapshot `tag` (`ss`). Returns the new tag.
+    pub fn snapshot_of(&self, origin_id: &str, tag: u32, memo: &str) -> Result<u32> {
+        if tag == 0 {
+            return Err(Error::TagZero { origin: origin_id.to_string(), op: "snapshot of snapshot" });
+        }
+        self.snapshot_impl(origin_id, Some(tag), memo)
+    }
+
+    fn snapshot_impl(&self, origin_id: &str, of: Option<u32>, memo: &str) -> Result<u32> {
+        check_memo(memo)?;
+        let index = self.inner.meta()?.origin(origin_id)?;
+        let shape = self.inner.shape(index);
+        let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        let tag = {
+            let mut m = self.inner.meta()?;
+            let of_version = match of {
+                Some(t) => Some(m.version_of(index, t)?),
+                None => None,
+            };
+            new_snapshot(&mut m, index, of_version, memo)?
+        };
+        // The snapshot, and every write before it, is durable on return.
+        self.flush()?;
+        Ok(tag)
+    }
+
+    /// Delete snapshot `tag`; its space comes back when the cleaner runs.
+    pub fn delete(&self, origin_id: &str, tag: u32) -> Result<()> {
+        if tag == 0 {
+            return Err(Error::TagZero { origin: origin_id.to_string(), op: "delete snapshot" });
+        }
+        let index = self.inner.meta()?.origin(origin_id)?;
+        let shape = self.inner.shape(index);
+        let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut m = self.inner.meta()?;
+            m.version_of(index, tag)?;
+            let o = m.origin_mut(index)?;
+            if o.rec.rollback.as_ref().is_some_and(|r| r.tag == tag) {
+                return Err(Error::Busy { what: format!("snapshot {tag} of {origin_id} is being rolled back") });
+            }
+            if let Some(id) = o.tree.untag(tag) {
+                m.dirty_versions.insert((index, id));
+            }
+        }
+        self.flush()
+    }
+
+    /// Tags of an origin's live snapshots, ascending (0 not included).
+    pub fn tags(&self, origin_id: &str) -> Result<Vec<u32>> {
+        let m = self.inner.meta()?;
+        let o = m.origin_ref(m.origin(origin_id)?)?;
+        let mut tags: Vec<u32> = o.tree.ids().filter_map(|v| o.tree.get(v)).map(|v| v.tag).filter(|&t| t != 0).collect();
+        tags.sort_unstable();
+        Ok(tags)
+    }
+
+    /// Ids of the bound origins.
+    pub fn origins(&self) -> Result<Vec<String>> {
+        let m = self.inner.meta()?;
+        let mut ids: Vec<String> = m.by_id.keys().cloned().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The recorded size of an origin in bytes.
+    pub fn origin_size(&self, origin_id: &str) -> Result<u64> {
+        let m = self.inner.meta()?;
+        Ok(m.origin_ref(m.origin(origin_id)?)?.rec.size)
+    }
+}
+
+/// Add a snapshot in memory: of the origin (`of` = None) or of a version.
+/// `tag` 0 makes a hidden, pinned copy (used by rollback).
+pub(super) fn new_snapshot(m: &mut Meta, index: u32, of: Option<u32>, memo: &str) -> Result<u32> {
+    new_version(m, index, of, memo, true).map(|(tag, _)| tag)
+}
+
+pub(super) fn new_version(m: &mut Meta, index: u32, of: Option<u32>, memo: &str, tagged: bool) -> Result<(u32, u32)> {
+    let o = m.origin_mut(index)?;
+    let tag = if tagged {
+        if o.rec.next_tag == u32::MAX {
+            return Err(Error::LimitReached("tags of this origin"));
+        }
+        o.rec.next_tag
+    } else {
+        0
+    };
+    let mut changed = Vec::new();
+    let mut next = o.rec.next_version;
+    let id = match of {
+        None => o.tree.snapshot_origin(tag, now(), memo.to_string(), &mut next, &mut changed)?,
+        Some(v) => o.tree.snapshot_of(v, tag, now(), memo.to_string(), &mut next, &mut changed)?,
+    };
+    o.rec.next_version = next;
+    if tagged {
+        o.rec.next_tag += 1;
+    }
+    m.dirty_origins.insert(index);
+    m.mark_versions(index, &changed);
+    Ok((tag, id))
+}

@@ -1,0 +1,140 @@
+//! What `dms list` and `dmsetup status` print, as data.
+
+use super::Store;
+use crate::error::Result;
+use crate::versions::NONE;
+
+/// One version of an origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionStatus {
+    /// Internal id (stable while the version lives).
+    pub version: u32,
+    /// 0 = the origin; untagged ghosts have `ghost` set.
+    pub tag: u32,
+    pub ghost: bool,
+    /// Parent's internal id (None for the origin).
+    pub parent: Option<u32>,
+    /// Nearest tagged ancestor's tag (None for the origin).
+    pub parent_tag: Option<u32>,
+    pub birthday: u64,
+    /// Exceptions this version owns.
+    pub exceptions: u64,
+    pub memo: String,
+}
+
+/// One origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginStatus {
+    pub id: String,
+    pub size: u64,
+    pub attached: bool,
+    /// Versions, ghosts included.
+    pub versions: u64,
+    /// (tag, next chunk, chunks of the origin) of a rollback in progress.
+    pub rollback: Option<(u32, u64, u64)>,
+    /// Next chunk of a cleaning pass in progress.
+    pub cleaning: Option<u64>,
+    /// Ghosts waiting for the cleaner.
+    pub ghosts: u64,
+    /// All versions, in id order (the origin first).
+    pub list: Vec<VersionStatus>,
+}
+
+/// The whole store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub chunk_pages: u32,
+    pub chunk_bytes: u64,
+    pub total_chunks: u64,
+    /// Chunks in use, metadata and superblocks included.
+    pub used_chunks: u64,
+    pub data_chunks: u64,
+    pub metadata_pages: u64,
+    pub used_versions: u64,
+    /// Versions one origin can have.
+    pub max_versions: u64,
+    /// False once the store failed (an I/O error during commit).
+    pub valid: bool,
+    pub generation: u64,
+    pub origins: Vec<OriginStatus>,
+}
+
+impl StoreStatus {
+    pub fn cleaning(&self) -> bool {
+        self.origins.iter().any(|o| o.cleaning.is_some() || o.ghosts > 0)
+    }
+
+    pub fn rollbacking(&self) -> bool {
+        self.origins.iter().any(|o| o.rollback.is_some())
+    }
+}
+
+impl Store {
+    /// A snapshot of the store's state.
+    pub fn status(&self) -> Result<StoreStatus> {
+        let valid = self.inner.check_failed().is_ok();
+        let m = super::lock(&self.inner.meta);
+        let alloc = &m.space.alloc;
+        let cp = u64::from(alloc.chunk_pages());
+        let used_pages = alloc.used_pages();
+        let mut origins = Vec::new();
+        let mut used_versions = 0u64;
+        let mut ids: Vec<&u32> = m.origins.keys().collect();
+        ids.sort_by_key(|i| &m.origins[i].rec.id);
+        for i in ids {
+            let o = &m.origins[i];
+            let plan = o.tree.plan_cleaning(false);
+            let mut list = Vec::new();
+            for v in o.tree.ids() {
+                let Some(x) = o.tree.get(v) else { continue };
+                let mut parent_tag = None;
+                let mut p = x.parent;
+                while p != NONE {
+                    match o.tree.get(p) {
+                        Some(pv) if pv.tag != 0 || p == 0 => {
+                            parent_tag = Some(pv.tag);
+                            break;
+                        }
+                        Some(pv) => p = pv.parent,
+                        None => break,
+                    }
+                }
+                list.push(VersionStatus {
+                    version: v,
+                    tag: x.tag,
+                    ghost: x.is_ghost(),
+                    parent: (x.parent != NONE).then_some(x.parent),
+                    parent_tag,
+                    birthday: x.birthday,
+                    exceptions: x.exceptions,
+                    memo: x.memo.clone(),
+                });
+            }
+            used_versions += o.tree.len() as u64;
+            let chunks = o.chunks(self.inner.chunk_bytes);
+            origins.push(OriginStatus {
+                id: o.rec.id.clone(),
+                size: o.rec.size,
+                attached: o.dev.is_some(),
+                versions: o.tree.len() as u64,
+                rollback: o.rec.rollback.as_ref().map(|r| (r.tag, r.cursor, chunks)),
+                cleaning: o.rec.clean_cursor,
+                ghosts: plan.len() as u64,
+                list,
+            });
+        }
+        Ok(StoreStatus {
+            chunk_pages: alloc.chunk_pages(),
+            chunk_bytes: self.inner.chunk_bytes,
+            total_chunks: alloc.page_count() / cp,
+            used_chunks: used_pages.div_ceil(cp),
+            data_chunks: alloc.data_chunks,
+            metadata_pages: used_pages.saturating_sub(alloc.data_chunks * cp),
+            used_versions,
+            max_versions: u64::from(u32::MAX - 1),
+            valid,
+            generation: m.sb.generation,
+            origins,
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! Deciding, under the metadata lock, what one chunk's write must do so that
+//! no other version's view changes.
+
+use crate::error::Result;
+use crate::store::{Meta, Origin};
+use crate::versions::VersionTree;
+use std::collections::HashMap;
+
+/// Where a version's data for a chunk lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Src {
+    Origin,
+    Cow(u64),
+}
+
+/// What a write to one chunk does.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Origin write; nobody needs the old data.
+    Direct,
+    /// Origin write; first copy the old data to COW chunk `n` for version `heir`.
+    CopyOut { heir: u32, n: u64 },
+    /// The version's own exception, read by no one else: write it in place,
+    /// once the transaction that gave it to this version (if any) is durable.
+    InPlace { e: u64, wait: Option<u64> },
+    /// Own exception `e` that the heir still reads: `e` passes to the heir and
+    /// the version continues in a new chunk `n`.
+    Move { e: u64, heir: u32, n: u64 },
+    /// No own exception: a new chunk `n` filled from `src`; if an heir read
+    /// the same data through this version, it gets a copy in `heir_chunk`.
+    Fresh { src: Src, n: u64, heir: Option<(u32, u64)> },
+}
+
+impl Plan {
+    /// COW chunks this plan allocated.
+    pub fn allocated(&self) -> Vec<u64> {
+        match self {
+            Plan::CopyOut { n, .. } | Plan::Move { n, .. } => vec![*n],
+            Plan::Fresh { n, heir, .. } => std::iter::once(*n).chain(heir.map(|h| h.1)).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Where `version` reads `chunk` from, given the chunk's exceptions.
+pub(crate) fn resolve(tree: &VersionTree, version: u32, excs: &[(u32, u64)]) -> Src {
+    if version == 0 {
+        return Src::Origin;
+    }
+    match tree.nearest(version, excs.iter().map(|e| e.0)) {
+        Some(v) => excs.iter().find(|e| e.0 == v).map_or(Src::Origin, |e| Src::Cow(e.1)),
+        None => Src::Origin,
+    }
+}
+
+/// Which version must receive a copy of the current data before the writer
+/// changes it: the writer's child, unless it (or, past ghosts the cleaner is
+/// merging away, its surviving descendant) already has its own exception.
+pub(crate) fn heir_target(
+    cleaning: &HashMap<u32, Option<u32>>,
+    first: Option<u32>,
+    excs: &[(u32, u64)],
+) -> Option<u32> {
+    let mut cur = first?;
+    loop {
+        if excs.iter().any(|e| e.0 == cur) {
+            return None;
+        }
+        match cleaning.get(&cur) {
+            Some(None) => return None,
+            Some(Some(next)) => cur = *next,
+            None => return Some(cur),
+        }
+    }
+}
+
+fn origin_of<'a>(m: &'a Meta, o: u32) -> Result<&'a Origin> {
+    m.origin_ref(o)
+}
+
+/// Plan a write of `version` to `chunk`; `full` if the write covers it all.
+pub(crate) fn plan_write(m: &mut Meta, o: u32, version: u32, chunk: u64, durable: u64) -> Result<Plan> {
+    let first = origin_of(m, o)?.tree.only_child(version);
+    if version == 0 && first.is_none() {
+        return Ok(Plan::Direct);
+    }
+    let excs = m.exceptions(o, chunk)?;
+    let org = origin_of(m, o)?;
+    let heir = heir_target(&org.cleaning, first, &excs);
+    if version == 0 {
+        return match heir {
+            None => Ok(Plan::Direct),
+            Some(h) => Ok(Plan::CopyOut { heir: h, n: m.space.alloc.alloc_data()? }),
+        };
+    }
+    let own = excs.iter().find(|e| e.0 == version).map(|e| e.1);
+    match (own, heir) {
+        (Some(e), None) => {
+            let wait = m.relabeled.get(&e).copied().filter(|&t| t > durable);
+            Ok(Plan::InPlace { e, wait })
+        }
+        (Some(e), Some(h)) => Ok(Plan::Move { e, heir: h, n: m.space.alloc.alloc_data()? }),
+        (None, heir) => {
+            let src = resolve(&org.tree, version, &excs);
+            let n = m.space.alloc.alloc_data()?;
+            let heir = match heir {
+                Some(h) => match m.space.alloc.alloc_data() {
+                    Ok(c) => Some((h, c)),
+                    Err(e) => {
+                        m.space.alloc.free_data(n);
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
+            Ok(Plan::Fresh { src, n, heir })
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The oracle: a model that keeps every version's full content in memory,
+//! and the operations the property tests run against model and engine.
+#![allow(dead_code)]
+
+use dms_engine::{Store, Volume};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+pub const ORIGIN: &str = "origin";
+
+/// One step of a workload. Tags are picked by index into the live tags, so
+/// a sequence stays meaningful whatever was deleted before.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Write { pick: usize, offset: usize, len: usize, seed: u8 },
+    Zero { pick: usize, offset: usize, len: usize },
+    SnapOrigin,
+    SnapOf { pick: usize },
+    Delete { pick: usize },
+    Rollback { pick: usize },
+    Flush,
+    Clean,
+    Reopen,
+}
+
+pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (any::<usize>(), 0..size, 1..size / 2, any::<u8>())
+            .prop_map(move |(pick, offset, len, seed)| Op::Write { pick, offset, len: len.min(size - offset), seed }),
+        1 => (any::<usize>(), 0..size, 1..size / 4)
+            .prop_map(move |(pick, offset, len)| Op::Zero { pick, offset, len: len.min(size - offset) }),
+        3 => Just(Op::SnapOrigin),
+        2 => any::<usize>().prop_map(|pick| Op::SnapOf { pick }),
+        2 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Rollback { pick }),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Clean),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// Every version's content.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub versions: BTreeMap<u32, Vec<u8>>,
+    pub next_tag: u32,
+}
+
+impl Model {
+    pub fn new(origin: Vec<u8>) -> Model {
+        let mut versions = BTreeMap::new();
+        versions.insert(0, origin);
+        Model { versions, next_tag: 1 }
+    }
+
+    pub fn tags(&self) -> Vec<u32> {
+        self.versions.keys().copied().collect()
+    }
+
+    fn pick_any(&self, pick: usize) -> u32 {
+        let t = self.tags();
+        t[pick % t.len()]
+    }
+
+    fn pick_snapshot(&self, pick: usize) -> Option<u32> {
+        let t: Vec<u32> = self.tags().into_iter().filter(|&t| t != 0).collect();
+        (!t.is_empty()).then(|| t[pick % t.len()])
+    }
+
+    /// Resolve an op's picks to concrete tags: what both sides then run.
+    pub fn resolve(&self, op: &Op) -> Option<Step> {
+        Some(match *op {
+            Op::Write { pick, offset, len, seed } => {
+                let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add((i * 7 + i / 13) as u8) | 1).collect();
+                Step::Write { tag: self.pick_any(pick), offset, data }
+            }
+            Op::Zero { pick, offset, len } => Step::Zero { tag: self.pick_any(pick), offset, len },
+            Op::SnapOrigin => Step::SnapOrigin,
+            Op::SnapOf { pick } => Step::SnapOf { tag: self.pick_snapshot(pick)? },
+            Op::Delete { pick } => Step::Delete { tag: self.pick_snapshot(pick)? },
+            Op::Rollback { pick } => Step::Rollback { tag: self.pick_snapshot(pick)? },
+            Op::Flush => Step::Flush,
+            Op::Clean => Step::Clean,
+            Op::Reopen => Step::Reopen,
+        })
+    }
+
+    pub fn apply(&mut self, step: &Step) {
+        match step {
+            Step::Write { tag, offset, data } => {
+                self.versions.get_mut(tag).unwrap()[*offset..*offset + data.len()].copy_from_slice(data)
+            }
+            Step::Zero { tag, offset, len } => self.versions.get_mut(tag).unwrap()[*offset..*offset + len].fill(0),
+            Step::SnapOrigin => {
+                let c = self.versions[&0].clone();
+                self.versions.insert(self.next_tag, c);
+                self.next_tag += 1;
+            }
+            Step::SnapOf { tag } => {
+                let c = self.versions[tag].clone();
+                self.versions.insert(self.next_tag, c);
+                self.next_tag += 1;
+            }
+            Step::Delete { tag } => {
+                self.versions.remove(tag);
+            }
+            Step::Rollback { tag } => {
+                let c = self.versions[tag].clone();
+                self.versions.insert(0, c);
+            }
+            Step::Flush | Step::Clean | Step::Reopen => {}
+        }
+    }
+}
+
+/// An op with its tags resolved.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Write { tag: u32, offset: usize, data: Vec<u8> },
+    Zero { tag: u32, offset: usize, len: usize },
+    SnapOrigin,
+    SnapOf { tag: u32 },
+    Delete { tag: u32 },
+    Rollback { tag: u32 },
+    Flush,
+    Clean,
+    Reopen,
+}
+
+/// Run a step on the engine (Reopen is the caller's business).
+pub fn run(store: &Store, step: &Step) -> dms_engine::Result<()> {
+    match step {
+        Step::Write { tag, offset, data } => store.volume(ORIGIN, *tag)?.write_at(data, *offset as u64),
+        Step::Zero { tag, offset, len } => store.volume(ORIGIN, *tag)?.discard(*offset as u64, *len as u64),
+        Step::SnapOrigin => store.snapshot_origin(ORIGIN, "so").map(|_| ()),
+        Step::SnapOf { tag } => store.snapshot_of(ORIGIN, *tag, "ss").map(|_| ()),
+        Step::Delete { tag } => store.delete(ORIGIN, *tag),
+        Step::Rollback { tag } => store.rollback(ORIGIN, *tag),
+        Step::Flush => store.flush(),
+        Step::Clean => store.clean().map(|_| ()),
+        Step::Reopen => Ok(()),
+    }
+}
+
+pub fn read_all(v: &Volume) -> Vec<u8> {
+    let mut buf = vec![0u8; v.size() as usize];
+    v.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// Compare every version of the engine with the model.
+pub fn compare(store: &Store, model: &Model) -> Result<(), String> {
+    let mut tags = store.tags(ORIGIN).map_err(|e| e.to_string())?;
+    tags.insert(0, 0);
+    if tags != model.tags() {
+        return Err(format!("tags differ: engine {tags:?}, model {:?}", model.tags()));
+    }
+    for (tag, want) in &model.versions {
+        let v = store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?;
+        let got = read_all(&v);
+        if &got != want {
+            let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+            return Err(format!("tag {tag} differs first at byte {at}: got {} want {}", got[at], want[at]));
+        }
+    }
+    Ok(())
+}
+
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed ^ (i as u8).wrapping_mul(31) ^ ((i >> 8) as u8)).collect()
+}
