@@ -76,6 +76,7 @@ impl Inner {
             m.space.alloc.commit_done();
         }
         m.relabeled.retain(|_, t| *t > txn);
+        m.chunk_txn.retain(|_, t| *t > txn);
         Ok(txn)
     }
 }

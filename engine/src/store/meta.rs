@@ -46,6 +46,10 @@ pub(crate) struct Meta {
     /// COW chunks whose owner changed, with the transaction that did it: an
     /// in-place write to one waits until that transaction is durable.
     pub relabeled: HashMap<u64, u64>,
+    /// Chunks whose exceptions changed, with the transaction that changed
+    /// them: an origin overwrite of one waits until that is durable, since
+    /// the durable exceptions are what protect the old data.
+    pub chunk_txn: HashMap<(u32, u64), u64>,
     pub dirty_versions: HashSet<(u32, u32)>,
     pub dirty_origins: HashSet<u32>,
     pub removed_records: Vec<CatKey>,
@@ -69,6 +73,7 @@ impl Meta {
             by_id,
             txn,
             relabeled: HashMap::new(),
+            chunk_txn: HashMap::new(),
             dirty_versions: HashSet::new(),
             dirty_origins: HashSet::new(),
             removed_records: Vec::new(),
@@ -168,6 +173,7 @@ impl Meta {
     pub fn insert_exception(&mut self, origin: u32, chunk: u64, version: u32, cow: u64) -> Result<()> {
         let io = loader(&self.cow, &self.sb);
         let old = self.exc.insert(&io, &mut self.space.alloc, ExcKey::new(origin, chunk, version), cow)?;
+        self.chunk_txn.insert((origin, chunk), self.txn);
         if old.is_none() {
             self.count(origin, version, 1);
         }
@@ -177,6 +183,7 @@ impl Meta {
     pub fn remove_exception(&mut self, origin: u32, chunk: u64, version: u32) -> Result<Option<u64>> {
         let io = loader(&self.cow, &self.sb);
         let old = self.exc.remove(&io, &mut self.space.alloc, &ExcKey::new(origin, chunk, version))?;
+        self.chunk_txn.insert((origin, chunk), self.txn);
         if old.is_some() {
             self.count(origin, version, -1);
         }

@@ -211,13 +211,13 @@ impl Volume {
         // Record the new exceptions.
         let need = {
             let mut m = inner.meta()?;
-            let res = (|| -> Result<bool> {
-                let mut copied_out = false;
+            let res = (|| -> Result<Option<u64>> {
+                let mut need: Option<u64> = None;
                 for (p, plan) in batch.iter().zip(&plans) {
                     match *plan {
                         Plan::CopyOut { heir, n } => {
                             m.insert_exception(self.origin, p.chunk, heir, n)?;
-                            copied_out = true;
+                            need = Some(m.txn);
                         }
                         Plan::Move { heir, n, .. } => {
                             m.relabel(self.origin, p.chunk, ctx.version, heir)?;
@@ -229,14 +229,14 @@ impl Volume {
                             }
                             m.insert_exception(self.origin, p.chunk, ctx.version, n)?;
                         }
-                        Plan::Direct | Plan::InPlace { .. } => {}
+                        Plan::Direct { wait } => need = need.max(wait),
+                        Plan::InPlace { .. } => {}
                     }
                 }
-                Ok(copied_out)
+                Ok(need)
             })();
             match res {
-                Ok(true) => Some(m.txn),
-                Ok(false) => None,
+                Ok(need) => need,
                 Err(e) => {
                     drop(m);
                     inner.fail(&e);
@@ -278,7 +278,7 @@ impl Volume {
             let data = &buf[p.at..p.at + p.len];
             let full = p.len as u64 == cb;
             match *plan {
-                Plan::Direct => {}
+                Plan::Direct { .. } => {}
                 Plan::CopyOut { n, .. } => {
                     read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?;
                     cow.write_at(&scratch, n * cb)?;

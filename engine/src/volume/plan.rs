@@ -16,8 +16,9 @@ pub(crate) enum Src {
 /// What a write to one chunk does.
 #[derive(Debug)]
 pub(crate) enum Plan {
-    /// Origin write; nobody needs the old data.
-    Direct,
+    /// Origin write; nobody needs the old data once transaction `wait`
+    /// (which gave the readers their own copies) is durable.
+    Direct { wait: Option<u64> },
     /// Origin write; first copy the old data to COW chunk `n` for version `heir`.
     CopyOut { heir: u32, n: u64 },
     /// The version's own exception, read by no one else: write it in place,
@@ -82,14 +83,14 @@ fn origin_of<'a>(m: &'a Meta, o: u32) -> Result<&'a Origin> {
 pub(crate) fn plan_write(m: &mut Meta, o: u32, version: u32, chunk: u64, durable: u64) -> Result<Plan> {
     let first = origin_of(m, o)?.tree.only_child(version);
     if version == 0 && first.is_none() {
-        return Ok(Plan::Direct);
+        return Ok(Plan::Direct { wait: None });
     }
     let excs = m.exceptions(o, chunk)?;
     let org = origin_of(m, o)?;
     let heir = heir_target(&org.cleaning, first, &excs);
     if version == 0 {
         return match heir {
-            None => Ok(Plan::Direct),
+            None => Ok(Plan::Direct { wait: m.chunk_txn.get(&(o, chunk)).copied().filter(|&t| t > durable) }),
             Some(h) => Ok(Plan::CopyOut { heir: h, n: m.space.alloc.alloc_data()? }),
         };
     }

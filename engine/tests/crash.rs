@@ -1,0 +1,193 @@
+//! Crash consistency: workloads crash at every N-th device write or sync.
+//! The restarted machine finds the durable image plus an arbitrary subset of
+//! unsynced writes, some torn. After reopening, the metadata must check
+//! clean and every version must read as the model at the last durable point,
+//! where bytes written since then may read old or new, and nothing else.
+
+mod common;
+
+use common::*;
+use dms_engine::io::{Dev, FaultController, FaultDev};
+use dms_engine::{FormatOptions, Store};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const ORIGIN_BYTES: usize = 32 * 1024;
+const COW_BYTES: usize = 4 << 20;
+
+fn cases() -> u32 {
+    std::env::var("DMS_CRASH_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48)
+}
+
+/// Writes since the last durable point: (tag, offset, bytes).
+type Pending = Vec<(u32, usize, Vec<u8>)>;
+
+/// Does the engine match `base`, allowing pending bytes to be old or new?
+fn matches(store: &Store, base: &Model, pending: &Pending) -> Result<(), String> {
+    let mut tags = store.tags(ORIGIN).map_err(|e| e.to_string())?;
+    tags.insert(0, 0);
+    if tags != base.tags() {
+        return Err(format!("tags {tags:?}, expected {:?}", base.tags()));
+    }
+    for (tag, want) in &base.versions {
+        let got = read_all(&store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?);
+        for (b, (&g, &w)) in got.iter().zip(want).enumerate() {
+            if g == w {
+                continue;
+            }
+            let ok = pending.iter().any(|(t, off, data)| t == tag && b >= *off && b < off + data.len() && data[b - off] == g);
+            if !ok {
+                return Err(format!("tag {tag} byte {b}: got {g}, expected {w} (or a pending write)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Setup {
+    ctl: Arc<FaultController>,
+    origin: Arc<FaultDev>,
+    cow: Arc<FaultDev>,
+    store: Store,
+}
+
+fn setup(chunk_pages: u32, initial: &[u8]) -> Setup {
+    let ctl = FaultController::new();
+    let origin = Arc::new(FaultDev::new("origin", initial.to_vec(), ctl.clone()));
+    let cow = Arc::new(FaultDev::new("cow", vec![0u8; COW_BYTES], ctl.clone()));
+    let store = Store::format(cow.clone(), &FormatOptions { chunk_pages, force: false }).unwrap();
+    let dev: Dev = origin.clone();
+    store.bind(ORIGIN, dev).unwrap();
+    Setup { ctl, origin, cow, store }
+}
+
+/// Run the workload; with `crash_at`, crash there. Returns the model at the
+/// last durable point, the model after the step in flight (if it may have
+/// become durable), and the writes since the last durable point.
+fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Model>, Pending) {
+    let mut durable = model.clone();
+    let mut pending: Pending = Vec::new();
+    for op in ops {
+        let Some(step) = model.resolve(op) else { continue };
+        let mut after = model.clone();
+        after.apply(&step);
+        match &step {
+            Step::Write { tag, offset, data } => pending.push((*tag, *offset, data.clone())),
+            Step::Zero { tag, offset, len } => pending.push((*tag, *offset, vec![0u8; *len])),
+            _ => {}
+        }
+        let res = if let Step::Reopen = step {
+            s.store.flush().and_then(|_| {
+                let cow: Dev = s.cow.clone();
+                let store = Store::open(cow)?;
+                let dev: Dev = s.origin.clone();
+                store.attach(ORIGIN, dev)?;
+                s.store = store;
+                Ok(())
+            })
+        } else {
+            run(&s.store, &step)
+        };
+        if res.is_err() {
+            assert!(s.ctl.crashed(), "step {step:?} failed without a crash: {res:?}");
+            let structural = matches!(step, Step::SnapOrigin | Step::SnapOf { .. } | Step::Delete { .. } | Step::Rollback { .. });
+            return (durable, structural.then_some(after), pending);
+        }
+        *model = after;
+        if !matches!(step, Step::Write { .. } | Step::Zero { .. } | Step::Clean) {
+            durable = model.clone();
+            pending.clear();
+        }
+    }
+    (durable, None, pending)
+}
+
+fn crash_case(chunk_pages: u32, ops: &[Op], stride_div: u64) -> Result<u64, TestCaseError> {
+    let initial = pattern(ORIGIN_BYTES, 0x3C);
+    // Dry run: how many writes and syncs does this workload make?
+    let mut s = setup(chunk_pages, &initial);
+    let base_ops = s.ctl.ops();
+    let mut m = Model::new(initial.clone());
+    drive(&mut s, ops, &mut m);
+    let total = s.ctl.ops() - base_ops;
+    let stride = (total / stride_div).max(1);
+    let mut crashes = 0u64;
+    let mut at = 1;
+    while at <= total {
+        let mut s = setup(chunk_pages, &initial);
+        s.ctl.crash_after(at);
+        let mut model = Model::new(initial.clone());
+        let (durable, maybe, pending) = drive(&mut s, ops, &mut model);
+        if !s.ctl.crashed() {
+            break;
+        }
+        crashes += 1;
+        let seed = at.wrapping_mul(0x9E37_79B9) ^ u64::from(chunk_pages);
+        let origin_img = s.origin.crash_image(seed);
+        let cow_img = s.cow.crash_image(seed ^ 0xFFFF);
+        drop(s);
+        let ctl = FaultController::new();
+        let origin: Dev = Arc::new(FaultDev::new("origin", origin_img, ctl.clone()));
+        let cow: Dev = Arc::new(FaultDev::new("cow", cow_img, ctl));
+        let store = Store::open(cow).map_err(|e| TestCaseError::fail(format!("crash at {at}: open: {e}")))?;
+        store.attach(ORIGIN, origin).map_err(|e| TestCaseError::fail(format!("crash at {at}: attach: {e}")))?;
+        let report = store.check().map_err(|e| TestCaseError::fail(format!("crash at {at}: check: {e}")))?;
+        prop_assert!(report.is_clean(), "crash at {}: {:?}", at, report.problems);
+        let first = maybe.as_ref().map(|a| matches(&store, a, &pending));
+        match first {
+            Some(Ok(())) => {}
+            _ => {
+                if let Err(e) = matches(&store, &durable, &pending) {
+                    let other = first.map(|r| r.err().unwrap_or_default()).unwrap_or_default();
+                    return Err(TestCaseError::fail(format!("crash at op {at} of {total}: {e} {other}")));
+                }
+            }
+        }
+        // The recovered store keeps working and cleans up to a clean check.
+        store.clean().map_err(|e| TestCaseError::fail(format!("clean after crash {at}: {e}")))?;
+        let report = store.check().unwrap();
+        prop_assert!(report.is_clean(), "after clean, crash at {}: {:?}", at, report.problems);
+        at += stride;
+    }
+    Ok(crashes)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn crash_anywhere_chunk_1(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..25)) {
+        crash_case(1, &ops, 40)?;
+    }
+
+    #[test]
+    fn crash_anywhere_chunk_4(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..25)) {
+        crash_case(4, &ops, 40)?;
+    }
+}
+
+/// A fixed workload crashed at every single write and sync, with several
+/// tearing patterns each.
+#[test]
+fn crash_at_every_point_of_a_snapshot_workload() {
+    let ops = vec![
+        Op::Write { pick: 0, offset: 0, len: 9000, seed: 1 },
+        Op::SnapOrigin,
+        Op::Write { pick: 0, offset: 4000, len: 9000, seed: 2 },
+        Op::SnapOf { pick: 0 },
+        Op::Write { pick: 1, offset: 100, len: 5000, seed: 3 },
+        Op::Flush,
+        Op::Delete { pick: 0 },
+        Op::Rollback { pick: 0 },
+        Op::Write { pick: 0, offset: 20000, len: 3000, seed: 4 },
+        Op::Clean,
+    ];
+    let mut total = 0;
+    for cp in [1, 4] {
+        total += crash_case(cp, &ops, u64::MAX).unwrap();
+    }
+    assert!(total > 100, "only {total} crash points");
+    let _ = BTreeMap::<u8, u8>::new();
+}
+
