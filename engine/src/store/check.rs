@@ -19,6 +19,8 @@ pub struct CheckReport {
     pub metadata_pages: u64,
     pub exception_nodes: u64,
     pub exception_tree_depth: u16,
+    /// Every metadata page (nodes and bitmaps, not superblocks), ascending.
+    pub metadata: Vec<u64>,
 }
 
 impl CheckReport {
@@ -92,6 +94,8 @@ impl Store {
             claim(&mut owner, &mut report, *p, "exception node");
         }
         report.metadata_pages = owner.len() as u64;
+        report.metadata = owner.keys().copied().filter(|&p| p >= SUPERBLOCK_SLOTS).collect();
+        report.metadata.sort_unstable();
         let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
         for (k, cow) in &ex.1 {
             report.exceptions += 1;
