@@ -1,1 +1,170 @@
-fn main() {}
+//! Engine benchmark: `cargo bench -p dms-engine [-- --snapshots N --dir DIR]`.
+//!
+//! Prints the figures docs/benchmarks.md records: origin 4 KiB random write
+//! IOPS as the snapshot chain grows (first write after a snapshot, and
+//! rewrite), snapshot read IOPS (newest and oldest of the chain), snapshot
+//! create and delete latency, and metadata bytes per exception.
+//! Files go to DIR (default /dev/shm, which measures the engine rather than
+//! the disk; pass --dir /var/tmp for a disk).
+
+use dms_engine::io::{Dev, FileDev};
+use dms_engine::{FormatOptions, Store, Volume};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+const ORIGIN: &str = "origin";
+const ORIGIN_BYTES: u64 = 256 << 20;
+const COW_BYTES: u64 = 8 << 30;
+const BLOCK: usize = 4096;
+
+struct Args {
+    snapshots: u32,
+    dir: String,
+    ops: u32,
+}
+
+fn args() -> Args {
+    let mut a = Args { snapshots: 10_000, dir: "/dev/shm".into(), ops: 20_000 };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        match v[i].as_str() {
+            "--snapshots" => a.snapshots = v[i + 1].parse().expect("--snapshots N"),
+            "--dir" => a.dir = v[i + 1].clone(),
+            "--ops" => a.ops = v[i + 1].parse().expect("--ops N"),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn file(dir: &std::path::Path, name: &str, size: u64) -> Dev {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(size).unwrap();
+    std::sync::Arc::new(FileDev::open(&p, true).unwrap())
+}
+
+fn iops(n: u32, secs: f64) -> String {
+    format!("{:>10.0}", f64::from(n) / secs)
+}
+
+/// Random 4 KiB writes to the given chunks; returns IOPS.
+fn write_chunks(v: &Volume, chunks: &[u64], rng: &mut impl Rng, ops: u32) -> f64 {
+    let buf = vec![0x5au8; BLOCK];
+    let t = Instant::now();
+    for i in 0..ops {
+        let c = chunks[if ops as usize == chunks.len() { i as usize } else { rng.gen_range(0..chunks.len()) }];
+        v.write_at(&buf, c * BLOCK as u64).unwrap();
+    }
+    f64::from(ops) / t.elapsed().as_secs_f64()
+}
+
+fn read_random(v: &Volume, rng: &mut impl Rng, ops: u32) -> f64 {
+    let mut buf = vec![0u8; BLOCK];
+    let chunks = ORIGIN_BYTES / BLOCK as u64;
+    let t = Instant::now();
+    for _ in 0..ops {
+        v.read_at(&mut buf, rng.gen_range(0..chunks) * BLOCK as u64).unwrap();
+    }
+    f64::from(ops) / t.elapsed().as_secs_f64()
+}
+
+fn distinct(rng: &mut impl Rng, n: usize) -> Vec<u64> {
+    let total = ORIGIN_BYTES / BLOCK as u64;
+    let mut set = std::collections::BTreeSet::new();
+    while set.len() < n {
+        set.insert(rng.gen_range(0..total));
+    }
+    let mut v: Vec<u64> = set.into_iter().collect();
+    // Shuffle so the writes are random, not ascending.
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.gen_range(0..=i));
+    }
+    v
+}
+
+fn main() {
+    let a = args();
+    let dir = tempfile::Builder::new().prefix("dms-bench").tempdir_in(&a.dir).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let origin = file(dir.path(), "origin.img", ORIGIN_BYTES);
+    let cow = file(dir.path(), "cow.img", COW_BYTES);
+    let store = Store::format(cow, &FormatOptions { chunk_pages: 1, force: false }).unwrap();
+    store.bind(ORIGIN, origin).unwrap();
+    let o = store.volume(ORIGIN, 0).unwrap();
+    // Fill the origin so reads hit real data.
+    let fill = vec![0x11u8; 1 << 20];
+    for i in 0..ORIGIN_BYTES >> 20 {
+        o.write_at(&fill, i << 20).unwrap();
+    }
+    store.flush().unwrap();
+    println!("dms-engine benchmark: origin {} MiB, chunk 4 KiB, files in {}", ORIGIN_BYTES >> 20, a.dir);
+    println!();
+    println!("{:>10} {:>18} {:>18}", "snapshots", "first-write IOPS", "rewrite IOPS");
+    let all: Vec<u64> = (0..ORIGIN_BYTES / BLOCK as u64).collect();
+    let r = write_chunks(&o, &all, &mut rng, a.ops);
+    println!("{:>10} {:>18} {:>18.0}", 0, "-", r);
+    let first_n = 2000usize;
+    let mut taken = 0u32;
+    let mut rewrite_at = Vec::new();
+    let mut tags = Vec::new();
+    // Grow the chain; between snapshots, 100 chunks of the origin change
+    // (each a copy-out for the newest snapshot).
+    for target in [1u32, 100, a.snapshots] {
+        while taken + 1 < target {
+            tags.push(store.snapshot_origin(ORIGIN, "chain").unwrap());
+            taken += 1;
+            let c = rng.gen_range(0..ORIGIN_BYTES / BLOCK as u64 - 100);
+            o.write_at(&vec![taken as u8; 100 * BLOCK], c * BLOCK as u64).unwrap();
+        }
+        tags.push(store.snapshot_origin(ORIGIN, "measured").unwrap());
+        taken += 1;
+        let chunks = distinct(&mut rng, first_n);
+        let first = write_chunks(&o, &chunks, &mut rng, first_n as u32);
+        let again = write_chunks(&o, &chunks, &mut rng, a.ops);
+        rewrite_at.push((target, again));
+        println!("{:>10} {:>18.0} {:>18.0}", target, first, again);
+    }
+    let one = rewrite_at[0].1;
+    let last = rewrite_at[rewrite_at.len() - 1].1;
+    println!("rewrite IOPS at {} snapshots vs 1: {:+.1}%", a.snapshots, (last / one - 1.0) * 100.0);
+    println!();
+    let newest = store.volume(ORIGIN, *tags.last().unwrap()).unwrap();
+    let oldest = store.volume(ORIGIN, tags[0]).unwrap();
+    let rn = read_random(&newest, &mut rng, a.ops);
+    let ro = read_random(&oldest, &mut rng, a.ops);
+    let rorig = read_random(&o, &mut rng, a.ops);
+    println!("4 KiB random read IOPS: origin {}, newest snapshot {}, oldest of {} {}", iops(1, 1.0 / rorig), iops(1, 1.0 / rn), a.snapshots, iops(1, 1.0 / ro));
+    println!("oldest/newest read cost: {:.2}x", rn / ro);
+    drop((newest, oldest));
+    let n = 100u32;
+    let t = Instant::now();
+    let mut extra = Vec::new();
+    for _ in 0..n {
+        extra.push(store.snapshot_origin(ORIGIN, "latency").unwrap());
+    }
+    let create = t.elapsed().as_secs_f64() / f64::from(n);
+    let t = Instant::now();
+    for tag in &extra {
+        store.delete(ORIGIN, *tag).unwrap();
+    }
+    let delete = t.elapsed().as_secs_f64() / f64::from(n);
+    println!("snapshot create at {} snapshots: {:.0} us; delete: {:.0} us (each durable on return)", taken, create * 1e6, delete * 1e6);
+    let t = Instant::now();
+    let report = store.clean().unwrap();
+    println!("cleaner: {} versions removed in {:.1} ms", report.versions_removed, t.elapsed().as_secs_f64() * 1e3);
+    let check = store.check().unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems);
+    println!(
+        "metadata: {} exceptions, exception tree {} nodes ({:.2} bytes/exception), all metadata {:.2} bytes/exception",
+        check.exceptions,
+        check.exception_nodes,
+        (check.exception_nodes * 4096) as f64 / check.exceptions as f64,
+        (check.metadata_pages * 4096) as f64 / check.exceptions as f64
+    );
+}

@@ -191,3 +191,4 @@ fn crash_at_every_point_of_a_snapshot_workload() {
     let _ = BTreeMap::<u8, u8>::new();
 }
 
+

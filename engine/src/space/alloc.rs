@@ -27,6 +27,9 @@ pub struct Allocator {
     pending: Vec<u64>,
     /// Pages freed by the commit being written, still marked in use.
     inflight: Vec<u64>,
+    /// Data chunks handed out but not yet referenced by an exception: the
+    /// bitmap written by a commit shows them free, so a crash cannot leak them.
+    reserved: HashSet<u64>,
     /// Chunk groups partly used, where metadata pages go first.
     meta_groups: BTreeSet<u64>,
     data_cursor: u64,
@@ -100,6 +103,7 @@ impl Allocator {
             fresh: HashSet::new(),
             pending: Vec::new(),
             inflight: Vec::new(),
+            reserved: HashSet::new(),
             meta_groups: BTreeSet::new(),
             data_cursor: 0,
             meta_cursor: 0,
@@ -224,8 +228,8 @@ impl Allocator {
         self.fresh.insert(page);
     }
 
-    /// Take one data chunk; returns its chunk number. Refuses to eat into
-    /// the metadata reserve.
+    /// Take one data chunk; returns its chunk number. It stays reserved
+    /// until [`Allocator::confirm_data`]. Refuses to eat into the metadata reserve.
     pub fn alloc_data(&mut self) -> Result<u64> {
         let cp = u64::from(self.chunk_pages);
         if self.free_pages < self.reserve + cp {
@@ -237,16 +241,49 @@ impl Allocator {
         }
         self.data_cursor = page + cp;
         self.data_chunks += 1;
+        self.reserved.insert(page / cp);
         Ok(page / cp)
+    }
+
+    /// A reserved chunk is now referenced by an exception.
+    pub fn confirm_data(&mut self, chunk: u64) {
+        if self.reserved.remove(&chunk) {
+            let (b, _, _) = Self::locate(chunk * u64::from(self.chunk_pages));
+            self.blocks[b].dirty = true;
+        }
     }
 
     /// Return a data chunk.
     pub fn free_data(&mut self, chunk: u64) {
         let cp = u64::from(self.chunk_pages);
-        for p in chunk * cp..(chunk + 1) * cp {
-            self.free_page(p);
+        if self.reserved.remove(&chunk) {
+            // No durable bitmap ever showed it in use.
+            for p in chunk * cp..(chunk + 1) * cp {
+                self.fresh.remove(&p);
+                self.clear_bit(p);
+            }
+        } else {
+            for p in chunk * cp..(chunk + 1) * cp {
+                self.free_page(p);
+            }
         }
         self.data_chunks = self.data_chunks.saturating_sub(1);
+    }
+
+    /// Pages the bitmap on disk must show free although they are marked in
+    /// memory: frees not yet durable, and reserved chunks.
+    fn hidden_pages(&self) -> Vec<u64> {
+        let cp = u64::from(self.chunk_pages);
+        let mut v = self.pending.clone();
+        for &c in &self.reserved {
+            v.extend(c * cp..(c + 1) * cp);
+        }
+        v
+    }
+
+    /// Reserved chunks (handed out, not yet referenced).
+    pub fn reserved_chunks(&self) -> u64 {
+        self.reserved.len() as u64
     }
 
     /// Return a page: at once if this transaction took it, else once the
@@ -287,7 +324,7 @@ impl Allocator {
 
     pub(super) fn pending_per_block(&self) -> PendingCounts {
         let mut m = PendingCounts::new();
-        for &p in &self.pending {
+        for p in self.hidden_pages() {
             *m.entry(Self::locate(p).0).or_insert(0) += 1;
         }
         m
@@ -297,7 +334,7 @@ impl Allocator {
     /// already clear.
     pub(super) fn encode_dirty(&mut self, generation: u64) -> Vec<(u64, Vec<u8>)> {
         let mut cleared: std::collections::HashMap<usize, Vec<u64>> = Default::default();
-        for &p in &self.pending {
+        for p in self.hidden_pages() {
             let (b, w, m) = Self::locate(p);
             cleared.entry(b).or_insert_with(|| self.blocks[b].bits.clone())[w] &= !m;
         }

@@ -75,8 +75,8 @@ impl Inner {
         if sb.is_some() {
             m.space.alloc.commit_done();
         }
-        m.relabeled.retain(|_, t| *t > txn);
         m.chunk_txn.retain(|_, t| *t > txn);
+        m.new_chunks.retain(|_, t| *t > txn);
         Ok(txn)
     }
 }

@@ -43,13 +43,14 @@ pub(crate) struct Meta {
     pub by_id: HashMap<String, u32>,
     /// The open transaction's number (in memory only).
     pub txn: u64,
-    /// COW chunks whose owner changed, with the transaction that did it: an
-    /// in-place write to one waits until that transaction is durable.
-    pub relabeled: HashMap<u64, u64>,
     /// Chunks whose exceptions changed, with the transaction that changed
-    /// them: an origin overwrite of one waits until that is durable, since
-    /// the durable exceptions are what protect the old data.
+    /// them. An overwrite in place (of the origin, or of a snapshot's own
+    /// COW chunk) relies on who has their own copy; it waits until that is
+    /// durable, because after a crash the durable exceptions are what count.
     pub chunk_txn: HashMap<(u32, u64), u64>,
+    /// COW chunks first used in a transaction not yet durable: the durable
+    /// state does not reference them, so writing them in place is safe.
+    pub new_chunks: HashMap<u64, u64>,
     pub dirty_versions: HashSet<(u32, u32)>,
     pub dirty_origins: HashSet<u32>,
     pub removed_records: Vec<CatKey>,
@@ -72,8 +73,8 @@ impl Meta {
             origins,
             by_id,
             txn,
-            relabeled: HashMap::new(),
             chunk_txn: HashMap::new(),
+            new_chunks: HashMap::new(),
             dirty_versions: HashSet::new(),
             dirty_origins: HashSet::new(),
             removed_records: Vec::new(),
@@ -170,6 +171,21 @@ impl Meta {
         }
     }
 
+    /// Record a freshly allocated COW chunk as `version`'s exception.
+    pub fn add_new_exception(&mut self, origin: u32, chunk: u64, version: u32, cow: u64) -> Result<()> {
+        self.new_chunks.insert(cow, self.txn);
+        self.space.alloc.confirm_data(cow);
+        self.insert_exception(origin, chunk, version, cow)
+    }
+
+    /// The transaction an in-place overwrite of `chunk` must wait for, if any.
+    pub fn overwrite_wait(&self, origin: u32, chunk: u64, cow: Option<u64>, durable: u64) -> Option<u64> {
+        if cow.is_some_and(|c| self.new_chunks.get(&c).is_some_and(|&t| t > durable)) {
+            return None;
+        }
+        self.chunk_txn.get(&(origin, chunk)).copied().filter(|&t| t > durable)
+    }
+
     pub fn insert_exception(&mut self, origin: u32, chunk: u64, version: u32, cow: u64) -> Result<()> {
         let io = loader(&self.cow, &self.sb);
         let old = self.exc.insert(&io, &mut self.space.alloc, ExcKey::new(origin, chunk, version), cow)?;
@@ -194,7 +210,6 @@ impl Meta {
     pub fn relabel(&mut self, origin: u32, chunk: u64, from: u32, to: u32) -> Result<()> {
         if let Some(cow) = self.remove_exception(origin, chunk, from)? {
             self.insert_exception(origin, chunk, to, cow)?;
-            self.relabeled.insert(cow, self.txn);
         }
         Ok(())
     }
@@ -262,7 +277,7 @@ impl Meta {
         sb.exception_root = self.exc.root();
         sb.catalog_root = self.cat.root();
         sb.space_root = self.space.root();
-        sb.data_chunks = alloc.data_chunks;
+        sb.data_chunks = alloc.data_chunks - alloc.reserved_chunks();
         sb.meta_pages = alloc.used_pages().saturating_sub(alloc.data_chunks * u64::from(alloc.chunk_pages()));
         self.sb = sb.clone();
         self.force_dirty = false;

@@ -109,7 +109,7 @@ impl Store {
                 let mut m = inner.meta()?;
                 for &(c, _, copy) in &work {
                     if let Some((h, n)) = copy {
-                        m.insert_exception(index, c, h, n)?;
+                        m.add_new_exception(index, c, h, n)?;
                     }
                 }
                 m.txn

@@ -216,18 +216,18 @@ impl Volume {
                 for (p, plan) in batch.iter().zip(&plans) {
                     match *plan {
                         Plan::CopyOut { heir, n } => {
-                            m.insert_exception(self.origin, p.chunk, heir, n)?;
+                            m.add_new_exception(self.origin, p.chunk, heir, n)?;
                             need = Some(m.txn);
                         }
                         Plan::Move { heir, n, .. } => {
                             m.relabel(self.origin, p.chunk, ctx.version, heir)?;
-                            m.insert_exception(self.origin, p.chunk, ctx.version, n)?;
+                            m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
                         }
                         Plan::Fresh { n, heir, .. } => {
                             if let Some((h, hc)) = heir {
-                                m.insert_exception(self.origin, p.chunk, h, hc)?;
+                                m.add_new_exception(self.origin, p.chunk, h, hc)?;
                             }
-                            m.insert_exception(self.origin, p.chunk, ctx.version, n)?;
+                            m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
                         }
                         Plan::Direct { wait } => need = need.max(wait),
                         Plan::InPlace { .. } => {}

@@ -90,15 +90,14 @@ pub(crate) fn plan_write(m: &mut Meta, o: u32, version: u32, chunk: u64, durable
     let heir = heir_target(&org.cleaning, first, &excs);
     if version == 0 {
         return match heir {
-            None => Ok(Plan::Direct { wait: m.chunk_txn.get(&(o, chunk)).copied().filter(|&t| t > durable) }),
+            None => Ok(Plan::Direct { wait: m.overwrite_wait(o, chunk, None, durable) }),
             Some(h) => Ok(Plan::CopyOut { heir: h, n: m.space.alloc.alloc_data()? }),
         };
     }
     let own = excs.iter().find(|e| e.0 == version).map(|e| e.1);
     match (own, heir) {
         (Some(e), None) => {
-            let wait = m.relabeled.get(&e).copied().filter(|&t| t > durable);
-            Ok(Plan::InPlace { e, wait })
+            Ok(Plan::InPlace { e, wait: m.overwrite_wait(o, chunk, Some(e), durable) })
         }
         (Some(e), Some(h)) => Ok(Plan::Move { e, heir: h, n: m.space.alloc.alloc_data()? }),
         (None, heir) => {
