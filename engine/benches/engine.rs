@@ -24,7 +24,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { snapshots: 10_000, dir: "/dev/shm".into(), ops: 20_000 };
+    let mut a = Args {
+        snapshots: 10_000,
+        dir: "/dev/shm".into(),
+        ops: 20_000,
+    };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < v.len() {
@@ -58,7 +62,11 @@ fn write_chunks(v: &Volume, chunks: &[u64], rng: &mut impl Rng, ops: u32) -> f64
     let buf = vec![0x5au8; BLOCK];
     let t = Instant::now();
     for i in 0..ops {
-        let c = chunks[if ops as usize == chunks.len() { i as usize } else { rng.gen_range(0..chunks.len()) }];
+        let c = chunks[if ops as usize == chunks.len() {
+            i as usize
+        } else {
+            rng.gen_range(0..chunks.len())
+        }];
         v.write_at(&buf, c * BLOCK as u64).unwrap();
     }
     f64::from(ops) / t.elapsed().as_secs_f64()
@@ -69,7 +77,8 @@ fn read_random(v: &Volume, rng: &mut impl Rng, ops: u32) -> f64 {
     let chunks = ORIGIN_BYTES / BLOCK as u64;
     let t = Instant::now();
     for _ in 0..ops {
-        v.read_at(&mut buf, rng.gen_range(0..chunks) * BLOCK as u64).unwrap();
+        v.read_at(&mut buf, rng.gen_range(0..chunks) * BLOCK as u64)
+            .unwrap();
     }
     f64::from(ops) / t.elapsed().as_secs_f64()
 }
@@ -90,11 +99,21 @@ fn distinct(rng: &mut impl Rng, n: usize) -> Vec<u64> {
 
 fn main() {
     let a = args();
-    let dir = tempfile::Builder::new().prefix("dms-bench").tempdir_in(&a.dir).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("dms-bench")
+        .tempdir_in(&a.dir)
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let origin = file(dir.path(), "origin.img", ORIGIN_BYTES);
     let cow = file(dir.path(), "cow.img", COW_BYTES);
-    let store = Store::format(cow, &FormatOptions { chunk_pages: 1, force: false }).unwrap();
+    let store = Store::format(
+        cow,
+        &FormatOptions {
+            chunk_pages: 1,
+            force: false,
+        },
+    )
+    .unwrap();
     store.bind(ORIGIN, origin).unwrap();
     let o = store.volume(ORIGIN, 0).unwrap();
     // Fill the origin so reads hit real data.
@@ -103,9 +122,16 @@ fn main() {
         o.write_at(&fill, i << 20).unwrap();
     }
     store.flush().unwrap();
-    println!("dms-engine benchmark: origin {} MiB, chunk 4 KiB, files in {}", ORIGIN_BYTES >> 20, a.dir);
+    println!(
+        "dms-engine benchmark: origin {} MiB, chunk 4 KiB, files in {}",
+        ORIGIN_BYTES >> 20,
+        a.dir
+    );
     println!();
-    println!("{:>10} {:>18} {:>18}", "snapshots", "first-write IOPS", "rewrite IOPS");
+    println!(
+        "{:>10} {:>18} {:>18}",
+        "snapshots", "first-write IOPS", "rewrite IOPS"
+    );
     let all: Vec<u64> = (0..ORIGIN_BYTES / BLOCK as u64).collect();
     let r = write_chunks(&o, &all, &mut rng, a.ops);
     println!("{:>10} {:>18} {:>18.0}", 0, "-", r);
@@ -120,7 +146,8 @@ fn main() {
             tags.push(store.snapshot_origin(ORIGIN, "chain").unwrap());
             taken += 1;
             let c = rng.gen_range(0..ORIGIN_BYTES / BLOCK as u64 - 100);
-            o.write_at(&vec![taken as u8; 100 * BLOCK], c * BLOCK as u64).unwrap();
+            o.write_at(&vec![taken as u8; 100 * BLOCK], c * BLOCK as u64)
+                .unwrap();
         }
         tags.push(store.snapshot_origin(ORIGIN, "measured").unwrap());
         taken += 1;
@@ -132,14 +159,24 @@ fn main() {
     }
     let one = rewrite_at[0].1;
     let last = rewrite_at[rewrite_at.len() - 1].1;
-    println!("rewrite IOPS at {} snapshots vs 1: {:+.1}%", a.snapshots, (last / one - 1.0) * 100.0);
+    println!(
+        "rewrite IOPS at {} snapshots vs 1: {:+.1}%",
+        a.snapshots,
+        (last / one - 1.0) * 100.0
+    );
     println!();
     let newest = store.volume(ORIGIN, *tags.last().unwrap()).unwrap();
     let oldest = store.volume(ORIGIN, tags[0]).unwrap();
     let rn = read_random(&newest, &mut rng, a.ops);
     let ro = read_random(&oldest, &mut rng, a.ops);
     let rorig = read_random(&o, &mut rng, a.ops);
-    println!("4 KiB random read IOPS: origin {}, newest snapshot {}, oldest of {} {}", iops(1, 1.0 / rorig), iops(1, 1.0 / rn), a.snapshots, iops(1, 1.0 / ro));
+    println!(
+        "4 KiB random read IOPS: origin {}, newest snapshot {}, oldest of {} {}",
+        iops(1, 1.0 / rorig),
+        iops(1, 1.0 / rn),
+        a.snapshots,
+        iops(1, 1.0 / ro)
+    );
     println!("oldest/newest read cost: {:.2}x", rn / ro);
     drop((newest, oldest));
     let n = 100u32;
@@ -154,10 +191,19 @@ fn main() {
         store.delete(ORIGIN, *tag).unwrap();
     }
     let delete = t.elapsed().as_secs_f64() / f64::from(n);
-    println!("snapshot create at {} snapshots: {:.0} us; delete: {:.0} us (each durable on return)", taken, create * 1e6, delete * 1e6);
+    println!(
+        "snapshot create at {} snapshots: {:.0} us; delete: {:.0} us (each durable on return)",
+        taken,
+        create * 1e6,
+        delete * 1e6
+    );
     let t = Instant::now();
     let report = store.clean().unwrap();
-    println!("cleaner: {} versions removed in {:.1} ms", report.versions_removed, t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "cleaner: {} versions removed in {:.1} ms",
+        report.versions_removed,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let check = store.check().unwrap();
     assert!(check.is_clean(), "{:?}", check.problems);
     println!(

@@ -11,9 +11,17 @@ pub type BlockKind = &'static str;
 #[non_exhaustive]
 pub enum Error {
     /// An I/O error from a backend, with the device and operation.
-    Io { device: String, op: &'static str, source: io::Error },
+    Io {
+        device: String,
+        op: &'static str,
+        source: io::Error,
+    },
     /// A metadata block failed validation.
-    Corrupt { block: u64, expected: BlockKind, reason: String },
+    Corrupt {
+        block: u64,
+        expected: BlockKind,
+        reason: String,
+    },
     /// No superblock slot holds a valid store.
     NotAStore { device: String, reason: String },
     /// Formatting was refused because the device already holds a store.
@@ -21,11 +29,23 @@ pub enum Error {
     /// The chunk size is not a power of two in 1..=64 pages.
     BadChunkSize(u64),
     /// The COW device is too small to hold a store.
-    DeviceTooSmall { device: String, bytes: u64, needed: u64 },
+    DeviceTooSmall {
+        device: String,
+        bytes: u64,
+        needed: u64,
+    },
     /// An origin larger than the store can address.
-    OriginTooLarge { origin: String, bytes: u64, max: u64 },
+    OriginTooLarge {
+        origin: String,
+        bytes: u64,
+        max: u64,
+    },
     /// The origin device is smaller than recorded at bind time.
-    OriginShrunk { origin: String, bytes: u64, recorded: u64 },
+    OriginShrunk {
+        origin: String,
+        bytes: u64,
+        recorded: u64,
+    },
     /// An origin id already bound to the store.
     OriginExists(String),
     /// An origin id the store does not know.
@@ -59,11 +79,19 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(device: &str, op: &'static str, source: io::Error) -> Self {
-        Error::Io { device: device.to_string(), op, source }
+        Error::Io {
+            device: device.to_string(),
+            op,
+            source,
+        }
     }
 
     pub(crate) fn corrupt(block: u64, expected: BlockKind, reason: impl Into<String>) -> Self {
-        Error::Corrupt { block, expected, reason: reason.into() }
+        Error::Corrupt {
+            block,
+            expected,
+            reason: reason.into(),
+        }
     }
 
     /// The errno this error maps to, for block-level front ends (NBD, FUSE).
@@ -83,8 +111,15 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { device, op, source } => write!(f, "{device}: {op} failed: {source}"),
-            Error::Corrupt { block, expected, reason } => {
-                write!(f, "metadata block {block} ({expected}) is corrupt: {reason}")
+            Error::Corrupt {
+                block,
+                expected,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "metadata block {block} ({expected}) is corrupt: {reason}"
+                )
             }
             Error::NotAStore { device, reason } => {
                 write!(f, "{device} does not hold a dms store: {reason}")
@@ -97,14 +132,25 @@ impl fmt::Display for Error {
                 f,
                 "chunk size {n} is invalid: it must be a power of two from 1 to 64 pages"
             ),
-            Error::DeviceTooSmall { device, bytes, needed } => {
-                write!(f, "{device} is too small ({bytes} bytes); a store needs at least {needed}")
+            Error::DeviceTooSmall {
+                device,
+                bytes,
+                needed,
+            } => {
+                write!(
+                    f,
+                    "{device} is too small ({bytes} bytes); a store needs at least {needed}"
+                )
             }
             Error::OriginTooLarge { origin, bytes, max } => write!(
                 f,
                 "origin {origin} is {bytes} bytes; this store can address at most {max}"
             ),
-            Error::OriginShrunk { origin, bytes, recorded } => write!(
+            Error::OriginShrunk {
+                origin,
+                bytes,
+                recorded,
+            } => write!(
                 f,
                 "origin {origin} is {bytes} bytes but was bound with {recorded}"
             ),
@@ -116,7 +162,10 @@ impl fmt::Display for Error {
                 write!(f, "origin {origin} has no snapshot with tag {tag}")
             }
             Error::TagZero { origin, op } => {
-                write!(f, "{op}: tag 0 is the origin {origin} itself, not a snapshot")
+                write!(
+                    f,
+                    "{op}: tag 0 is the origin {origin} itself, not a snapshot"
+                )
             }
             Error::HasSnapshots { origin, count } => write!(
                 f,

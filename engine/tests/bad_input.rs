@@ -16,13 +16,20 @@ fn store() -> (Arc<MemDev>, Store) {
 }
 
 /// Run `f`, expect an error matching `want`, and the device untouched.
-fn refused(cow: &MemDev, f: impl FnOnce() -> dms_engine::Result<()>, want: impl Fn(&Error) -> bool) {
+fn refused(
+    cow: &MemDev,
+    f: impl FnOnce() -> dms_engine::Result<()>,
+    want: impl Fn(&Error) -> bool,
+) {
     let before = cow.to_bytes();
     match f() {
         Err(e) => assert!(want(&e), "unexpected error: {e}"),
         Ok(()) => panic!("not refused"),
     }
-    assert!(cow.to_bytes() == before, "a refused command changed the device");
+    assert!(
+        cow.to_bytes() == before,
+        "a refused command changed the device"
+    );
 }
 
 #[test]
@@ -30,13 +37,31 @@ fn chunk_size_must_be_a_power_of_two_in_range() {
     let cow = Arc::new(MemDev::new("cow", 16 << 20));
     for cp in [0u32, 3, 6, 12, 65, 128] {
         let c = cow.clone();
-        refused(&cow, || Store::format(c, &FormatOptions { chunk_pages: cp, force: true }).map(|_| ()), |e| {
-            matches!(e, Error::BadChunkSize(n) if *n == u64::from(cp))
-        });
+        refused(
+            &cow,
+            || {
+                Store::format(
+                    c,
+                    &FormatOptions {
+                        chunk_pages: cp,
+                        force: true,
+                    },
+                )
+                .map(|_| ())
+            },
+            |e| matches!(e, Error::BadChunkSize(n) if *n == u64::from(cp)),
+        );
     }
     for cp in [1u32, 2, 4, 8, 16, 32, 64] {
         let cow: Dev = Arc::new(MemDev::new("cow", 64 << 20));
-        Store::format(cow, &FormatOptions { chunk_pages: cp, force: false }).unwrap();
+        Store::format(
+            cow,
+            &FormatOptions {
+                chunk_pages: cp,
+                force: false,
+            },
+        )
+        .unwrap();
     }
 }
 
@@ -45,16 +70,31 @@ fn formatting_a_store_needs_force() {
     let (cow, store) = store();
     drop(store);
     let c = cow.clone();
-    refused(&cow, || Store::format(c, &FormatOptions::default()).map(|_| ()), |e| matches!(e, Error::AlreadyFormatted { .. }));
+    refused(
+        &cow,
+        || Store::format(c, &FormatOptions::default()).map(|_| ()),
+        |e| matches!(e, Error::AlreadyFormatted { .. }),
+    );
     let c: Dev = cow.clone();
-    Store::format(c, &FormatOptions { chunk_pages: 2, force: true }).unwrap();
+    Store::format(
+        c,
+        &FormatOptions {
+            chunk_pages: 2,
+            force: true,
+        },
+    )
+    .unwrap();
 }
 
 #[test]
 fn an_origin_larger_than_the_store_can_address() {
     let (cow, store) = store();
     let huge: Dev = Arc::new(MemDev::new("huge", MAX_ORIGIN_BYTES + 4096));
-    refused(&cow, || store.bind("huge", huge), |e| matches!(e, Error::OriginTooLarge { .. }));
+    refused(
+        &cow,
+        || store.bind("huge", huge),
+        |e| matches!(e, Error::OriginTooLarge { .. }),
+    );
     let ok: Dev = Arc::new(MemDev::new("big", MAX_ORIGIN_BYTES));
     store.bind("big", ok).unwrap();
 }
@@ -62,30 +102,70 @@ fn an_origin_larger_than_the_store_can_address() {
 #[test]
 fn snapshot_of_an_unknown_or_deleted_tag() {
     let (cow, store) = store();
-    refused(&cow, || store.snapshot_of(ORIGIN, 7, "").map(|_| ()), |e| matches!(e, Error::UnknownTag { tag: 7, .. }));
+    refused(
+        &cow,
+        || store.snapshot_of(ORIGIN, 7, "").map(|_| ()),
+        |e| matches!(e, Error::UnknownTag { tag: 7, .. }),
+    );
     let t = store.snapshot_origin(ORIGIN, "").unwrap();
     store.delete(ORIGIN, t).unwrap();
-    refused(&cow, || store.snapshot_of(ORIGIN, t, "").map(|_| ()), |e| matches!(e, Error::UnknownTag { .. }));
-    refused(&cow, || store.delete(ORIGIN, t), |e| matches!(e, Error::UnknownTag { .. }));
-    refused(&cow, || store.rollback(ORIGIN, t), |e| matches!(e, Error::UnknownTag { .. }));
-    refused(&cow, || store.volume(ORIGIN, t).map(|_| ()), |e| matches!(e, Error::UnknownTag { .. }));
-    refused(&cow, || store.snapshot_origin("nope", "").map(|_| ()), |e| matches!(e, Error::UnknownOrigin(_)));
+    refused(
+        &cow,
+        || store.snapshot_of(ORIGIN, t, "").map(|_| ()),
+        |e| matches!(e, Error::UnknownTag { .. }),
+    );
+    refused(
+        &cow,
+        || store.delete(ORIGIN, t),
+        |e| matches!(e, Error::UnknownTag { .. }),
+    );
+    refused(
+        &cow,
+        || store.rollback(ORIGIN, t),
+        |e| matches!(e, Error::UnknownTag { .. }),
+    );
+    refused(
+        &cow,
+        || store.volume(ORIGIN, t).map(|_| ()),
+        |e| matches!(e, Error::UnknownTag { .. }),
+    );
+    refused(
+        &cow,
+        || store.snapshot_origin("nope", "").map(|_| ()),
+        |e| matches!(e, Error::UnknownOrigin(_)),
+    );
 }
 
 #[test]
 fn tag_zero_is_not_a_snapshot() {
     let (cow, store) = store();
-    refused(&cow, || store.delete(ORIGIN, 0), |e| matches!(e, Error::TagZero { .. }));
+    refused(
+        &cow,
+        || store.delete(ORIGIN, 0),
+        |e| matches!(e, Error::TagZero { .. }),
+    );
     // A second child of the origin through "ss 0".
-    refused(&cow, || store.snapshot_of(ORIGIN, 0, "").map(|_| ()), |e| matches!(e, Error::TagZero { .. }));
-    refused(&cow, || store.rollback(ORIGIN, 0), |e| matches!(e, Error::TagZero { .. }));
+    refused(
+        &cow,
+        || store.snapshot_of(ORIGIN, 0, "").map(|_| ()),
+        |e| matches!(e, Error::TagZero { .. }),
+    );
+    refused(
+        &cow,
+        || store.rollback(ORIGIN, 0),
+        |e| matches!(e, Error::TagZero { .. }),
+    );
 }
 
 #[test]
 fn unbinding_an_origin_with_snapshots() {
     let (cow, store) = store();
     let t = store.snapshot_origin(ORIGIN, "keep").unwrap();
-    refused(&cow, || store.unbind(ORIGIN), |e| matches!(e, Error::HasSnapshots { count: 1, .. }));
+    refused(
+        &cow,
+        || store.unbind(ORIGIN),
+        |e| matches!(e, Error::HasSnapshots { count: 1, .. }),
+    );
     store.delete(ORIGIN, t).unwrap();
     store.unbind(ORIGIN).unwrap();
     assert!(store.origins().unwrap().is_empty());
@@ -96,17 +176,36 @@ fn unbinding_an_origin_with_snapshots() {
 fn names_memos_and_duplicates() {
     let (cow, store) = store();
     let long = "m".repeat(dms_engine::MAX_MEMO + 1);
-    refused(&cow, || store.snapshot_origin(ORIGIN, &long).map(|_| ()), |e| matches!(e, Error::MemoTooLong { .. }));
+    refused(
+        &cow,
+        || store.snapshot_origin(ORIGIN, &long).map(|_| ()),
+        |e| matches!(e, Error::MemoTooLong { .. }),
+    );
     let dev: Dev = Arc::new(MemDev::new("o", 4096));
-    refused(&cow, || store.bind(ORIGIN, dev.clone()), |e| matches!(e, Error::OriginExists(_)));
-    refused(&cow, || store.bind("", dev.clone()), |e| matches!(e, Error::BadOriginId(_)));
+    refused(
+        &cow,
+        || store.bind(ORIGIN, dev.clone()),
+        |e| matches!(e, Error::OriginExists(_)),
+    );
+    refused(
+        &cow,
+        || store.bind("", dev.clone()),
+        |e| matches!(e, Error::BadOriginId(_)),
+    );
     let v = store.volume(ORIGIN, 0).unwrap();
-    refused(&cow, || v.write_at(&[1], 1 << 20), |e| matches!(e, Error::OutOfRange { .. }));
+    refused(
+        &cow,
+        || v.write_at(&[1], 1 << 20),
+        |e| matches!(e, Error::OutOfRange { .. }),
+    );
     // A memo of 255 UTF-8 bytes and more is fine.
     let memo = "é".repeat(300);
     let t = store.snapshot_origin(ORIGIN, &memo).unwrap();
     let st = store.status().unwrap();
-    assert_eq!(st.origins[0].list.iter().find(|x| x.tag == t).unwrap().memo, memo);
+    assert_eq!(
+        st.origins[0].list.iter().find(|x| x.tag == t).unwrap().memo,
+        memo
+    );
 }
 
 #[test]
@@ -135,7 +234,10 @@ fn a_full_cow_device_fails_the_write_and_keeps_every_snapshot() {
     assert_eq!(now[written as usize..], initial[written as usize..]);
     // Snapshot writes fail too, origin writes to chunks already copied work.
     let s = store.volume(ORIGIN, t1).unwrap();
-    assert!(matches!(s.write_at(&[1; 4096], 3 << 20), Err(Error::NoSpace)));
+    assert!(matches!(
+        s.write_at(&[1; 4096], 3 << 20),
+        Err(Error::NoSpace)
+    ));
     o.write_at(&[0xDD; 100], 0).unwrap();
     // Everything survives a reopen; deleting the snapshot frees the space.
     store.flush().unwrap();

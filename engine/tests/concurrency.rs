@@ -39,7 +39,14 @@ fn run(chunk_pages: u32) {
     let initial = pattern(SIZE, 0x77);
     let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
     let cow: Dev = Arc::new(MemDev::new("cow", 256 << 20));
-    let store = Store::format(cow, &FormatOptions { chunk_pages, force: false }).unwrap();
+    let store = Store::format(
+        cow,
+        &FormatOptions {
+            chunk_pages,
+            force: false,
+        },
+    )
+    .unwrap();
     store.bind(ORIGIN, origin).unwrap();
     assert_eq!(store.snapshot_origin(ORIGIN, "frozen").unwrap(), 1);
     assert_eq!(store.snapshot_of(ORIGIN, 1, "written").unwrap(), 2);
@@ -55,7 +62,10 @@ fn run(chunk_pages: u32) {
         let (store, clock, log) = (store.clone(), clock.clone(), log.clone());
         handles.push(std::thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(t * 1000 + u64::from(chunk_pages));
-            let vols: Vec<_> = writable.iter().map(|&tag| store.volume(ORIGIN, tag).unwrap()).collect();
+            let vols: Vec<_> = writable
+                .iter()
+                .map(|&tag| store.volume(ORIGIN, tag).unwrap())
+                .collect();
             for _ in 0..250 {
                 let vi = rng.gen_range(0..vols.len());
                 let tag = writable[vi];
@@ -70,7 +80,16 @@ fn run(chunk_pages: u32) {
                 let start = clock.fetch_add(1, Ordering::SeqCst);
                 vols[vi].write_at(&buf, (first * SECTOR) as u64).unwrap();
                 let end = clock.fetch_add(1, Ordering::SeqCst);
-                log.lock().unwrap().insert(id, WriteRec { tag, first, count, start, end });
+                log.lock().unwrap().insert(
+                    id,
+                    WriteRec {
+                        tag,
+                        first,
+                        count,
+                        start,
+                        end,
+                    },
+                );
                 if rng.gen_range(0..20) == 0 {
                     vols[vi].flush().unwrap();
                 }
@@ -82,7 +101,10 @@ fn run(chunk_pages: u32) {
         let (store, stop, initial) = (store.clone(), stop.clone(), initial.clone());
         readers.push(std::thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(99 + r);
-            let vols: Vec<_> = frozen.iter().map(|&tag| store.volume(ORIGIN, tag).unwrap()).collect();
+            let vols: Vec<_> = frozen
+                .iter()
+                .map(|&tag| store.volume(ORIGIN, tag).unwrap())
+                .collect();
             let mut reads = 0u64;
             while stop.load(Ordering::SeqCst) == 0 || reads < 50 {
                 let v = &vols[rng.gen_range(0..vols.len())];
@@ -90,7 +112,12 @@ fn run(chunk_pages: u32) {
                 let len = rng.gen_range(1..65536);
                 let mut buf = vec![0u8; len];
                 v.read_at(&mut buf, off as u64).unwrap();
-                assert_eq!(buf, initial[off..off + len], "frozen tag {} changed at {off}", v.tag());
+                assert_eq!(
+                    buf,
+                    initial[off..off + len],
+                    "frozen tag {} changed at {off}",
+                    v.tag()
+                );
                 reads += 1;
             }
             reads
@@ -117,21 +144,39 @@ fn run(chunk_pages: u32) {
             let sec = &got[s * SECTOR..(s + 1) * SECTOR];
             let cands = covering.get(&(tag, s));
             match cands {
-                None => assert_eq!(sec, &initial[s * SECTOR..(s + 1) * SECTOR], "tag {tag} sector {s} never written"),
+                None => assert_eq!(
+                    sec,
+                    &initial[s * SECTOR..(s + 1) * SECTOR],
+                    "tag {tag} sector {s} never written"
+                ),
                 Some(c) => {
                     let id = u64::from_le_bytes(sec[..8].try_into().unwrap());
-                    assert!(c.contains(&id), "tag {tag} sector {s} holds write {id}, not one of {c:?}");
-                    assert_eq!(sec, &sector_bytes(id, s, tag)[..], "tag {tag} sector {s} is torn");
+                    assert!(
+                        c.contains(&id),
+                        "tag {tag} sector {s} holds write {id}, not one of {c:?}"
+                    );
+                    assert_eq!(
+                        sec,
+                        &sector_bytes(id, s, tag)[..],
+                        "tag {tag} sector {s} is torn"
+                    );
                     let w = &log[&id];
                     for other in c {
-                        assert!(log[other].start < w.end, "tag {tag} sector {s}: write {id} ended before {other} began, yet won");
+                        assert!(
+                            log[other].start < w.end,
+                            "tag {tag} sector {s}: write {id} ended before {other} began, yet won"
+                        );
                     }
                 }
             }
         }
     }
     for tag in frozen {
-        assert_eq!(read_all(&store.volume(ORIGIN, tag).unwrap()), initial, "frozen tag {tag}");
+        assert_eq!(
+            read_all(&store.volume(ORIGIN, tag).unwrap()),
+            initial,
+            "frozen tag {tag}"
+        );
     }
     let report = store.check().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);

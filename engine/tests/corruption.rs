@@ -17,14 +17,24 @@ fn build() -> (Vec<u8>, Vec<u8>, Vec<u64>) {
     let initial = pattern(4 << 20, 9);
     let origin = Arc::new(MemDev::from_bytes("origin", &initial));
     let cow = Arc::new(MemDev::new("cow", 32 << 20));
-    let store = Store::format(cow.clone(), &FormatOptions { chunk_pages: 1, force: false }).unwrap();
+    let store = Store::format(
+        cow.clone(),
+        &FormatOptions {
+            chunk_pages: 1,
+            force: false,
+        },
+    )
+    .unwrap();
     let dev: Dev = origin.clone();
     store.bind(ORIGIN, dev).unwrap();
     let o = store.volume(ORIGIN, 0).unwrap();
     for round in 0..4u8 {
-        store.snapshot_origin(ORIGIN, &format!("round {round}")).unwrap();
+        store
+            .snapshot_origin(ORIGIN, &format!("round {round}"))
+            .unwrap();
         for i in 0..1000u64 {
-            o.write_at(&[round; 100], (i * 5 + u64::from(round)) * 4096 % (4 << 20)).unwrap();
+            o.write_at(&[round; 100], (i * 5 + u64::from(round)) * 4096 % (4 << 20))
+                .unwrap();
         }
     }
     store.snapshot_of(ORIGIN, 2, "child").unwrap();
@@ -59,12 +69,16 @@ fn a_flipped_byte_in_any_metadata_block_names_that_block() {
     exercise(&origin, &cow).unwrap();
     let mut tried = 0;
     for &page in &pages {
-        for off in [0usize, 15, 16, 20, 24, 32, 40, 47, 48, 49, 100, 1000, 2047, 4095] {
+        for off in [
+            0usize, 15, 16, 20, 24, 32, 40, 47, 48, 49, 100, 1000, 2047, 4095,
+        ] {
             let mut img = cow.clone();
             img[(page * PAGE) as usize + off] ^= 0x20;
             let res = catch_unwind(AssertUnwindSafe(|| exercise(&origin, &img)));
             match res {
-                Ok(Err(Error::Corrupt { block, .. })) => assert_eq!(block, page, "flip at {page}+{off}"),
+                Ok(Err(Error::Corrupt { block, .. })) => {
+                    assert_eq!(block, page, "flip at {page}+{off}")
+                }
                 Ok(other) => panic!("flip at page {page} offset {off}: {other:?}"),
                 Err(_) => panic!("flip at page {page} offset {off} panicked"),
             }

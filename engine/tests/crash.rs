@@ -17,7 +17,10 @@ const ORIGIN_BYTES: usize = 32 * 1024;
 const COW_BYTES: usize = 4 << 20;
 
 fn cases() -> u32 {
-    std::env::var("DMS_CRASH_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(48)
+    std::env::var("DMS_CRASH_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(48)
 }
 
 /// Writes since the last durable point: (tag, offset, bytes).
@@ -36,9 +39,13 @@ fn matches(store: &Store, base: &Model, pending: &Pending) -> Result<(), String>
             if g == w {
                 continue;
             }
-            let ok = pending.iter().any(|(t, off, data)| t == tag && b >= *off && b < off + data.len() && data[b - off] == g);
+            let ok = pending.iter().any(|(t, off, data)| {
+                t == tag && b >= *off && b < off + data.len() && data[b - off] == g
+            });
             if !ok {
-                return Err(format!("tag {tag} byte {b}: got {g}, expected {w} (or a pending write)"));
+                return Err(format!(
+                    "tag {tag} byte {b}: got {g}, expected {w} (or a pending write)"
+                ));
             }
         }
     }
@@ -56,10 +63,22 @@ fn setup(chunk_pages: u32, initial: &[u8]) -> Setup {
     let ctl = FaultController::new();
     let origin = Arc::new(FaultDev::new("origin", initial.to_vec(), ctl.clone()));
     let cow = Arc::new(FaultDev::new("cow", vec![0u8; COW_BYTES], ctl.clone()));
-    let store = Store::format(cow.clone(), &FormatOptions { chunk_pages, force: false }).unwrap();
+    let store = Store::format(
+        cow.clone(),
+        &FormatOptions {
+            chunk_pages,
+            force: false,
+        },
+    )
+    .unwrap();
     let dev: Dev = origin.clone();
     store.bind(ORIGIN, dev).unwrap();
-    Setup { ctl, origin, cow, store }
+    Setup {
+        ctl,
+        origin,
+        cow,
+        store,
+    }
 }
 
 /// Run the workload; with `crash_at`, crash there. Returns the model at the
@@ -69,7 +88,9 @@ fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Model>,
     let mut durable = model.clone();
     let mut pending: Pending = Vec::new();
     for op in ops {
-        let Some(step) = model.resolve(op) else { continue };
+        let Some(step) = model.resolve(op) else {
+            continue;
+        };
         let mut after = model.clone();
         after.apply(&step);
         match &step {
@@ -90,8 +111,17 @@ fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Model>,
             run(&s.store, &step)
         };
         if res.is_err() {
-            assert!(s.ctl.crashed(), "step {step:?} failed without a crash: {res:?}");
-            let structural = matches!(step, Step::SnapOrigin | Step::SnapOf { .. } | Step::Delete { .. } | Step::Rollback { .. });
+            assert!(
+                s.ctl.crashed(),
+                "step {step:?} failed without a crash: {res:?}"
+            );
+            let structural = matches!(
+                step,
+                Step::SnapOrigin
+                    | Step::SnapOf { .. }
+                    | Step::Delete { .. }
+                    | Step::Rollback { .. }
+            );
             return (durable, structural.then_some(after), pending);
         }
         *model = after;
@@ -130,24 +160,40 @@ fn crash_case(chunk_pages: u32, ops: &[Op], stride_div: u64) -> Result<u64, Test
         let ctl = FaultController::new();
         let origin: Dev = Arc::new(FaultDev::new("origin", origin_img, ctl.clone()));
         let cow: Dev = Arc::new(FaultDev::new("cow", cow_img, ctl));
-        let store = Store::open(cow).map_err(|e| TestCaseError::fail(format!("crash at {at}: open: {e}")))?;
-        store.attach(ORIGIN, origin).map_err(|e| TestCaseError::fail(format!("crash at {at}: attach: {e}")))?;
-        let report = store.check().map_err(|e| TestCaseError::fail(format!("crash at {at}: check: {e}")))?;
+        let store = Store::open(cow)
+            .map_err(|e| TestCaseError::fail(format!("crash at {at}: open: {e}")))?;
+        store
+            .attach(ORIGIN, origin)
+            .map_err(|e| TestCaseError::fail(format!("crash at {at}: attach: {e}")))?;
+        let report = store
+            .check()
+            .map_err(|e| TestCaseError::fail(format!("crash at {at}: check: {e}")))?;
         prop_assert!(report.is_clean(), "crash at {}: {:?}", at, report.problems);
         let first = maybe.as_ref().map(|a| matches(&store, a, &pending));
         match first {
             Some(Ok(())) => {}
             _ => {
                 if let Err(e) = matches(&store, &durable, &pending) {
-                    let other = first.map(|r| r.err().unwrap_or_default()).unwrap_or_default();
-                    return Err(TestCaseError::fail(format!("crash at op {at} of {total}: {e} {other}")));
+                    let other = first
+                        .map(|r| r.err().unwrap_or_default())
+                        .unwrap_or_default();
+                    return Err(TestCaseError::fail(format!(
+                        "crash at op {at} of {total}: {e} {other}"
+                    )));
                 }
             }
         }
         // The recovered store keeps working and cleans up to a clean check.
-        store.clean().map_err(|e| TestCaseError::fail(format!("clean after crash {at}: {e}")))?;
+        store
+            .clean()
+            .map_err(|e| TestCaseError::fail(format!("clean after crash {at}: {e}")))?;
         let report = store.check().unwrap();
-        prop_assert!(report.is_clean(), "after clean, crash at {}: {:?}", at, report.problems);
+        prop_assert!(
+            report.is_clean(),
+            "after clean, crash at {}: {:?}",
+            at,
+            report.problems
+        );
         at += stride;
     }
     Ok(crashes)
@@ -172,15 +218,35 @@ proptest! {
 #[test]
 fn crash_at_every_point_of_a_snapshot_workload() {
     let ops = vec![
-        Op::Write { pick: 0, offset: 0, len: 9000, seed: 1 },
+        Op::Write {
+            pick: 0,
+            offset: 0,
+            len: 9000,
+            seed: 1,
+        },
         Op::SnapOrigin,
-        Op::Write { pick: 0, offset: 4000, len: 9000, seed: 2 },
+        Op::Write {
+            pick: 0,
+            offset: 4000,
+            len: 9000,
+            seed: 2,
+        },
         Op::SnapOf { pick: 0 },
-        Op::Write { pick: 1, offset: 100, len: 5000, seed: 3 },
+        Op::Write {
+            pick: 1,
+            offset: 100,
+            len: 5000,
+            seed: 3,
+        },
         Op::Flush,
         Op::Delete { pick: 0 },
         Op::Rollback { pick: 0 },
-        Op::Write { pick: 0, offset: 20000, len: 3000, seed: 4 },
+        Op::Write {
+            pick: 0,
+            offset: 20000,
+            len: 3000,
+            seed: 4,
+        },
         Op::Clean,
     ];
     let mut total = 0;
@@ -190,5 +256,3 @@ fn crash_at_every_point_of_a_snapshot_workload() {
     assert!(total > 100, "only {total} crash points");
     let _ = BTreeMap::<u8, u8>::new();
 }
-
-

@@ -13,7 +13,10 @@ const ORIGIN_BYTES: usize = 64 * 1024;
 const COW_BYTES: u64 = 8 << 20;
 
 fn cases() -> u32 {
-    std::env::var("DMS_MODEL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
+    std::env::var("DMS_MODEL_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
 }
 
 fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -21,11 +24,20 @@ fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
     let origin = Arc::new(MemDev::from_bytes("origin", &initial));
     let cow = Arc::new(MemDev::new("cow", COW_BYTES));
     let origin_dev: Dev = origin.clone();
-    let mut store = Store::format(cow.clone(), &FormatOptions { chunk_pages, force: false }).unwrap();
+    let mut store = Store::format(
+        cow.clone(),
+        &FormatOptions {
+            chunk_pages,
+            force: false,
+        },
+    )
+    .unwrap();
     store.bind(ORIGIN, origin_dev.clone()).unwrap();
     let mut model = Model::new(initial);
     for (i, op) in ops.iter().enumerate() {
-        let Some(step) = model.resolve(op) else { continue };
+        let Some(step) = model.resolve(op) else {
+            continue;
+        };
         if let Step::Reopen = step {
             store.flush().unwrap();
             drop(store);
@@ -34,7 +46,8 @@ fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
         }
         run(&store, &step).map_err(|e| TestCaseError::fail(format!("step {i} {step:?}: {e}")))?;
         model.apply(&step);
-        compare(&store, &model).map_err(|e| TestCaseError::fail(format!("after step {i} {step:?}: {e}")))?;
+        compare(&store, &model)
+            .map_err(|e| TestCaseError::fail(format!("after step {i} {step:?}: {e}")))?;
     }
     // Clean everything up and check the metadata walks clean.
     store.clean().unwrap();
@@ -47,7 +60,11 @@ fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
     store.attach(ORIGIN, origin_dev).unwrap();
     compare(&store, &model).map_err(TestCaseError::fail)?;
     let report = store.check().unwrap();
-    prop_assert!(report.is_clean(), "check after reopen: {:?}", report.problems);
+    prop_assert!(
+        report.is_clean(),
+        "check after reopen: {:?}",
+        report.problems
+    );
     Ok(())
 }
 

@@ -32,7 +32,11 @@ pub struct ExcKey {
 
 impl ExcKey {
     pub fn new(origin: u32, chunk: u64, version: u32) -> Self {
-        ExcKey { origin, chunk, version }
+        ExcKey {
+            origin,
+            chunk,
+            version,
+        }
     }
 }
 
@@ -72,29 +76,44 @@ impl Codec for ExceptionCodec {
         match prev {
             Some(p) if d_origin == 0 => {
                 let dc = r.get()?;
-                let chunk = p.chunk.checked_add(dc).ok_or_else(|| r.err("chunk overflow"))?;
+                let chunk = p
+                    .chunk
+                    .checked_add(dc)
+                    .ok_or_else(|| r.err("chunk overflow"))?;
                 let dv = r.get_u32()?;
                 let version = if dc == 0 {
                     if dv == 0 {
                         return Err(r.err("duplicate key"));
                     }
-                    p.version.checked_add(dv).ok_or_else(|| r.err("version overflow"))?
+                    p.version
+                        .checked_add(dv)
+                        .ok_or_else(|| r.err("version overflow"))?
                 } else {
                     dv
                 };
-                Ok(ExcKey { origin: p.origin, chunk, version })
+                Ok(ExcKey {
+                    origin: p.origin,
+                    chunk,
+                    version,
+                })
             }
             _ => {
                 let base = u64::from(prev.map_or(0, |p| p.origin));
                 let origin = if prev.is_none() {
-                    d_origin.checked_sub(1).ok_or_else(|| r.err("bad origin delta"))?
+                    d_origin
+                        .checked_sub(1)
+                        .ok_or_else(|| r.err("bad origin delta"))?
                 } else {
                     base + d_origin
                 };
                 let origin = u32::try_from(origin).map_err(|_| r.err("origin overflow"))?;
                 let chunk = r.get()?;
                 let version = r.get_u32()?;
-                Ok(ExcKey { origin, chunk, version })
+                Ok(ExcKey {
+                    origin,
+                    chunk,
+                    version,
+                })
             }
         }
     }
@@ -135,7 +154,10 @@ impl Codec for SpaceCodec {
 
     fn get_key(prev: Option<&u64>, r: &mut Reader) -> Result<u64> {
         let d = r.get()?;
-        prev.copied().unwrap_or(0).checked_add(d).ok_or_else(|| r.err("key overflow"))
+        prev.copied()
+            .unwrap_or(0)
+            .checked_add(d)
+            .ok_or_else(|| r.err("key overflow"))
     }
 
     fn put_value(_prev: Option<&SpaceEntry>, v: &SpaceEntry, out: &mut Vec<u8>) {
@@ -144,7 +166,10 @@ impl Codec for SpaceCodec {
     }
 
     fn get_value(_prev: Option<&SpaceEntry>, r: &mut Reader) -> Result<SpaceEntry> {
-        Ok(SpaceEntry { page: r.get()?, free: r.get_u32()? })
+        Ok(SpaceEntry {
+            page: r.get()?,
+            free: r.get_u32()?,
+        })
     }
 }
 

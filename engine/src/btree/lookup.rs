@@ -8,7 +8,11 @@ pub(super) fn route<K: Ord>(entries: &[(K, u64)], key: &K) -> usize {
     entries.partition_point(|e| e.0 <= *key).saturating_sub(1)
 }
 
-pub(super) fn check_level<C: Codec>(page: u64, node: &Node<C>, expected: Option<u16>) -> Result<()> {
+pub(super) fn check_level<C: Codec>(
+    page: u64,
+    node: &Node<C>,
+    expected: Option<u16>,
+) -> Result<()> {
     match expected {
         Some(l) if node.level() != l => Err(Error::corrupt(
             page,
@@ -32,7 +36,10 @@ impl<C: Codec> Tree<C> {
             check_level(page, &node, expected)?;
             match &*node {
                 Node::Leaf(e) => {
-                    return Ok(e.binary_search_by(|x| x.0.cmp(key)).ok().map(|i| e[i].1.clone()))
+                    return Ok(e
+                        .binary_search_by(|x| x.0.cmp(key))
+                        .ok()
+                        .map(|i| e[i].1.clone()))
                 }
                 Node::Internal(l, e) => {
                     page = e[route(e, key)].1;

@@ -43,10 +43,15 @@ pub struct Loader<'a> {
 impl Loader<'_> {
     pub fn read_page(&self, page: u64, kind: format::Kind) -> Result<Vec<u8>> {
         if page < format::SUPERBLOCK_SLOTS || page >= self.page_count {
-            return Err(Error::corrupt(page, kind.name(), "page address out of range"));
+            return Err(Error::corrupt(
+                page,
+                kind.name(),
+                "page address out of range",
+            ));
         }
         let mut buf = vec![0u8; format::PAGE_SIZE];
-        self.dev.read_at(&mut buf, page * format::PAGE_SIZE as u64)?;
+        self.dev
+            .read_at(&mut buf, page * format::PAGE_SIZE as u64)?;
         Ok(buf)
     }
 }
@@ -136,7 +141,11 @@ impl<C: Codec> Node<C> {
         let gen = hdr.generation.get();
         let kind = C::KIND.name();
         if gen > loader.max_generation {
-            return Err(Error::corrupt(page, kind, format!("generation {gen} is from the future")));
+            return Err(Error::corrupt(
+                page,
+                kind,
+                format!("generation {gen} is from the future"),
+            ));
         }
         let level = hdr.level.get();
         let count = hdr.count.get() as usize;
@@ -186,12 +195,21 @@ pub struct Tree<C: Codec> {
     root: u64,
     cache: HashMap<u64, Arc<Node<C>>>,
     dirty: HashSet<u64>,
+    /// For dirty nodes: encoded size at the last exact measure, and bytes it
+    /// may have grown since (a bound per change), so that a node is only
+    /// re-encoded when it might no longer fit.
+    sizes: HashMap<u64, (usize, usize)>,
 }
 
 impl<C: Codec> Tree<C> {
     /// A tree rooted at `root` (0 = empty).
     pub fn new(root: u64) -> Self {
-        Tree { root, cache: HashMap::new(), dirty: HashSet::new() }
+        Tree {
+            root,
+            cache: HashMap::new(),
+            dirty: HashSet::new(),
+            sizes: HashMap::new(),
+        }
     }
 
     pub fn root(&self) -> u64 {
@@ -200,14 +218,6 @@ impl<C: Codec> Tree<C> {
 
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
-    }
-
-    pub fn dirty_pages(&self) -> usize {
-        self.dirty.len()
-    }
-
-    pub fn cached_nodes(&self) -> usize {
-        self.cache.len()
     }
 
     fn load(&mut self, io: &Loader, page: u64) -> Result<Arc<Node<C>>> {
@@ -224,8 +234,11 @@ impl<C: Codec> Tree<C> {
     /// are clean (committed) and the next change shadows them again.
     pub fn take_dirty(&mut self, generation: u64) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::with_capacity(self.dirty.len());
+        self.sizes.clear();
         for page in self.dirty.drain() {
-            let Some(node) = self.cache.get(&page) else { continue };
+            let Some(node) = self.cache.get(&page) else {
+                continue;
+            };
             let payload = node.encode();
             let block = format::seal(
                 C::KIND,
@@ -242,10 +255,12 @@ impl<C: Codec> Tree<C> {
 
     /// Forget cached nodes (after a failed transaction the cache may hold
     /// uncommitted nodes).
+    #[cfg(test)]
     pub fn reset(&mut self, root: u64) {
         self.root = root;
         self.cache.clear();
         self.dirty.clear();
+        self.sizes.clear();
     }
 }
 

@@ -8,12 +8,22 @@ use crate::format::PAYLOAD_SIZE;
 use std::sync::Arc;
 
 type Splits<K> = Vec<(K, u64)>;
+type Inserted<C> = (Option<<C as Codec>::Value>, Splits<<C as Codec>::Key>);
 
 impl<C: Codec> Tree<C> {
+    /// The node at `page`, for changing. Each call may change it by at most
+    /// two entries' worth, which the size bound accounts for.
     fn node_mut(&mut self, page: u64) -> Result<&mut Node<C>> {
+        if let Some(s) = self.sizes.get_mut(&page) {
+            s.1 += 4 * C::MAX_ENTRY;
+        }
         match self.cache.get_mut(&page) {
             Some(n) => Ok(Arc::make_mut(n)),
-            None => Err(Error::corrupt(page, C::KIND.name(), "dirty node missing from cache")),
+            None => Err(Error::corrupt(
+                page,
+                C::KIND.name(),
+                "dirty node missing from cache",
+            )),
         }
     }
 
@@ -32,6 +42,7 @@ impl<C: Codec> Tree<C> {
     }
 
     fn free_page(&mut self, alloc: &mut dyn MetaAlloc, page: u64) {
+        self.sizes.remove(&page);
         self.cache.remove(&page);
         self.dirty.remove(&page);
         alloc.free_meta(page);
@@ -89,7 +100,7 @@ impl<C: Codec> Tree<C> {
         expected: Option<u16>,
         key: C::Key,
         value: C::Value,
-    ) -> Result<(Option<C::Value>, Splits<C::Key>)> {
+    ) -> Result<Inserted<C>> {
         let node = self.node_mut(page)?;
         check_level(page, node, expected)?;
         let old = match node {
@@ -113,11 +124,9 @@ impl<C: Codec> Tree<C> {
                 }
                 let (old, splits) =
                     self.insert_rec(io, alloc, new_child, Some(level - 1), key, value)?;
-                if !splits.is_empty() {
+                for (n, s) in splits.into_iter().enumerate() {
                     if let Node::Internal(_, e) = self.node_mut(page)? {
-                        for (n, s) in splits.into_iter().enumerate() {
-                            e.insert(i + 1 + n, s);
-                        }
+                        e.insert(i + 1 + n, s);
                     }
                 }
                 old
@@ -130,10 +139,22 @@ impl<C: Codec> Tree<C> {
     /// If `page` no longer fits its block, cut it into pieces; returns the
     /// new right-hand pieces as (first key, page).
     fn split_if_needed(&mut self, alloc: &mut dyn MetaAlloc, page: u64) -> Result<Splits<C::Key>> {
+        if let Some(&(exact, growth)) = self.sizes.get(&page) {
+            if exact + growth <= PAYLOAD_SIZE {
+                return Ok(Vec::new());
+            }
+        }
         let node = self.node_mut(page)?;
-        if node.fits() {
+        if node.len() * C::MAX_ENTRY <= PAYLOAD_SIZE {
             return Ok(Vec::new());
         }
+        let len = node.encode().len();
+        if len <= PAYLOAD_SIZE {
+            self.sizes.insert(page, (len, 0));
+            return Ok(Vec::new());
+        }
+        self.sizes.remove(&page);
+        let node = self.node_mut(page)?;
         let cuts = cut_points(node);
         let mut out = Vec::new();
         // Cut from the right so earlier indices stay valid.
@@ -149,7 +170,13 @@ impl<C: Codec> Tree<C> {
             let p = alloc.alloc_meta()?;
             let first = match piece.first_key() {
                 Some(k) => k,
-                None => return Err(Error::corrupt(page, C::KIND.name(), "empty piece after split")),
+                None => {
+                    return Err(Error::corrupt(
+                        page,
+                        C::KIND.name(),
+                        "empty piece after split",
+                    ))
+                }
             };
             self.add_node(p, piece);
             out.push((first, p));
@@ -230,7 +257,13 @@ impl<C: Codec> Tree<C> {
 
     /// After child `i` of `page` shrank: drop it if empty, or merge it with
     /// a neighbour when both fit in one node.
-    fn rebalance(&mut self, io: &Loader, alloc: &mut dyn MetaAlloc, page: u64, i: usize) -> Result<()> {
+    fn rebalance(
+        &mut self,
+        io: &Loader,
+        alloc: &mut dyn MetaAlloc,
+        page: u64,
+        i: usize,
+    ) -> Result<()> {
         let (child, len) = match self.node_mut(page)? {
             Node::Internal(_, e) => (e[i].1, e.len()),
             Node::Leaf(_) => return Ok(()),
@@ -258,13 +291,20 @@ impl<C: Codec> Tree<C> {
             (Node::Internal(l, x), Node::Internal(_, y)) => {
                 Node::Internal(*l, x.iter().chain(y).cloned().collect())
             }
-            _ => return Err(Error::corrupt(b_page, C::KIND.name(), "siblings of different levels")),
+            _ => {
+                return Err(Error::corrupt(
+                    b_page,
+                    C::KIND.name(),
+                    "siblings of different levels",
+                ))
+            }
         };
         if merged.encoded_len() > PAYLOAD_SIZE * 3 / 4 || !merged.fits() {
             return Ok(());
         }
         let a_new = self.shadow(io, alloc, a_page)?;
         *self.node_mut(a_new)? = merged;
+        self.sizes.remove(&a_new);
         self.free_page(alloc, b_page);
         if let Node::Internal(_, e) = self.node_mut(page)? {
             e[a].1 = a_new;

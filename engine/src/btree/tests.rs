@@ -49,7 +49,12 @@ fn rng(seed: &mut u64) -> u64 {
 #[test]
 fn matches_a_btreemap_through_commits_and_reloads() {
     let dev = MemDev::new("t", 64 << 20);
-    let mut alloc = TestAlloc { next: 1, free: vec![], pending: vec![], live: HashSet::new() };
+    let mut alloc = TestAlloc {
+        next: 1,
+        free: vec![],
+        pending: vec![],
+        live: HashSet::new(),
+    };
     let mut tree: Tree<ExceptionCodec> = Tree::new(0);
     let mut model = BTreeMap::new();
     let mut seed = 0x1234_5678_9abc_def1u64;
@@ -57,10 +62,17 @@ fn matches_a_btreemap_through_commits_and_reloads() {
         for _ in 0..2000 {
             let r = rng(&mut seed);
             let k = ExcKey::new((r % 3) as u32, (r >> 8) % 5000, ((r >> 24) % 7) as u32);
-            let io = Loader { dev: &dev, max_generation: round, page_count: 1 << 20 };
+            let io = Loader {
+                dev: &dev,
+                max_generation: round,
+                page_count: 1 << 20,
+            };
             if r % 5 < 3 {
                 let v = r >> 40;
-                assert_eq!(tree.insert(&io, &mut alloc, k, v).unwrap(), model.insert(k, v));
+                assert_eq!(
+                    tree.insert(&io, &mut alloc, k, v).unwrap(),
+                    model.insert(k, v)
+                );
             } else {
                 assert_eq!(tree.remove(&io, &mut alloc, &k).unwrap(), model.remove(&k));
             }
@@ -72,7 +84,11 @@ fn matches_a_btreemap_through_commits_and_reloads() {
         // Drop the cache: everything must come back from disk.
         let root = tree.root();
         tree.reset(root);
-        let io = Loader { dev: &dev, max_generation: round + 1, page_count: 1 << 20 };
+        let io = Loader {
+            dev: &dev,
+            max_generation: round + 1,
+            page_count: 1 << 20,
+        };
         let mut c = Collect(vec![], vec![]);
         tree.walk(&io, &mut c).unwrap();
         let want: Vec<_> = model.iter().map(|(k, v)| (*k, *v)).collect();
@@ -89,7 +105,11 @@ fn matches_a_btreemap_through_commits_and_reloads() {
     }
     // Remove everything: the tree and its pages go away.
     let keys: Vec<_> = model.keys().copied().collect();
-    let io = Loader { dev: &dev, max_generation: 100, page_count: 1 << 20 };
+    let io = Loader {
+        dev: &dev,
+        max_generation: 100,
+        page_count: 1 << 20,
+    };
     for k in keys {
         assert!(tree.remove(&io, &mut alloc, &k).unwrap().is_some());
     }
@@ -100,11 +120,21 @@ fn matches_a_btreemap_through_commits_and_reloads() {
 #[test]
 fn a_flipped_byte_is_a_typed_error() {
     let dev = MemDev::new("t", 16 << 20);
-    let mut alloc = TestAlloc { next: 1, free: vec![], pending: vec![], live: HashSet::new() };
+    let mut alloc = TestAlloc {
+        next: 1,
+        free: vec![],
+        pending: vec![],
+        live: HashSet::new(),
+    };
     let mut tree: Tree<ExceptionCodec> = Tree::new(0);
-    let io = Loader { dev: &dev, max_generation: 1, page_count: 4096 };
+    let io = Loader {
+        dev: &dev,
+        max_generation: 1,
+        page_count: 4096,
+    };
     for i in 0..3000u64 {
-        tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), i * 7).unwrap();
+        tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), i * 7)
+            .unwrap();
     }
     for (page, block) in tree.take_dirty(1) {
         dev.write_at(&block, page * 4096).unwrap();

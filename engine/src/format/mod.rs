@@ -91,7 +91,14 @@ fn checksum(block: &[u8]) -> [u8; 16] {
 }
 
 /// Build a block: header fields plus payload, checksum filled in.
-pub fn seal(kind: Kind, level: u16, count: u16, address: u64, generation: u64, payload: &[u8]) -> Vec<u8> {
+pub fn seal(
+    kind: Kind,
+    level: u16,
+    count: u16,
+    address: u64,
+    generation: u64,
+    payload: &[u8],
+) -> Vec<u8> {
     assert!(payload.len() <= PAYLOAD_SIZE, "payload overflows a block");
     let mut block = vec![0u8; PAGE_SIZE];
     let hdr = BlockHeader {
@@ -129,7 +136,10 @@ pub fn open(block: &[u8], kind: Kind, address: u64) -> Result<Opened<'_>> {
     }
     if hdr.kind.get() != kind.tag() {
         let found = hdr.kind.get().to_le_bytes();
-        return Err(bad(format!("block type is {:?}", String::from_utf8_lossy(&found))));
+        return Err(bad(format!(
+            "block type is {:?}",
+            String::from_utf8_lossy(&found)
+        )));
     }
     if hdr.address.get() != address {
         return Err(bad(format!("block claims address {}", hdr.address.get())));
@@ -138,5 +148,8 @@ pub fn open(block: &[u8], kind: Kind, address: u64) -> Result<Opened<'_>> {
     if len > PAYLOAD_SIZE {
         return Err(bad(format!("payload length {len} too large")));
     }
-    Ok(Opened { header: hdr, payload: &block[HEADER_SIZE..HEADER_SIZE + len] })
+    Ok(Opened {
+        header: hdr,
+        payload: &block[HEADER_SIZE..HEADER_SIZE + len],
+    })
 }

@@ -68,7 +68,14 @@ impl Superblock {
             meta_pages: U64::new(self.meta_pages),
             created: U64::new(self.created),
         };
-        seal(Kind::Super, 0, 0, Self::slot(self.generation), self.generation, body.as_bytes())
+        seal(
+            Kind::Super,
+            0,
+            0,
+            Self::slot(self.generation),
+            self.generation,
+            body.as_bytes(),
+        )
     }
 
     /// Decode slot `slot`'s page.
@@ -91,7 +98,11 @@ impl Superblock {
             return Err(bad("invalid chunk size"));
         }
         let page_count = body.page_count.get();
-        for root in [body.exception_root.get(), body.catalog_root.get(), body.space_root.get()] {
+        for root in [
+            body.exception_root.get(),
+            body.catalog_root.get(),
+            body.space_root.get(),
+        ] {
             if root != 0 && (root < SUPERBLOCK_SLOTS || root >= page_count) {
                 return Err(bad("tree root out of range"));
             }
@@ -151,7 +162,10 @@ mod tests {
         for i in 0..200 {
             let mut b = blk.clone();
             b[i] ^= 0x40;
-            assert!(matches!(Superblock::decode(&b, 1), Err(Error::Corrupt { block: 1, .. })));
+            assert!(matches!(
+                Superblock::decode(&b, 1),
+                Err(Error::Corrupt { block: 1, .. })
+            ));
         }
     }
 }

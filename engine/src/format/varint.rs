@@ -34,11 +34,20 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8], block: u64, kind: &'static str) -> Self {
-        Reader { buf, pos: 0, block, kind }
+        Reader {
+            buf,
+            pos: 0,
+            block,
+            kind,
+        }
     }
 
     pub fn err(&self, why: &str) -> Error {
-        Error::corrupt(self.block, self.kind, format!("{why} at payload byte {}", self.pos))
+        Error::corrupt(
+            self.block,
+            self.kind,
+            format!("{why} at payload byte {}", self.pos),
+        )
     }
 
     pub fn at_end(&self) -> bool {

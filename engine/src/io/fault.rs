@@ -107,7 +107,11 @@ impl FaultDev {
         FaultDev {
             name: name.to_string(),
             ctl,
-            images: Mutex::new(Images { volatile: bytes.clone(), durable: bytes, pending: Vec::new() }),
+            images: Mutex::new(Images {
+                volatile: bytes.clone(),
+                durable: bytes,
+                pending: Vec::new(),
+            }),
         }
     }
 
@@ -176,7 +180,9 @@ impl BlockDev for FaultDev {
         }
         let im = self.lock();
         let start = offset as usize;
-        let end = start.checked_add(buf.len()).filter(|&e| e <= im.volatile.len());
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= im.volatile.len());
         match end {
             Some(end) => {
                 buf.copy_from_slice(&im.volatile[start..end]);
@@ -189,7 +195,10 @@ impl BlockDev for FaultDev {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let start = offset as usize;
         let mut im = self.lock();
-        if start.checked_add(buf.len()).is_none_or(|e| e > im.volatile.len()) {
+        if start
+            .checked_add(buf.len())
+            .is_none_or(|e| e > im.volatile.len())
+        {
             return Err(self.failed("write"));
         }
         match self.ctl.tick(true) {

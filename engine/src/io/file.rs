@@ -37,7 +37,11 @@ impl FileDev {
             // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes) };
             if rc != 0 {
-                return Err(Error::io(&name, "BLKGETSIZE64", std::io::Error::last_os_error()));
+                return Err(Error::io(
+                    &name,
+                    "BLKGETSIZE64",
+                    std::io::Error::last_os_error(),
+                ));
             }
             bytes
         } else if ft.is_file() {
@@ -82,14 +86,20 @@ impl BlockDev for FileDev {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| Error::io(&self.name, "read", e))
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(&self.name, "read", e))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file.write_all_at(buf, offset).map_err(|e| Error::io(&self.name, "write", e))
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io(&self.name, "write", e))
     }
 
     fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.name, "sync", e))
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(&self.name, "sync", e))
     }
 }

@@ -17,7 +17,11 @@ pub struct MemDev {
 impl MemDev {
     /// A zero-filled device of `size` bytes.
     pub fn new(name: &str, size: u64) -> MemDev {
-        MemDev { name: name.to_string(), size, pages: RwLock::new(HashMap::new()) }
+        MemDev {
+            name: name.to_string(),
+            size,
+            pages: RwLock::new(HashMap::new()),
+        }
     }
 
     /// A device holding a copy of `bytes`.
@@ -90,7 +94,9 @@ impl BlockDev for MemDev {
             let pos = offset + done as u64;
             let (pno, off) = (pos / PAGE, (pos % PAGE) as usize);
             let n = (PAGE as usize - off).min(buf.len() - done);
-            let p = pages.entry(pno).or_insert_with(|| vec![0u8; PAGE as usize].into_boxed_slice());
+            let p = pages
+                .entry(pno)
+                .or_insert_with(|| vec![0u8; PAGE as usize].into_boxed_slice());
             p[off..off + n].copy_from_slice(&buf[done..done + n]);
             done += n;
         }

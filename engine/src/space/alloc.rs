@@ -42,7 +42,12 @@ impl Allocator {
     pub(super) fn new_empty(page_count: u64, chunk_pages: u32) -> Allocator {
         let nblocks = page_count.div_ceil(PAGES_PER_BITMAP) as usize;
         let blocks = (0..nblocks)
-            .map(|_| Block { page: 0, free: 0, bits: vec![0u64; BITMAP_WORDS], dirty: true })
+            .map(|_| Block {
+                page: 0,
+                free: 0,
+                bits: vec![0u64; BITMAP_WORDS],
+                dirty: true,
+            })
             .collect();
         let mut a = Allocator::with_blocks(page_count, chunk_pages, blocks, 0);
         for p in 0..SUPERBLOCK_SLOTS {
@@ -60,12 +65,21 @@ impl Allocator {
     ) -> Result<Allocator> {
         let blocks = raw
             .into_iter()
-            .map(|(page, bits)| Block { page, free: 0, bits, dirty: false })
+            .map(|(page, bits)| Block {
+                page,
+                free: 0,
+                bits,
+                dirty: false,
+            })
             .collect();
         let mut a = Allocator::with_blocks(page_count, chunk_pages, blocks, data_chunks);
         for p in 0..SUPERBLOCK_SLOTS {
             if !a.is_set(p) {
-                return Err(Error::corrupt(a.blocks[0].page, Kind::Bitmap.name(), "superblock pages marked free"));
+                return Err(Error::corrupt(
+                    a.blocks[0].page,
+                    Kind::Bitmap.name(),
+                    "superblock pages marked free",
+                ));
             }
         }
         let last = (page_count - 1) / PAGES_PER_BITMAP;
@@ -93,7 +107,12 @@ impl Allocator {
         Ok(a)
     }
 
-    fn with_blocks(page_count: u64, chunk_pages: u32, blocks: Vec<Block>, data_chunks: u64) -> Allocator {
+    fn with_blocks(
+        page_count: u64,
+        chunk_pages: u32,
+        blocks: Vec<Block>,
+        data_chunks: u64,
+    ) -> Allocator {
         let mut a = Allocator {
             page_count,
             chunk_pages,
@@ -170,24 +189,28 @@ impl Allocator {
         let groups_per_word = 64 / cp;
         let mask = if cp == 64 { u64::MAX } else { (1u64 << cp) - 1 };
         let nblocks = self.blocks.len();
-        let start = ((cursor / PAGES_PER_BITMAP) as usize).min(nblocks.saturating_sub(1));
+        let cursor = cursor.min(self.page_count.saturating_sub(1));
+        let start = (cursor / PAGES_PER_BITMAP) as usize;
+        let first_word = ((cursor % PAGES_PER_BITMAP) / 64) as usize;
         for step in 0..=nblocks {
             let bi = (start + step) % nblocks;
             let blk = &self.blocks[bi];
             if u64::from(blk.free) < cp {
                 continue;
             }
-            for (wi, &w) in blk.bits.iter().enumerate() {
+            let words = match step {
+                0 => first_word..BITMAP_WORDS,
+                s if s == nblocks => 0..first_word,
+                _ => 0..BITMAP_WORDS,
+            };
+            for wi in words {
+                let w = blk.bits[wi];
                 if w == u64::MAX {
                     continue;
                 }
                 for g in 0..groups_per_word {
                     if (w >> (g * cp)) & mask == 0 {
-                        let page = bi as u64 * PAGES_PER_BITMAP + wi as u64 * 64 + g * cp;
-                        if step == 0 && page < cursor && nblocks > 1 {
-                            continue;
-                        }
-                        return Some(page);
+                        return Some(bi as u64 * PAGES_PER_BITMAP + wi as u64 * 64 + g * cp);
                     }
                 }
             }
@@ -198,8 +221,7 @@ impl Allocator {
     /// Take one page for metadata. May use the reserve.
     pub fn alloc_meta_page(&mut self) -> Result<u64> {
         let cp = u64::from(self.chunk_pages);
-        loop {
-            let Some(&g) = self.meta_groups.iter().next() else { break };
+        while let Some(&g) = self.meta_groups.iter().next() {
             let free = (g * cp..(g + 1) * cp).find(|&p| !self.is_set(p));
             match free {
                 Some(p) => {
@@ -214,7 +236,9 @@ impl Allocator {
                 }
             }
         }
-        let page = self.find_free_group(self.meta_cursor).ok_or(Error::NoSpace)?;
+        let page = self
+            .find_free_group(self.meta_cursor)
+            .ok_or(Error::NoSpace)?;
         self.meta_cursor = page;
         self.take(page);
         if cp > 1 {
@@ -235,7 +259,9 @@ impl Allocator {
         if self.free_pages < self.reserve + cp {
             return Err(Error::NoSpace);
         }
-        let page = self.find_free_group(self.data_cursor).ok_or(Error::NoSpace)?;
+        let page = self
+            .find_free_group(self.data_cursor)
+            .ok_or(Error::NoSpace)?;
         for p in page..page + cp {
             self.take(p);
         }
@@ -303,7 +329,9 @@ impl Allocator {
     }
 
     pub(super) fn dirty_blocks(&self) -> Vec<usize> {
-        (0..self.blocks.len()).filter(|&i| self.blocks[i].dirty).collect()
+        (0..self.blocks.len())
+            .filter(|&i| self.blocks[i].dirty)
+            .collect()
     }
 
     pub(super) fn block_is_fresh(&self, i: usize) -> bool {
@@ -336,7 +364,9 @@ impl Allocator {
         let mut cleared: std::collections::HashMap<usize, Vec<u64>> = Default::default();
         for p in self.hidden_pages() {
             let (b, w, m) = Self::locate(p);
-            cleared.entry(b).or_insert_with(|| self.blocks[b].bits.clone())[w] &= !m;
+            cleared
+                .entry(b)
+                .or_insert_with(|| self.blocks[b].bits.clone())[w] &= !m;
         }
         let mut out = Vec::new();
         for (i, blk) in self.blocks.iter_mut().enumerate() {
@@ -345,7 +375,10 @@ impl Allocator {
             }
             let bits = cleared.get(&i).unwrap_or(&blk.bits);
             let payload: Vec<u8> = bits.iter().flat_map(|w| w.to_le_bytes()).collect();
-            out.push((blk.page, format::seal(Kind::Bitmap, 0, 0, blk.page, generation, &payload)));
+            out.push((
+                blk.page,
+                format::seal(Kind::Bitmap, 0, 0, blk.page, generation, &payload),
+            ));
             blk.dirty = false;
         }
         out
@@ -374,11 +407,6 @@ impl Allocator {
                 }
             }
         }
-    }
-
-    /// Pages free for allocation.
-    pub fn free_pages(&self) -> u64 {
-        self.free_pages
     }
 
     /// Pages in use, counting those whose freeing is not yet durable.

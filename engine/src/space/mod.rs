@@ -38,7 +38,10 @@ pub struct SpaceMap {
 impl SpaceMap {
     /// A fresh map for a newly formatted device: only the superblock slots used.
     pub fn format(page_count: u64, chunk_pages: u32) -> SpaceMap {
-        SpaceMap { alloc: Allocator::new_empty(page_count, chunk_pages), tree: Tree::new(0) }
+        SpaceMap {
+            alloc: Allocator::new_empty(page_count, chunk_pages),
+            tree: Tree::new(0),
+        }
     }
 
     /// Load the map of a store.
@@ -51,13 +54,20 @@ impl SpaceMap {
             return Err(Error::corrupt(
                 root,
                 Kind::SpaceNode.name(),
-                format!("{} bitmap blocks indexed, {nblocks} expected", entries.len()),
+                format!(
+                    "{} bitmap blocks indexed, {nblocks} expected",
+                    entries.len()
+                ),
             ));
         }
         let mut blocks = Vec::with_capacity(entries.len());
         for (i, (idx, e)) in entries.iter().enumerate() {
             if *idx != i as u64 {
-                return Err(Error::corrupt(root, Kind::SpaceNode.name(), "bitmap index has a gap"));
+                return Err(Error::corrupt(
+                    root,
+                    Kind::SpaceNode.name(),
+                    "bitmap index has a gap",
+                ));
             }
             let raw = io.read_page(e.page, Kind::Bitmap)?;
             let opened = format::open(&raw, Kind::Bitmap, e.page)?;

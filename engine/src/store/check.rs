@@ -66,11 +66,18 @@ impl Store {
         let page_count = m.sb.page_count;
         // Who uses each page.
         let mut owner: HashMap<u64, &'static str> = HashMap::new();
-        let claim = |owner: &mut HashMap<u64, &'static str>, report: &mut CheckReport, page: u64, what: &'static str| {
+        let claim = |owner: &mut HashMap<u64, &'static str>,
+                     report: &mut CheckReport,
+                     page: u64,
+                     what: &'static str| {
             if page >= page_count {
-                report.problems.push(format!("{what} at page {page} is past the device end"));
+                report
+                    .problems
+                    .push(format!("{what} at page {page} is past the device end"));
             } else if let Some(prev) = owner.insert(page, what) {
-                report.problems.push(format!("page {page} used twice: {prev} and {what}"));
+                report
+                    .problems
+                    .push(format!("page {page} used twice: {prev} and {what}"));
             }
         };
         for p in 0..SUPERBLOCK_SLOTS {
@@ -94,23 +101,35 @@ impl Store {
             claim(&mut owner, &mut report, *p, "exception node");
         }
         report.metadata_pages = owner.len() as u64;
-        report.metadata = owner.keys().copied().filter(|&p| p >= SUPERBLOCK_SLOTS).collect();
+        report.metadata = owner
+            .keys()
+            .copied()
+            .filter(|&p| p >= SUPERBLOCK_SLOTS)
+            .collect();
         report.metadata.sort_unstable();
         let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
         for (k, cow) in &ex.1 {
             report.exceptions += 1;
             *counts.entry((k.origin, k.version)).or_default() += 1;
             match m.origins.get(&k.origin) {
-                None => report.problems.push(format!("exception {k:?} of an unknown origin")),
+                None => report
+                    .problems
+                    .push(format!("exception {k:?} of an unknown origin")),
                 Some(o) => {
                     if o.tree.get(k.version).is_none() {
-                        report.problems.push(format!("exception {k:?} of an unknown version"));
+                        report
+                            .problems
+                            .push(format!("exception {k:?} of an unknown version"));
                     }
                     if k.version == 0 {
-                        report.problems.push(format!("exception {k:?} belongs to the origin itself"));
+                        report
+                            .problems
+                            .push(format!("exception {k:?} belongs to the origin itself"));
                     }
                     if k.chunk >= o.chunks(inner.chunk_bytes) {
-                        report.problems.push(format!("exception {k:?} past the origin's end"));
+                        report
+                            .problems
+                            .push(format!("exception {k:?} past the origin's end"));
                     }
                 }
             }
@@ -143,16 +162,22 @@ impl Store {
             if !owner.contains_key(&p) {
                 leaked += 1;
                 if leaked <= 10 {
-                    report.problems.push(format!("page {p} is marked in use but nothing uses it"));
+                    report
+                        .problems
+                        .push(format!("page {p} is marked in use but nothing uses it"));
                 }
             }
         }
         if leaked > 10 {
-            report.problems.push(format!("{leaked} leaked pages in all"));
+            report
+                .problems
+                .push(format!("{leaked} leaked pages in all"));
         }
         for &p in owner.keys() {
             if !m.space.alloc.is_set(p) {
-                report.problems.push(format!("page {p} ({}) is used but marked free", owner[&p]));
+                report
+                    .problems
+                    .push(format!("page {p} ({}) is used but marked free", owner[&p]));
             }
         }
         Ok(report)

@@ -37,7 +37,9 @@ impl Store {
     /// Whether any origin has versions waiting for the cleaner.
     pub fn cleaning_pending(&self) -> Result<bool> {
         let m = self.inner.meta()?;
-        Ok(m.origins.values().any(|o| o.rec.clean_cursor.is_some() || !o.tree.plan_cleaning(false).is_empty()))
+        Ok(m.origins
+            .values()
+            .any(|o| o.rec.clean_cursor.is_some() || !o.tree.plan_cleaning(false).is_empty()))
     }
 
     /// One pass over one origin; false when there was nothing to do.
@@ -47,7 +49,9 @@ impl Store {
         {
             let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
             let mut m = inner.meta()?;
-            let Some(o) = m.origins.get_mut(&index) else { return Ok(false) };
+            let Some(o) = m.origins.get_mut(&index) else {
+                return Ok(false);
+            };
             if o.rec.clean_cursor.is_none() {
                 let plan = o.tree.plan_cleaning(false);
                 if plan.is_empty() {
@@ -81,7 +85,10 @@ impl Store {
                 break;
             }
             for &c in &chunks {
-                let _stripe = inner.stripe(index, c).write().unwrap_or_else(PoisonError::into_inner);
+                let _stripe = inner
+                    .stripe(index, c)
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let mut m = inner.meta()?;
                 let excs = m.exceptions(index, c)?;
                 let o = m.origin_ref(index)?;
@@ -91,7 +98,7 @@ impl Store {
                     .filter(|(v, _)| plan.contains_key(v))
                     .map(|&(v, e)| (o.tree.pre(v), v, e))
                     .collect();
-                items.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                items.sort_unstable_by_key(|x| std::cmp::Reverse(x.0));
                 let mut owners: BTreeSet<u32> = excs.iter().map(|e| e.0).collect();
                 let targets: Vec<(u32, u64, Option<u32>)> = items
                     .iter()
@@ -133,7 +140,11 @@ impl Store {
             for (&v, _) in dropped.iter().chain(merged.iter()) {
                 let Some(x) = o.tree.get(v) else { continue };
                 if x.exceptions != 0 {
-                    tracing::error!(version = v, exceptions = x.exceptions, "cleaned version still owns exceptions; kept");
+                    tracing::error!(
+                        version = v,
+                        exceptions = x.exceptions,
+                        "cleaned version still owns exceptions; kept"
+                    );
                     if let Some(x) = o.tree.get_mut(v) {
                         x.flags &= !flags::CLEANING;
                     }
@@ -150,7 +161,11 @@ impl Store {
                     changed.push(v);
                     continue;
                 }
-                let heir_child = if merged { x.children.first().copied() } else { None };
+                let heir_child = if merged {
+                    x.children.first().copied()
+                } else {
+                    None
+                };
                 o.tree.remove(v, heir_child);
                 changed.push(v);
                 if let Some(c) = heir_child {

@@ -68,7 +68,10 @@ impl Inner {
             dev.sync()?;
         }
         if let Some(sb) = &sb {
-            self.cow.write_at(&sb.encode(), Superblock::slot(sb.generation) * PAGE_SIZE as u64)?;
+            self.cow.write_at(
+                &sb.encode(),
+                Superblock::slot(sb.generation) * PAGE_SIZE as u64,
+            )?;
             self.cow.sync()?;
         }
         let mut m = lock(&self.meta);

@@ -12,6 +12,48 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+/// Chunks that one version (the origin's child when last looked at) is
+/// known to own: an origin overwrite of such a chunk needs no copy-out and
+/// no look-up in the exception tree. Only ever a subset of the truth.
+#[derive(Default)]
+pub(crate) struct OwnedSet {
+    version: u32,
+    bits: Vec<u64>,
+}
+
+impl OwnedSet {
+    pub fn contains(&self, version: u32, chunk: u64) -> bool {
+        self.version == version
+            && self
+                .bits
+                .get((chunk / 64) as usize)
+                .is_some_and(|w| w & (1 << (chunk % 64)) != 0)
+    }
+
+    pub fn learn(&mut self, version: u32, chunk: u64) {
+        if self.version != version {
+            self.version = version;
+            self.bits.clear();
+        }
+        let w = (chunk / 64) as usize;
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        self.bits[w] |= 1 << (chunk % 64);
+    }
+
+    fn forget(&mut self, version: u32, chunk: u64) {
+        if self.version == version {
+            if let Some(w) = self.bits.get_mut((chunk / 64) as usize) {
+                *w &= !(1 << (chunk % 64));
+            }
+        }
+    }
+}
+
+/// Encoded metadata pages: (page, bytes).
+pub(crate) type EncodedPages = Vec<(u64, Vec<u8>)>;
+
 /// One bound origin in memory.
 pub(crate) struct Origin {
     pub index: u32,
@@ -24,6 +66,7 @@ pub(crate) struct Origin {
     /// The cleaning pass in progress: version -> its one surviving child
     /// (None = dropped with its subtree).
     pub cleaning: HashMap<u32, Option<u32>>,
+    pub owned: OwnedSet,
 }
 
 impl Origin {
@@ -58,12 +101,25 @@ pub(crate) struct Meta {
 }
 
 pub(crate) fn loader<'a>(cow: &'a Dev, sb: &Superblock) -> Loader<'a> {
-    Loader { dev: &**cow, max_generation: sb.generation, page_count: sb.page_count }
+    Loader {
+        dev: &**cow,
+        max_generation: sb.generation,
+        page_count: sb.page_count,
+    }
 }
 
 impl Meta {
-    pub fn new(cow: Dev, sb: Superblock, space: SpaceMap, origins: HashMap<u32, Origin>, txn: u64) -> Meta {
-        let by_id = origins.iter().map(|(i, o)| (o.rec.id.clone(), *i)).collect();
+    pub fn new(
+        cow: Dev,
+        sb: Superblock,
+        space: SpaceMap,
+        origins: HashMap<u32, Origin>,
+        txn: u64,
+    ) -> Meta {
+        let by_id = origins
+            .iter()
+            .map(|(i, o)| (o.rec.id.clone(), *i))
+            .collect();
         Meta {
             cow,
             exc: Tree::new(sb.exception_root),
@@ -87,8 +143,14 @@ impl Meta {
         let io = loader(&cow, &sb);
         let space = SpaceMap::open(&io, sb.space_root, sb.chunk_pages, sb.data_chunks)?;
         let mut cat: Tree<CatalogCodec> = Tree::new(sb.catalog_root);
-        let lo = CatKey { origin: 0, version: 0 };
-        let hi = CatKey { origin: u32::MAX, version: u32::MAX };
+        let lo = CatKey {
+            origin: 0,
+            version: 0,
+        };
+        let hi = CatKey {
+            origin: u32::MAX,
+            version: u32::MAX,
+        };
         let mut entries = Vec::new();
         cat.range(&io, &lo, &hi, usize::MAX, &mut entries)?;
         let block = sb.catalog_root;
@@ -98,19 +160,37 @@ impl Meta {
             match v {
                 CatValue::Origin(o) if k.version == 0 => slot.0 = Some(o),
                 CatValue::Version(r) if k.version != 0 => slot.1.push((k.version, r)),
-                _ => return Err(Error::corrupt(block, "catalog tree node", format!("record of the wrong kind at {k:?}"))),
+                _ => {
+                    return Err(Error::corrupt(
+                        block,
+                        "catalog tree node",
+                        format!("record of the wrong kind at {k:?}"),
+                    ))
+                }
             }
         }
         let mut origins = HashMap::new();
         for (index, (rec, versions)) in grouped {
             let Some(rec) = rec else {
-                return Err(Error::corrupt(block, "catalog tree node", format!("versions without origin {index}")));
+                return Err(Error::corrupt(
+                    block,
+                    "catalog tree node",
+                    format!("versions without origin {index}"),
+                ));
             };
             if index >= sb.next_origin {
-                return Err(Error::corrupt(block, "catalog tree node", format!("origin {index} beyond the counter")));
+                return Err(Error::corrupt(
+                    block,
+                    "catalog tree node",
+                    format!("origin {index} beyond the counter"),
+                ));
             }
             let tree = VersionTree::from_records(rec.birthday, versions, block)?;
-            let cleaning = if rec.clean_cursor.is_some() { tree.cleaning() } else { HashMap::new() };
+            let cleaning = if rec.clean_cursor.is_some() {
+                tree.cleaning()
+            } else {
+                HashMap::new()
+            };
             origins.insert(
                 index,
                 Origin {
@@ -121,6 +201,7 @@ impl Meta {
                     dirty: Arc::new(AtomicBool::new(false)),
                     open_volumes: 0,
                     cleaning,
+                    owned: OwnedSet::default(),
                 },
             );
         }
@@ -130,76 +211,154 @@ impl Meta {
     }
 
     pub fn origin(&self, id: &str) -> Result<u32> {
-        self.by_id.get(id).copied().ok_or_else(|| Error::UnknownOrigin(id.to_string()))
+        self.by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| Error::UnknownOrigin(id.to_string()))
     }
 
     pub fn origin_ref(&self, index: u32) -> Result<&Origin> {
-        self.origins.get(&index).ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))
+        self.origins
+            .get(&index)
+            .ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))
     }
 
     pub fn origin_mut(&mut self, index: u32) -> Result<&mut Origin> {
-        self.origins.get_mut(&index).ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))
+        self.origins
+            .get_mut(&index)
+            .ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))
     }
 
     /// Version carrying `tag` of origin `index`.
     pub fn version_of(&self, index: u32, tag: u32) -> Result<u32> {
         let o = self.origin_ref(index)?;
-        o.tree.by_tag(tag).ok_or_else(|| Error::UnknownTag { origin: o.rec.id.clone(), tag })
+        o.tree.by_tag(tag).ok_or_else(|| Error::UnknownTag {
+            origin: o.rec.id.clone(),
+            tag,
+        })
     }
 
     /// Exceptions of one chunk: (version, COW chunk).
     pub fn exceptions(&mut self, origin: u32, chunk: u64) -> Result<Vec<(u32, u64)>> {
         let io = loader(&self.cow, &self.sb);
         let mut out = Vec::new();
-        let hi = if chunk == u64::MAX { ExcKey::new(origin + 1, 0, 0) } else { ExcKey::new(origin, chunk + 1, 0) };
-        self.exc.range(&io, &ExcKey::new(origin, chunk, 0), &hi, usize::MAX, &mut out)?;
+        let hi = if chunk == u64::MAX {
+            ExcKey::new(origin + 1, 0, 0)
+        } else {
+            ExcKey::new(origin, chunk + 1, 0)
+        };
+        self.exc.range(
+            &io,
+            &ExcKey::new(origin, chunk, 0),
+            &hi,
+            usize::MAX,
+            &mut out,
+        )?;
         Ok(out.into_iter().map(|(k, v)| (k.version, v)).collect())
     }
 
     /// Exceptions of an origin from chunk `from` on, at most `limit`.
-    pub fn exception_range(&mut self, origin: u32, from: u64, limit: usize) -> Result<Vec<(ExcKey, u64)>> {
+    pub fn exception_range(
+        &mut self,
+        origin: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(ExcKey, u64)>> {
         let io = loader(&self.cow, &self.sb);
         let mut out = Vec::new();
-        self.exc.range(&io, &ExcKey::new(origin, from, 0), &ExcKey::new(origin + 1, 0, 0), limit, &mut out)?;
+        self.exc.range(
+            &io,
+            &ExcKey::new(origin, from, 0),
+            &ExcKey::new(origin + 1, 0, 0),
+            limit,
+            &mut out,
+        )?;
         Ok(out)
     }
 
     fn count(&mut self, origin: u32, version: u32, delta: i64) {
-        if let Some(v) = self.origins.get_mut(&origin).and_then(|o| o.tree.get_mut(version)) {
+        if let Some(v) = self
+            .origins
+            .get_mut(&origin)
+            .and_then(|o| o.tree.get_mut(version))
+        {
             v.exceptions = v.exceptions.saturating_add_signed(delta);
             self.dirty_versions.insert((origin, version));
         }
     }
 
     /// Record a freshly allocated COW chunk as `version`'s exception.
-    pub fn add_new_exception(&mut self, origin: u32, chunk: u64, version: u32, cow: u64) -> Result<()> {
+    pub fn add_new_exception(
+        &mut self,
+        origin: u32,
+        chunk: u64,
+        version: u32,
+        cow: u64,
+    ) -> Result<()> {
         self.new_chunks.insert(cow, self.txn);
         self.space.alloc.confirm_data(cow);
         self.insert_exception(origin, chunk, version, cow)
     }
 
     /// The transaction an in-place overwrite of `chunk` must wait for, if any.
-    pub fn overwrite_wait(&self, origin: u32, chunk: u64, cow: Option<u64>, durable: u64) -> Option<u64> {
+    pub fn overwrite_wait(
+        &self,
+        origin: u32,
+        chunk: u64,
+        cow: Option<u64>,
+        durable: u64,
+    ) -> Option<u64> {
         if cow.is_some_and(|c| self.new_chunks.get(&c).is_some_and(|&t| t > durable)) {
             return None;
         }
-        self.chunk_txn.get(&(origin, chunk)).copied().filter(|&t| t > durable)
+        self.chunk_txn
+            .get(&(origin, chunk))
+            .copied()
+            .filter(|&t| t > durable)
     }
 
-    pub fn insert_exception(&mut self, origin: u32, chunk: u64, version: u32, cow: u64) -> Result<()> {
+    pub fn insert_exception(
+        &mut self,
+        origin: u32,
+        chunk: u64,
+        version: u32,
+        cow: u64,
+    ) -> Result<()> {
         let io = loader(&self.cow, &self.sb);
-        let old = self.exc.insert(&io, &mut self.space.alloc, ExcKey::new(origin, chunk, version), cow)?;
+        let old = self.exc.insert(
+            &io,
+            &mut self.space.alloc,
+            ExcKey::new(origin, chunk, version),
+            cow,
+        )?;
         self.chunk_txn.insert((origin, chunk), self.txn);
+        if let Some(o) = self.origins.get_mut(&origin) {
+            if o.owned.version == version {
+                o.owned.learn(version, chunk);
+            }
+        }
         if old.is_none() {
             self.count(origin, version, 1);
         }
         Ok(())
     }
 
-    pub fn remove_exception(&mut self, origin: u32, chunk: u64, version: u32) -> Result<Option<u64>> {
+    pub fn remove_exception(
+        &mut self,
+        origin: u32,
+        chunk: u64,
+        version: u32,
+    ) -> Result<Option<u64>> {
         let io = loader(&self.cow, &self.sb);
-        let old = self.exc.remove(&io, &mut self.space.alloc, &ExcKey::new(origin, chunk, version))?;
+        let old = self.exc.remove(
+            &io,
+            &mut self.space.alloc,
+            &ExcKey::new(origin, chunk, version),
+        )?;
         self.chunk_txn.insert((origin, chunk), self.txn);
+        if let Some(o) = self.origins.get_mut(&origin) {
+            o.owned.forget(version, chunk);
+        }
         if old.is_some() {
             self.count(origin, version, -1);
         }
@@ -242,17 +401,33 @@ impl Meta {
         for o in origins {
             if let Some(org) = self.origins.get(&o) {
                 let val = CatValue::Origin(org.rec.clone());
-                self.cat.insert(&io, &mut self.space.alloc, CatKey { origin: o, version: 0 }, val)?;
+                self.cat.insert(
+                    &io,
+                    &mut self.space.alloc,
+                    CatKey {
+                        origin: o,
+                        version: 0,
+                    },
+                    val,
+                )?;
             }
         }
         let mut versions: Vec<(u32, u32)> = self.dirty_versions.drain().collect();
         versions.sort_unstable();
         for (o, v) in versions {
-            let key = CatKey { origin: o, version: v };
-            let rec = self.origins.get(&o).and_then(|org| org.tree.get(v)).map(|x| x.record());
+            let key = CatKey {
+                origin: o,
+                version: v,
+            };
+            let rec = self
+                .origins
+                .get(&o)
+                .and_then(|org| org.tree.get(v))
+                .map(|x| x.record());
             match rec {
                 Some(rec) if v != 0 => {
-                    self.cat.insert(&io, &mut self.space.alloc, key, CatValue::Version(rec))?;
+                    self.cat
+                        .insert(&io, &mut self.space.alloc, key, CatValue::Version(rec))?;
                 }
                 Some(_) => {}
                 None => {
@@ -264,7 +439,7 @@ impl Meta {
     }
 
     /// Encode the open transaction as generation `sb.generation + 1`.
-    pub fn prepare_commit(&mut self) -> Result<(Vec<(u64, Vec<u8>)>, Superblock)> {
+    pub fn prepare_commit(&mut self) -> Result<(EncodedPages, Superblock)> {
         self.write_records()?;
         let gen = self.sb.generation + 1;
         let mut blocks = self.exc.take_dirty(gen);
@@ -278,7 +453,9 @@ impl Meta {
         sb.catalog_root = self.cat.root();
         sb.space_root = self.space.root();
         sb.data_chunks = alloc.data_chunks - alloc.reserved_chunks();
-        sb.meta_pages = alloc.used_pages().saturating_sub(alloc.data_chunks * u64::from(alloc.chunk_pages()));
+        sb.meta_pages = alloc
+            .used_pages()
+            .saturating_sub(alloc.data_chunks * u64::from(alloc.chunk_pages()));
         self.sb = sb.clone();
         self.force_dirty = false;
         Ok((blocks, sb))

@@ -54,7 +54,10 @@ pub struct FormatOptions {
 
 impl Default for FormatOptions {
     fn default() -> Self {
-        FormatOptions { chunk_pages: 1, force: false }
+        FormatOptions {
+            chunk_pages: 1,
+            force: false,
+        }
     }
 }
 
@@ -113,12 +116,22 @@ impl Store {
                 let mut b = vec![0u8; PAGE_SIZE];
                 cow.read_at(&mut b, slot * PAGE_SIZE as u64)?;
                 if Superblock::looks_like_store(&b) {
-                    return Err(Error::AlreadyFormatted { device: cow.name().to_string() });
+                    return Err(Error::AlreadyFormatted {
+                        device: cow.name().to_string(),
+                    });
                 }
             }
         }
         let mut uuid = [0u8; 16];
-        let seed = blake3::hash(format!("{:?}{}{:?}", std::time::SystemTime::now(), std::process::id(), cow.name()).as_bytes());
+        let seed = blake3::hash(
+            format!(
+                "{:?}{}{:?}",
+                std::time::SystemTime::now(),
+                std::process::id(),
+                cow.name()
+            )
+            .as_bytes(),
+        );
         uuid.copy_from_slice(&seed.as_bytes()[..16]);
         let sb = Superblock {
             generation: 0,
@@ -165,7 +178,10 @@ impl Store {
             }
         }
         let Some(sb) = best else {
-            return Err(Error::NotAStore { device: cow.name().to_string(), reason: errors.join("; ") });
+            return Err(Error::NotAStore {
+                device: cow.name().to_string(),
+                reason: errors.join("; "),
+            });
         };
         let pages = cow.size() / PAGE_SIZE as u64;
         if pages < sb.page_count {
@@ -186,7 +202,10 @@ impl Store {
             inner: Arc::new(Inner {
                 cow,
                 meta: Mutex::new(meta),
-                commit: Mutex::new(CommitState { running: false, durable: txn - 1 }),
+                commit: Mutex::new(CommitState {
+                    running: false,
+                    durable: txn - 1,
+                }),
                 commit_cv: Condvar::new(),
                 durable_txn: AtomicU64::new(txn - 1),
                 stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
@@ -231,7 +250,9 @@ impl Inner {
     }
 
     fn stripe_index(origin: u32, chunk: u64) -> usize {
-        let h = (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(origin).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)) >> 40;
+        let h = (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from(origin).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+            >> 40;
         (h as usize) % STRIPES
     }
 

@@ -13,7 +13,10 @@ use std::sync::{Arc, PoisonError};
 
 fn check_memo(memo: &str) -> Result<()> {
     if memo.len() > MAX_MEMO {
-        return Err(Error::MemoTooLong { bytes: memo.len(), max: MAX_MEMO });
+        return Err(Error::MemoTooLong {
+            bytes: memo.len(),
+            max: MAX_MEMO,
+        });
     }
     Ok(())
 }
@@ -26,7 +29,11 @@ impl Store {
         }
         let size = dev.size();
         if size > MAX_ORIGIN_BYTES {
-            return Err(Error::OriginTooLarge { origin: origin_id.to_string(), bytes: size, max: MAX_ORIGIN_BYTES });
+            return Err(Error::OriginTooLarge {
+                origin: origin_id.to_string(),
+                bytes: size,
+                max: MAX_ORIGIN_BYTES,
+            });
         }
         {
             let mut m = self.inner.meta()?;
@@ -60,6 +67,7 @@ impl Store {
                     dirty: Arc::new(AtomicBool::new(false)),
                     open_volumes: 0,
                     cleaning: HashMap::new(),
+                    owned: Default::default(),
                 },
             );
             m.dirty_origins.insert(index);
@@ -75,7 +83,11 @@ impl Store {
             let index = m.origin(origin_id)?;
             let o = m.origin_mut(index)?;
             if dev.size() < o.rec.size {
-                return Err(Error::OriginShrunk { origin: origin_id.to_string(), bytes: dev.size(), recorded: o.rec.size });
+                return Err(Error::OriginShrunk {
+                    origin: origin_id.to_string(),
+                    bytes: dev.size(),
+                    recorded: o.rec.size,
+                });
             }
             o.dev = Some(dev);
             o.rec.rollback.is_some()
@@ -104,13 +116,20 @@ impl Store {
             let o = m.origin_ref(index)?;
             let snapshots = o.tree.tag_count() as u64 - 1;
             if snapshots > 0 {
-                return Err(Error::HasSnapshots { origin: origin_id.to_string(), count: snapshots });
+                return Err(Error::HasSnapshots {
+                    origin: origin_id.to_string(),
+                    count: snapshots,
+                });
             }
             if o.rec.rollback.is_some() {
-                return Err(Error::Busy { what: format!("origin {origin_id} is being rolled back") });
+                return Err(Error::Busy {
+                    what: format!("origin {origin_id} is being rolled back"),
+                });
             }
             if o.open_volumes > 0 {
-                return Err(Error::Busy { what: format!("origin {origin_id} has {} open volume(s)", o.open_volumes) });
+                return Err(Error::Busy {
+                    what: format!("origin {origin_id} has {} open volume(s)", o.open_volumes),
+                });
             }
         }
         // Every exception left belongs to a ghost: free them all.
@@ -132,7 +151,10 @@ impl Store {
             };
             m.by_id.remove(origin_id);
             for v in o.tree.ids() {
-                m.removed_records.push(CatKey { origin: index, version: v });
+                m.removed_records.push(CatKey {
+                    origin: index,
+                    version: v,
+                });
                 m.dirty_versions.remove(&(index, v));
             }
             m.dirty_origins.remove(&index);
@@ -148,7 +170,10 @@ impl Store {
     /// Take a snapshot of snapshot `tag` (`ss`). Returns the new tag.
     pub fn snapshot_of(&self, origin_id: &str, tag: u32, memo: &str) -> Result<u32> {
         if tag == 0 {
-            return Err(Error::TagZero { origin: origin_id.to_string(), op: "snapshot of snapshot" });
+            return Err(Error::TagZero {
+                origin: origin_id.to_string(),
+                op: "snapshot of snapshot",
+            });
         }
         self.snapshot_impl(origin_id, Some(tag), memo)
     }
@@ -174,7 +199,10 @@ impl Store {
     /// Delete snapshot `tag`; its space comes back when the cleaner runs.
     pub fn delete(&self, origin_id: &str, tag: u32) -> Result<()> {
         if tag == 0 {
-            return Err(Error::TagZero { origin: origin_id.to_string(), op: "delete snapshot" });
+            return Err(Error::TagZero {
+                origin: origin_id.to_string(),
+                op: "delete snapshot",
+            });
         }
         let index = self.inner.meta()?.origin(origin_id)?;
         let shape = self.inner.shape(index);
@@ -184,7 +212,9 @@ impl Store {
             m.version_of(index, tag)?;
             let o = m.origin_mut(index)?;
             if o.rec.rollback.as_ref().is_some_and(|r| r.tag == tag) {
-                return Err(Error::Busy { what: format!("snapshot {tag} of {origin_id} is being rolled back") });
+                return Err(Error::Busy {
+                    what: format!("snapshot {tag} of {origin_id} is being rolled back"),
+                });
             }
             if let Some(id) = o.tree.untag(tag) {
                 m.dirty_versions.insert((index, id));
@@ -197,7 +227,13 @@ impl Store {
     pub fn tags(&self, origin_id: &str) -> Result<Vec<u32>> {
         let m = self.inner.meta()?;
         let o = m.origin_ref(m.origin(origin_id)?)?;
-        let mut tags: Vec<u32> = o.tree.ids().filter_map(|v| o.tree.get(v)).map(|v| v.tag).filter(|&t| t != 0).collect();
+        let mut tags: Vec<u32> = o
+            .tree
+            .ids()
+            .filter_map(|v| o.tree.get(v))
+            .map(|v| v.tag)
+            .filter(|&t| t != 0)
+            .collect();
         tags.sort_unstable();
         Ok(tags)
     }
@@ -223,7 +259,13 @@ pub(super) fn new_snapshot(m: &mut Meta, index: u32, of: Option<u32>, memo: &str
     new_version(m, index, of, memo, true).map(|(tag, _)| tag)
 }
 
-pub(super) fn new_version(m: &mut Meta, index: u32, of: Option<u32>, memo: &str, tagged: bool) -> Result<(u32, u32)> {
+pub(super) fn new_version(
+    m: &mut Meta,
+    index: u32,
+    of: Option<u32>,
+    memo: &str,
+    tagged: bool,
+) -> Result<(u32, u32)> {
     let o = m.origin_mut(index)?;
     let tag = if tagged {
         if o.rec.next_tag == u32::MAX {
@@ -236,8 +278,12 @@ pub(super) fn new_version(m: &mut Meta, index: u32, of: Option<u32>, memo: &str,
     let mut changed = Vec::new();
     let mut next = o.rec.next_version;
     let id = match of {
-        None => o.tree.snapshot_origin(tag, now(), memo.to_string(), &mut next, &mut changed)?,
-        Some(v) => o.tree.snapshot_of(v, tag, now(), memo.to_string(), &mut next, &mut changed)?,
+        None => o
+            .tree
+            .snapshot_origin(tag, now(), memo.to_string(), &mut next, &mut changed)?,
+        Some(v) => o
+            .tree
+            .snapshot_of(v, tag, now(), memo.to_string(), &mut next, &mut changed)?,
     };
     o.rec.next_version = next;
     if tagged {

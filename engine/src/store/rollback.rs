@@ -24,7 +24,10 @@ impl Store {
     /// keeps its content. Runs to the end before returning.
     pub fn rollback(&self, origin_id: &str, tag: u32) -> Result<()> {
         if tag == 0 {
-            return Err(Error::TagZero { origin: origin_id.to_string(), op: "rollback" });
+            return Err(Error::TagZero {
+                origin: origin_id.to_string(),
+                op: "rollback",
+            });
         }
         let index = self.inner.meta()?.origin(origin_id)?;
         {
@@ -34,7 +37,9 @@ impl Store {
             let v = m.version_of(index, tag)?;
             let o = m.origin_ref(index)?;
             if o.rec.rollback.is_some() {
-                return Err(Error::Busy { what: format!("origin {origin_id} is already being rolled back") });
+                return Err(Error::Busy {
+                    what: format!("origin {origin_id} is already being rolled back"),
+                });
             }
             if o.dev.is_none() {
                 return Err(Error::OriginNotAttached(origin_id.to_string()));
@@ -44,7 +49,11 @@ impl Store {
             if let Some(s) = o.tree.get_mut(source) {
                 s.flags |= flags::PINNED;
             }
-            o.rec.rollback = Some(RollbackState { tag, source, cursor: 0 });
+            o.rec.rollback = Some(RollbackState {
+                tag,
+                source,
+                cursor: 0,
+            });
             m.dirty_versions.insert((index, source));
             m.dirty_origins.insert(index);
         }
@@ -62,8 +71,13 @@ impl Store {
             let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
             let mut m = inner.meta()?;
             let o = m.origin_ref(index)?;
-            let Some(rb) = o.rec.rollback.clone() else { return Ok(()) };
-            let dev = o.dev.clone().ok_or_else(|| Error::OriginNotAttached(origin_id.to_string()))?;
+            let Some(rb) = o.rec.rollback.clone() else {
+                return Ok(());
+            };
+            let dev = o
+                .dev
+                .clone()
+                .ok_or_else(|| Error::OriginNotAttached(origin_id.to_string()))?;
             let size = o.rec.size;
             let dirty = o.dirty.clone();
             let entries = m.exception_range(index, rb.cursor, BATCH)?;
@@ -89,7 +103,9 @@ impl Store {
             for &c in &chunks {
                 let excs = m.exceptions(index, c)?;
                 let o = m.origin_ref(index)?;
-                let Src::Cow(e) = resolve(&o.tree, rb.source, &excs) else { continue };
+                let Src::Cow(e) = resolve(&o.tree, rb.source, &excs) else {
+                    continue;
+                };
                 let heir = heir_target(&o.cleaning, o.tree.only_child(0), &excs);
                 let copy = match heir {
                     Some(h) => Some((h, m.space.alloc.alloc_data()?)),

@@ -61,7 +61,9 @@ pub struct StoreStatus {
 
 impl StoreStatus {
     pub fn cleaning(&self) -> bool {
-        self.origins.iter().any(|o| o.cleaning.is_some() || o.ghosts > 0)
+        self.origins
+            .iter()
+            .any(|o| o.cleaning.is_some() || o.ghosts > 0)
     }
 
     pub fn rollbacking(&self) -> bool {

@@ -34,13 +34,19 @@ pub struct Version {
     pub birthday: u64,
     pub exceptions: u64,
     pub memo: String,
-    pre: u32,
-    post: u32,
 }
 
 impl Version {
     fn new(parent: u32, tag: u32, birthday: u64, memo: String) -> Version {
-        Version { parent, children: Vec::new(), tag, flags: 0, birthday, exceptions: 0, memo, pre: 0, post: 0 }
+        Version {
+            parent,
+            children: Vec::new(),
+            tag,
+            flags: 0,
+            birthday,
+            exceptions: 0,
+            memo,
+        }
     }
 
     pub fn record(&self) -> VersionRecord {
@@ -63,6 +69,9 @@ impl Version {
 #[derive(Clone, Debug)]
 pub struct VersionTree {
     slots: Vec<Option<Version>>,
+    /// (pre, post) per version id, kept apart so that resolving a read
+    /// touches one small array, not the version records.
+    labels: Vec<(u32, u32)>,
     tags: HashMap<u32, u32>,
     count: usize,
 }
@@ -70,14 +79,23 @@ pub struct VersionTree {
 impl VersionTree {
     /// A tree holding only version 0.
     pub fn new(birthday: u64) -> VersionTree {
-        let mut t = VersionTree { slots: vec![Some(Version::new(NONE, 0, birthday, String::new()))], tags: HashMap::new(), count: 1 };
+        let mut t = VersionTree {
+            slots: vec![Some(Version::new(NONE, 0, birthday, String::new()))],
+            labels: vec![(0, 0)],
+            tags: HashMap::new(),
+            count: 1,
+        };
         t.tags.insert(0, 0);
         t.relabel_unchecked();
         t
     }
 
     /// Rebuild from catalog records; `block` names the catalog for errors.
-    pub fn from_records(birthday: u64, records: Vec<(u32, VersionRecord)>, block: u64) -> Result<VersionTree> {
+    pub fn from_records(
+        birthday: u64,
+        records: Vec<(u32, VersionRecord)>,
+        block: u64,
+    ) -> Result<VersionTree> {
         let bad = |why: String| Error::corrupt(block, "catalog tree node", why);
         let mut t = VersionTree::new(birthday);
         for (id, r) in records {
@@ -111,14 +129,21 @@ impl VersionTree {
         for id in t.ids() {
             let v = t.get(id).ok_or_else(|| bad("vanished version".into()))?;
             if (v.tag != 0 || id == 0) && v.children.len() > 1 {
-                return Err(bad(format!("writable version {id} has {} children", v.children.len())));
+                return Err(bad(format!(
+                    "writable version {id} has {} children",
+                    v.children.len()
+                )));
             }
         }
         Ok(t)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.slots.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i as u32)
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i as u32)
     }
 
     pub fn get(&self, id: u32) -> Option<&Version> {
@@ -144,12 +169,9 @@ impl VersionTree {
     }
 
     /// Number of versions, ghosts and version 0 included.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// The version carrying `tag` (0 = the origin).
@@ -167,27 +189,24 @@ impl VersionTree {
         self.get(id).and_then(|v| v.children.first().copied())
     }
 
-    /// A is `v` or an ancestor of `v`.
-    pub fn is_ancestor(&self, a: u32, v: u32) -> bool {
-        match (self.get(a), self.get(v)) {
-            (Some(a), Some(v)) => a.pre <= v.pre && v.pre <= a.post,
-            _ => false,
-        }
+    fn label(&self, id: u32) -> Option<(u32, u32)> {
+        self.get(id)?;
+        self.labels.get(id as usize).copied()
     }
 
     /// Preorder number (deeper on a path = larger).
     pub fn pre(&self, id: u32) -> u32 {
-        self.get(id).map_or(0, |v| v.pre)
+        self.label(id).map_or(0, |l| l.0)
     }
 
     /// Of `candidates`, the one nearest to `v` on its path to the root.
     pub fn nearest(&self, v: u32, candidates: impl Iterator<Item = u32>) -> Option<u32> {
-        let vv = self.get(v)?;
+        let (vpre, _) = self.label(v)?;
         let mut best: Option<(u32, u32)> = None;
         for c in candidates {
-            if let Some(cv) = self.get(c) {
-                if cv.pre <= vv.pre && vv.pre <= cv.post && best.is_none_or(|(p, _)| cv.pre > p) {
-                    best = Some((cv.pre, c));
+            if let Some((pre, post)) = self.label(c) {
+                if pre <= vpre && vpre <= post && best.is_none_or(|(p, _)| pre > p) {
+                    best = Some((pre, c));
                 }
             }
         }
@@ -305,7 +324,10 @@ impl VersionTree {
             let mut changed = false;
             for id in self.ids() {
                 let v = self.must(id);
-                if !dropped.contains(&id) && eligible(id, v) && v.children.iter().all(|c| dropped.contains(c)) {
+                if !dropped.contains(&id)
+                    && eligible(id, v)
+                    && v.children.iter().all(|c| dropped.contains(c))
+                {
                     dropped.insert(id);
                     changed = true;
                 }
@@ -321,7 +343,12 @@ impl VersionTree {
             if dropped.contains(&id) || !eligible(id, v) {
                 continue;
             }
-            let alive: Vec<u32> = v.children.iter().copied().filter(|c| !dropped.contains(c)).collect();
+            let alive: Vec<u32> = v
+                .children
+                .iter()
+                .copied()
+                .filter(|c| !dropped.contains(c))
+                .collect();
             if alive.len() == 1 {
                 merged.insert(id, alive[0]);
             }
@@ -340,7 +367,9 @@ impl VersionTree {
     /// Take a version out of the tree (cleaning). A merged ghost's one
     /// surviving child moves up to its parent; a dropped one just goes.
     pub fn remove(&mut self, id: u32, heir_child: Option<u32>) {
-        let Some(v) = self.slots.get_mut(id as usize).and_then(|s| s.take()) else { return };
+        let Some(v) = self.slots.get_mut(id as usize).and_then(|s| s.take()) else {
+            return;
+        };
         self.count -= 1;
         if let Some(p) = self.get_mut(v.parent) {
             p.children.retain(|&c| c != id);
@@ -377,9 +406,8 @@ impl VersionTree {
         // (id, next child index)
         let mut stack: Vec<(u32, usize)> = vec![(0, 0)];
         let mut visited = 0usize;
-        if let Some(v) = self.get_mut(0) {
-            v.pre = 0;
-        }
+        self.labels.clear();
+        self.labels.resize(self.slots.len(), (0, 0));
         visited += 1;
         while let Some(&mut (id, ref mut next)) = stack.last_mut() {
             let child = self.get(id).and_then(|v| v.children.get(*next).copied());
@@ -391,14 +419,14 @@ impl VersionTree {
                     if visited > self.count + 1 {
                         return visited; // a cycle; the caller reports it
                     }
-                    if let Some(cv) = self.get_mut(c) {
-                        cv.pre = counter;
+                    if let Some(l) = self.labels.get_mut(c as usize) {
+                        l.0 = counter;
                     }
                     stack.push((c, 0));
                 }
                 None => {
-                    if let Some(v) = self.get_mut(id) {
-                        v.post = counter;
+                    if let Some(l) = self.labels.get_mut(id as usize) {
+                        l.1 = counter;
                     }
                     stack.pop();
                 }
@@ -423,11 +451,14 @@ mod tests {
         let mut t = VersionTree::new(0);
         let mut next = 1;
         let mut ch = vec![];
-        let a = t.snapshot_origin(1, 0, "a".into(), &mut next, &mut ch).unwrap();
-        let b = t.snapshot_origin(2, 0, "b".into(), &mut next, &mut ch).unwrap();
+        let a = t
+            .snapshot_origin(1, 0, "a".into(), &mut next, &mut ch)
+            .unwrap();
+        let b = t
+            .snapshot_origin(2, 0, "b".into(), &mut next, &mut ch)
+            .unwrap();
         assert_eq!(t.only_child(0), Some(b));
         assert_eq!(t.only_child(b), Some(a));
-        assert!(t.is_ancestor(b, a));
         assert_eq!(t.nearest(a, [0, b].into_iter()), Some(b));
         assert_eq!(t.nearest(a, [a, b].into_iter()), Some(a));
     }
@@ -437,10 +468,16 @@ mod tests {
         let mut t = VersionTree::new(0);
         let mut next = 1;
         let mut ch = vec![];
-        let a = t.snapshot_origin(1, 0, "".into(), &mut next, &mut ch).unwrap();
-        let b = t.snapshot_of(a, 2, 0, "".into(), &mut next, &mut ch).unwrap();
+        let a = t
+            .snapshot_origin(1, 0, "".into(), &mut next, &mut ch)
+            .unwrap();
+        let b = t
+            .snapshot_of(a, 2, 0, "".into(), &mut next, &mut ch)
+            .unwrap();
         assert_eq!(t.only_child(a), Some(b));
-        let c = t.snapshot_of(a, 3, 0, "".into(), &mut next, &mut ch).unwrap();
+        let c = t
+            .snapshot_of(a, 3, 0, "".into(), &mut next, &mut ch)
+            .unwrap();
         let a2 = t.by_tag(1).unwrap();
         assert_ne!(a2, a);
         assert!(t.get(a).unwrap().is_ghost());

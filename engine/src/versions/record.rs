@@ -105,8 +105,14 @@ impl Codec for CatalogCodec {
         match prev {
             Some(p) if d == 0 => {
                 let dv = r.get_u32()?;
-                let version = p.version.checked_add(dv).ok_or_else(|| r.err("version overflow"))?;
-                Ok(CatKey { origin: p.origin, version })
+                let version = p
+                    .version
+                    .checked_add(dv)
+                    .ok_or_else(|| r.err("version overflow"))?;
+                Ok(CatKey {
+                    origin: p.origin,
+                    version,
+                })
             }
             _ => {
                 let origin = match prev {
@@ -114,7 +120,10 @@ impl Codec for CatalogCodec {
                     Some(p) => u64::from(p.origin) + d,
                 };
                 let origin = u32::try_from(origin).map_err(|_| r.err("origin overflow"))?;
-                Ok(CatKey { origin, version: r.get_u32()? })
+                Ok(CatKey {
+                    origin,
+                    version: r.get_u32()?,
+                })
             }
         }
     }
@@ -168,7 +177,11 @@ impl Codec for CatalogCodec {
                 let next_version = r.get_u32()?;
                 let rollback = match r.bytes(1)?[0] {
                     0 => None,
-                    1 => Some(RollbackState { tag: r.get_u32()?, source: r.get_u32()?, cursor: r.get()? }),
+                    1 => Some(RollbackState {
+                        tag: r.get_u32()?,
+                        source: r.get_u32()?,
+                        cursor: r.get()?,
+                    }),
                     _ => return Err(r.err("bad rollback flag")),
                 };
                 let clean_cursor = match r.bytes(1)?[0] {

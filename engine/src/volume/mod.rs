@@ -41,7 +41,12 @@ fn pieces(offset: u64, len: usize, cb: u64) -> Vec<Piece> {
         let chunk = pos / cb;
         let off = (pos % cb) as usize;
         let n = (cb as usize - off).min(len - done);
-        out.push(Piece { chunk, off, len: n, at: done });
+        out.push(Piece {
+            chunk,
+            off,
+            len: n,
+            at: done,
+        });
         done += n;
     }
     out
@@ -65,7 +70,13 @@ impl Store {
             return Err(Error::OriginNotAttached(origin_id.to_string()));
         }
         o.open_volumes += 1;
-        Ok(Volume { store: self.clone(), origin: index, origin_id: origin_id.to_string(), tag, size: o.rec.size })
+        Ok(Volume {
+            store: self.clone(),
+            origin: index,
+            origin_id: origin_id.to_string(),
+            tag,
+            size: o.rec.size,
+        })
     }
 }
 
@@ -100,7 +111,11 @@ impl Volume {
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len: len as u64, size: self.size }),
+            _ => Err(Error::OutOfRange {
+                offset,
+                len: len as u64,
+                size: self.size,
+            }),
         }
     }
 
@@ -108,8 +123,16 @@ impl Volume {
         let m = self.inner().meta()?;
         let version = m.version_of(self.origin, self.tag)?;
         let o = m.origin_ref(self.origin)?;
-        let dev = o.dev.clone().ok_or_else(|| Error::OriginNotAttached(self.origin_id.clone()))?;
-        Ok(Ctx { version, dev, dirty: o.dirty.clone(), size: o.rec.size })
+        let dev = o
+            .dev
+            .clone()
+            .ok_or_else(|| Error::OriginNotAttached(self.origin_id.clone()))?;
+        Ok(Ctx {
+            version,
+            dev,
+            dirty: o.dirty.clone(),
+            size: o.rec.size,
+        })
     }
 
     fn stripes_read(&self, batch: &[Piece]) -> Vec<RwLockReadGuard<'_, ()>> {
@@ -117,7 +140,12 @@ impl Volume {
         inner
             .stripe_set(self.origin, batch.iter().map(|p| p.chunk))
             .into_iter()
-            .map(|i| inner.stripe_at(i).read().unwrap_or_else(PoisonError::into_inner))
+            .map(|i| {
+                inner
+                    .stripe_at(i)
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
             .collect()
     }
 
@@ -126,7 +154,12 @@ impl Volume {
         inner
             .stripe_set(self.origin, batch.iter().map(|p| p.chunk))
             .into_iter()
-            .map(|i| inner.stripe_at(i).write().unwrap_or_else(PoisonError::into_inner))
+            .map(|i| {
+                inner
+                    .stripe_at(i)
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
             .collect()
     }
 
@@ -147,7 +180,11 @@ impl Volume {
                 let mut out = Vec::with_capacity(batch.len());
                 for p in batch {
                     let excs = m.exceptions(self.origin, p.chunk)?;
-                    out.push(resolve(&m.origin_ref(self.origin)?.tree, ctx.version, &excs));
+                    out.push(resolve(
+                        &m.origin_ref(self.origin)?.tree,
+                        ctx.version,
+                        &excs,
+                    ));
                 }
                 out
             };
@@ -255,13 +292,23 @@ impl Volume {
         let first = batch[0];
         let last = batch[batch.len() - 1];
         let len = last.at + last.len - first.at;
-        ctx.dev.write_at(&buf[first.at..first.at + len], first.chunk * cb + first.off as u64)?;
+        ctx.dev.write_at(
+            &buf[first.at..first.at + len],
+            first.chunk * cb + first.off as u64,
+        )?;
         ctx.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Move data for every plan except the origin overwrite itself.
-    fn copy_data(&self, buf: &[u8], batch: &[Piece], plans: &[Plan], ctx: &Ctx, cb: u64) -> Result<()> {
+    fn copy_data(
+        &self,
+        buf: &[u8],
+        batch: &[Piece],
+        plans: &[Plan],
+        ctx: &Ctx,
+        cb: u64,
+    ) -> Result<()> {
         let cow = &self.inner().cow;
         let wait = plans
             .iter()
@@ -299,7 +346,9 @@ impl Volume {
                         continue;
                     }
                     match src {
-                        Src::Origin => read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?,
+                        Src::Origin => {
+                            read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?
+                        }
                         Src::Cow(e) => cow.read_at(&mut scratch, e * cb)?,
                     }
                     if let Some((_, hc)) = heir {
@@ -320,7 +369,11 @@ impl Volume {
 
     /// Zero a range. The space stays allocated; reads return zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        let len_usize = usize::try_from(len).map_err(|_| Error::OutOfRange { offset, len, size: self.size })?;
+        let len_usize = usize::try_from(len).map_err(|_| Error::OutOfRange {
+            offset,
+            len,
+            size: self.size,
+        })?;
         self.check_range(offset, len_usize)?;
         let zeros = vec![0u8; (1 << 20).min(len_usize)];
         let mut done = 0u64;
@@ -355,7 +408,13 @@ fn release(m: &mut crate::store::Meta, plans: &[Plan]) {
 }
 
 /// Read one origin chunk; bytes past the origin's end read as zeros.
-pub(crate) fn read_origin_chunk(dev: &Dev, size: u64, chunk: u64, cb: u64, buf: &mut [u8]) -> Result<()> {
+pub(crate) fn read_origin_chunk(
+    dev: &Dev,
+    size: u64,
+    chunk: u64,
+    cb: u64,
+    buf: &mut [u8],
+) -> Result<()> {
     let start = chunk * cb;
     let n = size.saturating_sub(start).min(cb) as usize;
     dev.read_at(&mut buf[..n], start)?;

@@ -29,7 +29,11 @@ pub(crate) enum Plan {
     Move { e: u64, heir: u32, n: u64 },
     /// No own exception: a new chunk `n` filled from `src`; if an heir read
     /// the same data through this version, it gets a copy in `heir_chunk`.
-    Fresh { src: Src, n: u64, heir: Option<(u32, u64)> },
+    Fresh {
+        src: Src,
+        n: u64,
+        heir: Option<(u32, u64)>,
+    },
 }
 
 impl Plan {
@@ -49,7 +53,10 @@ pub(crate) fn resolve(tree: &VersionTree, version: u32, excs: &[(u32, u64)]) -> 
         return Src::Origin;
     }
     match tree.nearest(version, excs.iter().map(|e| e.0)) {
-        Some(v) => excs.iter().find(|e| e.0 == v).map_or(Src::Origin, |e| Src::Cow(e.1)),
+        Some(v) => excs
+            .iter()
+            .find(|e| e.0 == v)
+            .map_or(Src::Origin, |e| Src::Cow(e.1)),
         None => Src::Origin,
     }
 }
@@ -75,31 +82,60 @@ pub(crate) fn heir_target(
     }
 }
 
-fn origin_of<'a>(m: &'a Meta, o: u32) -> Result<&'a Origin> {
+fn origin_of(m: &Meta, o: u32) -> Result<&Origin> {
     m.origin_ref(o)
 }
 
 /// Plan a write of `version` to `chunk`; `full` if the write covers it all.
-pub(crate) fn plan_write(m: &mut Meta, o: u32, version: u32, chunk: u64, durable: u64) -> Result<Plan> {
+pub(crate) fn plan_write(
+    m: &mut Meta,
+    o: u32,
+    version: u32,
+    chunk: u64,
+    durable: u64,
+) -> Result<Plan> {
     let first = origin_of(m, o)?.tree.only_child(version);
-    if version == 0 && first.is_none() {
-        return Ok(Plan::Direct { wait: None });
+    if version == 0 {
+        match first {
+            None => return Ok(Plan::Direct { wait: None }),
+            Some(x) if origin_of(m, o)?.owned.contains(x, chunk) => {
+                return Ok(Plan::Direct {
+                    wait: m.overwrite_wait(o, chunk, None, durable),
+                })
+            }
+            Some(_) => {}
+        }
     }
     let excs = m.exceptions(o, chunk)?;
+    if let Some(x) = first.filter(|_| version == 0) {
+        if excs.iter().any(|e| e.0 == x) {
+            m.origin_mut(o)?.owned.learn(x, chunk);
+        }
+    }
     let org = origin_of(m, o)?;
     let heir = heir_target(&org.cleaning, first, &excs);
     if version == 0 {
         return match heir {
-            None => Ok(Plan::Direct { wait: m.overwrite_wait(o, chunk, None, durable) }),
-            Some(h) => Ok(Plan::CopyOut { heir: h, n: m.space.alloc.alloc_data()? }),
+            None => Ok(Plan::Direct {
+                wait: m.overwrite_wait(o, chunk, None, durable),
+            }),
+            Some(h) => Ok(Plan::CopyOut {
+                heir: h,
+                n: m.space.alloc.alloc_data()?,
+            }),
         };
     }
     let own = excs.iter().find(|e| e.0 == version).map(|e| e.1);
     match (own, heir) {
-        (Some(e), None) => {
-            Ok(Plan::InPlace { e, wait: m.overwrite_wait(o, chunk, Some(e), durable) })
-        }
-        (Some(e), Some(h)) => Ok(Plan::Move { e, heir: h, n: m.space.alloc.alloc_data()? }),
+        (Some(e), None) => Ok(Plan::InPlace {
+            e,
+            wait: m.overwrite_wait(o, chunk, Some(e), durable),
+        }),
+        (Some(e), Some(h)) => Ok(Plan::Move {
+            e,
+            heir: h,
+            n: m.space.alloc.alloc_data()?,
+        }),
         (None, heir) => {
             let src = resolve(&org.tree, version, &excs);
             let n = m.space.alloc.alloc_data()?;

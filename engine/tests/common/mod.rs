@@ -12,12 +12,27 @@ pub const ORIGIN: &str = "origin";
 /// a sequence stays meaningful whatever was deleted before.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Write { pick: usize, offset: usize, len: usize, seed: u8 },
-    Zero { pick: usize, offset: usize, len: usize },
+    Write {
+        pick: usize,
+        offset: usize,
+        len: usize,
+        seed: u8,
+    },
+    Zero {
+        pick: usize,
+        offset: usize,
+        len: usize,
+    },
     SnapOrigin,
-    SnapOf { pick: usize },
-    Delete { pick: usize },
-    Rollback { pick: usize },
+    SnapOf {
+        pick: usize,
+    },
+    Delete {
+        pick: usize,
+    },
+    Rollback {
+        pick: usize,
+    },
     Flush,
     Clean,
     Reopen,
@@ -50,7 +65,10 @@ impl Model {
     pub fn new(origin: Vec<u8>) -> Model {
         let mut versions = BTreeMap::new();
         versions.insert(0, origin);
-        Model { versions, next_tag: 1 }
+        Model {
+            versions,
+            next_tag: 1,
+        }
     }
 
     pub fn tags(&self) -> Vec<u32> {
@@ -70,15 +88,36 @@ impl Model {
     /// Resolve an op's picks to concrete tags: what both sides then run.
     pub fn resolve(&self, op: &Op) -> Option<Step> {
         Some(match *op {
-            Op::Write { pick, offset, len, seed } => {
-                let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add((i * 7 + i / 13) as u8) | 1).collect();
-                Step::Write { tag: self.pick_any(pick), offset, data }
+            Op::Write {
+                pick,
+                offset,
+                len,
+                seed,
+            } => {
+                let data: Vec<u8> = (0..len)
+                    .map(|i| seed.wrapping_add((i * 7 + i / 13) as u8) | 1)
+                    .collect();
+                Step::Write {
+                    tag: self.pick_any(pick),
+                    offset,
+                    data,
+                }
             }
-            Op::Zero { pick, offset, len } => Step::Zero { tag: self.pick_any(pick), offset, len },
+            Op::Zero { pick, offset, len } => Step::Zero {
+                tag: self.pick_any(pick),
+                offset,
+                len,
+            },
             Op::SnapOrigin => Step::SnapOrigin,
-            Op::SnapOf { pick } => Step::SnapOf { tag: self.pick_snapshot(pick)? },
-            Op::Delete { pick } => Step::Delete { tag: self.pick_snapshot(pick)? },
-            Op::Rollback { pick } => Step::Rollback { tag: self.pick_snapshot(pick)? },
+            Op::SnapOf { pick } => Step::SnapOf {
+                tag: self.pick_snapshot(pick)?,
+            },
+            Op::Delete { pick } => Step::Delete {
+                tag: self.pick_snapshot(pick)?,
+            },
+            Op::Rollback { pick } => Step::Rollback {
+                tag: self.pick_snapshot(pick)?,
+            },
             Op::Flush => Step::Flush,
             Op::Clean => Step::Clean,
             Op::Reopen => Step::Reopen,
@@ -87,10 +126,12 @@ impl Model {
 
     pub fn apply(&mut self, step: &Step) {
         match step {
-            Step::Write { tag, offset, data } => {
-                self.versions.get_mut(tag).unwrap()[*offset..*offset + data.len()].copy_from_slice(data)
+            Step::Write { tag, offset, data } => self.versions.get_mut(tag).unwrap()
+                [*offset..*offset + data.len()]
+                .copy_from_slice(data),
+            Step::Zero { tag, offset, len } => {
+                self.versions.get_mut(tag).unwrap()[*offset..*offset + len].fill(0)
             }
-            Step::Zero { tag, offset, len } => self.versions.get_mut(tag).unwrap()[*offset..*offset + len].fill(0),
             Step::SnapOrigin => {
                 let c = self.versions[&0].clone();
                 self.versions.insert(self.next_tag, c);
@@ -116,12 +157,26 @@ impl Model {
 /// An op with its tags resolved.
 #[derive(Clone, Debug)]
 pub enum Step {
-    Write { tag: u32, offset: usize, data: Vec<u8> },
-    Zero { tag: u32, offset: usize, len: usize },
+    Write {
+        tag: u32,
+        offset: usize,
+        data: Vec<u8>,
+    },
+    Zero {
+        tag: u32,
+        offset: usize,
+        len: usize,
+    },
     SnapOrigin,
-    SnapOf { tag: u32 },
-    Delete { tag: u32 },
-    Rollback { tag: u32 },
+    SnapOf {
+        tag: u32,
+    },
+    Delete {
+        tag: u32,
+    },
+    Rollback {
+        tag: u32,
+    },
     Flush,
     Clean,
     Reopen,
@@ -130,8 +185,12 @@ pub enum Step {
 /// Run a step on the engine (Reopen is the caller's business).
 pub fn run(store: &Store, step: &Step) -> dms_engine::Result<()> {
     match step {
-        Step::Write { tag, offset, data } => store.volume(ORIGIN, *tag)?.write_at(data, *offset as u64),
-        Step::Zero { tag, offset, len } => store.volume(ORIGIN, *tag)?.discard(*offset as u64, *len as u64),
+        Step::Write { tag, offset, data } => {
+            store.volume(ORIGIN, *tag)?.write_at(data, *offset as u64)
+        }
+        Step::Zero { tag, offset, len } => store
+            .volume(ORIGIN, *tag)?
+            .discard(*offset as u64, *len as u64),
         Step::SnapOrigin => store.snapshot_origin(ORIGIN, "so").map(|_| ()),
         Step::SnapOf { tag } => store.snapshot_of(ORIGIN, *tag, "ss").map(|_| ()),
         Step::Delete { tag } => store.delete(ORIGIN, *tag),
@@ -153,19 +212,27 @@ pub fn compare(store: &Store, model: &Model) -> Result<(), String> {
     let mut tags = store.tags(ORIGIN).map_err(|e| e.to_string())?;
     tags.insert(0, 0);
     if tags != model.tags() {
-        return Err(format!("tags differ: engine {tags:?}, model {:?}", model.tags()));
+        return Err(format!(
+            "tags differ: engine {tags:?}, model {:?}",
+            model.tags()
+        ));
     }
     for (tag, want) in &model.versions {
         let v = store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?;
         let got = read_all(&v);
         if &got != want {
             let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
-            return Err(format!("tag {tag} differs first at byte {at}: got {} want {}", got[at], want[at]));
+            return Err(format!(
+                "tag {tag} differs first at byte {at}: got {} want {}",
+                got[at], want[at]
+            ));
         }
     }
     Ok(())
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| seed ^ (i as u8).wrapping_mul(31) ^ ((i >> 8) as u8)).collect()
+    (0..len)
+        .map(|i| seed ^ (i as u8).wrapping_mul(31) ^ ((i >> 8) as u8))
+        .collect()
 }
