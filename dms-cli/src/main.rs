@@ -1,16 +1,24 @@
-//! The `dms` command. For now: `dms demo`, which runs the engine end to end
-//! on image files it creates.
+//! The `dms` command: thin verbs over the daemon. Exit codes: 0 success,
+//! 1 the operation failed, 2 bad usage. Errors are one line on stderr.
 
+mod client;
+mod daemon;
 mod demo;
+mod paths;
+mod proto;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use dms_engine::table::quote;
+use proto::{Request, Response};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "dms",
     version,
-    about = "Multi-version snapshots for block devices"
+    about = "Multi-version snapshots of block devices in one shared COW device"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,34 +27,351 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the snapshot life cycle on image files in DIR (created if needed).
+    /// Create the dm_dev of an origin, or with <tag> of a snapshot.
+    #[command(visible_alias = "c")]
+    Create {
+        dm_dev: String,
+        origin_dev: String,
+        cow_dev: String,
+        /// Expose snapshot <tag> instead of the origin.
+        tag: Option<u32>,
+        /// Bind the origin device to the COW device (its first use).
+        #[arg(short = 'b')]
+        bind: bool,
+        /// Format the COW device (refused if it holds a store).
+        #[arg(short = 'f')]
+        format: bool,
+        /// Format the COW device even if it holds a store.
+        #[arg(short = 'F')]
+        force_format: bool,
+        /// Chunk size in 4 KiB pages (1, 2, 4 ... 64), with -f or -F.
+        #[arg(short = 'c')]
+        chunk_size: Option<u32>,
+        /// The origin's identity in the COW device (default: its path).
+        #[arg(short = 'i')]
+        origin_id: Option<String>,
+        /// Attach a loop device to the exposed file and print its path.
+        #[arg(long = "loop")]
+        loop_dev: bool,
+    },
+    /// Remove a dm_dev.
+    #[command(visible_alias = "r")]
+    Remove {
+        dm_dev: String,
+        /// Remove even if it is open or mounted.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take a snapshot of the origin, or with <tag> of snapshot <tag>.
+    #[command(visible_alias = "s")]
+    Snapshot {
+        dm_dev: String,
+        tag: Option<u32>,
+        #[arg(short = 'm')]
+        memo: Option<String>,
+    },
+    /// Delete snapshot <tag>; without <tag>, unbind the origin and remove its dm_dev.
+    #[command(visible_alias = "d")]
+    Delete { dm_dev: String, tag: Option<u32> },
+    /// Roll snapshot <tag> back into the origin.
+    #[command(visible_alias = "b")]
+    Rollback {
+        dm_dev: String,
+        tag: u32,
+        /// Return at once; the rollback goes on in the background.
+        #[arg(short = 'b')]
+        background: bool,
+    },
+    /// List snapshots.
+    #[command(visible_alias = "l")]
+    List {
+        dm_dev: Option<String>,
+        /// The same data as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The raw dm-snap-mv strings, as dmsetup takes them.
+    Dmsetup {
+        #[command(subcommand)]
+        command: Dmsetup,
+    },
+    /// Run the daemon in the foreground.
+    Daemon,
+    /// Stop the daemon cleanly.
+    Shutdown {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wait until background work (cleaning, rollbacks) is done.
+    Settle,
+    /// Run the snapshot life cycle on image files in DIR, without the daemon.
     Demo {
-        /// Where to put origin.img and cow.img.
         #[arg(long, default_value = "dms-demo")]
         dir: std::path::PathBuf,
-        /// Origin size in MiB.
         #[arg(long, default_value_t = 64)]
         size_mib: u64,
-        /// Chunk size in 4 KiB pages.
         #[arg(short = 'c', long, default_value_t = 1)]
         chunk_pages: u32,
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let res = match cli.command {
+#[derive(Subcommand)]
+enum Dmsetup {
+    /// dmsetup create <dm_dev> --table '0 <sectors> dm-snap-mv <args>'
+    Create {
+        dm_dev: String,
+        #[arg(long)]
+        table: String,
+        #[arg(long = "loop")]
+        loop_dev: bool,
+    },
+    /// dmsetup message <dm_dev> <sector> <message>
+    Message {
+        dm_dev: String,
+        sector: u64,
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    Status {
+        dm_dev: Option<String>,
+    },
+    Table {
+        dm_dev: Option<String>,
+    },
+    Remove {
+        #[arg(long, short = 'f')]
+        force: bool,
+        dm_dev: String,
+    },
+    #[command(name = "remove_all")]
+    RemoveAll {
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+}
+
+/// A failure with its exit code.
+struct Exit(u8, String);
+
+fn send(req: &Request) -> Result<Response, Exit> {
+    let start = !matches!(req, Request::Shutdown { .. });
+    client::call(req, start).map_err(|e| Exit(1, format!("{e:#}")))
+}
+
+fn message(dm_dev: &str, args: Vec<String>) -> Request {
+    Request::Message {
+        name: dm_dev.to_string(),
+        args,
+    }
+}
+
+fn create_table(
+    origin_dev: &str,
+    cow_dev: &str,
+    tag: Option<u32>,
+    flags: (bool, bool, bool, Option<u32>, Option<String>),
+) -> Result<String, Exit> {
+    let (bind, format, force, chunk, id) = flags;
+    let mut args = match tag {
+        Some(t) => vec![
+            "cs".to_string(),
+            quote(origin_dev),
+            quote(cow_dev),
+            t.to_string(),
+        ],
+        None => vec!["co".to_string(), quote(origin_dev), quote(cow_dev)],
+    };
+    if let Some(id) = id {
+        args.push("-i".into());
+        args.push(quote(&id));
+    }
+    if bind {
+        args.push("-b".into());
+    }
+    if format {
+        args.push("-f".into());
+    }
+    if force {
+        args.push("-F".into());
+    }
+    if let Some(c) = chunk {
+        args.push("-c".into());
+        args.push(c.to_string());
+    }
+    let words =
+        dms_engine::table::split_words(&args.join(" ")).map_err(|e| Exit(2, e.to_string()))?;
+    let target = dms_engine::table::parse_target(&words).map_err(|e| Exit(2, e.to_string()))?;
+    absolute_table(None, &target)
+}
+
+/// A table line with absolute device paths (the daemon has its own working
+/// directory) and, unless given, the origin's size in sectors.
+fn absolute_table(
+    sectors: Option<u64>,
+    target: &dms_engine::table::Target,
+) -> Result<String, Exit> {
+    let origin = paths::device(target.origin_dev()).map_err(|e| Exit(1, e))?;
+    let cow = paths::device(target.cow_dev()).map_err(|e| Exit(1, e))?;
+    let sectors = match sectors {
+        Some(s) => s,
+        None => paths::device_size(&origin).map_err(|e| Exit(1, e))? / 512,
+    };
+    let t = dms_engine::table::with_devices(
+        target,
+        &origin.display().to_string(),
+        &cow.display().to_string(),
+    );
+    Ok(format!(
+        "0 {sectors} dm-snap-mv {}",
+        dms_engine::table::format_target(&t)
+    ))
+}
+
+fn run(cmd: Command) -> Result<Response, Exit> {
+    match cmd {
+        Command::Create {
+            dm_dev,
+            origin_dev,
+            cow_dev,
+            tag,
+            bind,
+            format,
+            force_format,
+            chunk_size,
+            origin_id,
+            loop_dev,
+        } => {
+            let table = create_table(
+                &origin_dev,
+                &cow_dev,
+                tag,
+                (bind, format, force_format, chunk_size, origin_id),
+            )?;
+            send(&Request::Create {
+                name: dm_dev,
+                table,
+                loop_dev,
+            })
+        }
+        Command::Remove { dm_dev, force } => send(&Request::Remove {
+            name: dm_dev,
+            force,
+        }),
+        Command::Snapshot { dm_dev, tag, memo } => {
+            let mut args = match tag {
+                Some(t) => vec!["ss".to_string(), t.to_string()],
+                None => vec!["so".to_string()],
+            };
+            if let Some(m) = memo {
+                args.push("-m".into());
+                args.push(m);
+            }
+            send(&message(&dm_dev, args))
+        }
+        Command::Delete { dm_dev, tag } => {
+            let args = match tag {
+                Some(t) => vec!["ds".to_string(), t.to_string()],
+                None => vec!["do".to_string()],
+            };
+            send(&message(&dm_dev, args))
+        }
+        Command::Rollback {
+            dm_dev,
+            tag,
+            background,
+        } => {
+            let mut args = vec!["rs".to_string(), tag.to_string()];
+            if background {
+                args.push("-b".into());
+            }
+            send(&message(&dm_dev, args))
+        }
+        Command::List { dm_dev, json } => {
+            let mut r = send(&Request::List { name: dm_dev })?;
+            if json && r.code == 0 {
+                let data = r.data.take().unwrap_or_default();
+                r.output = serde_json::to_string_pretty(&data).unwrap_or_default() + "\n";
+            }
+            Ok(r)
+        }
+        Command::Dmsetup { command } => match command {
+            Dmsetup::Create {
+                dm_dev,
+                table,
+                loop_dev,
+            } => {
+                let (sectors, target) =
+                    dms_engine::table::parse_table(&table).map_err(|e| Exit(2, e.to_string()))?;
+                let table = absolute_table(Some(sectors), &target)?;
+                send(&Request::Create {
+                    name: dm_dev,
+                    table,
+                    loop_dev,
+                })
+            }
+            Dmsetup::Message {
+                dm_dev,
+                sector,
+                args,
+            } => {
+                if sector != 0 {
+                    return Err(Exit(2, format!("sector {sector}: messages go to sector 0")));
+                }
+                send(&message(&dm_dev, args))
+            }
+            Dmsetup::Status { dm_dev } => send(&Request::Status { name: dm_dev }),
+            Dmsetup::Table { dm_dev } => send(&Request::Table { name: dm_dev }),
+            Dmsetup::Remove { force, dm_dev } => send(&Request::Remove {
+                name: dm_dev,
+                force,
+            }),
+            Dmsetup::RemoveAll { force } => send(&Request::RemoveAll { force }),
+        },
+        Command::Shutdown { force } => match client::call(&Request::Shutdown { force }, false) {
+            Ok(r) => Ok(r),
+            Err(_) => Ok(Response::ok(String::new())),
+        },
+        Command::Settle => send(&Request::Settle),
+        Command::Daemon => match daemon::run() {
+            Ok(()) => Ok(Response::ok(String::new())),
+            Err(e) => Err(Exit(1, format!("{e:#}"))),
+        },
         Command::Demo {
             dir,
             size_mib,
             chunk_pages,
-        } => demo::run(&dir, size_mib, chunk_pages),
-    };
-    match res {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dms: {e:#}");
-            ExitCode::from(1)
+        } => match demo::run(&dir, size_mib, chunk_pages) {
+            Ok(()) => Ok(Response::ok(String::new())),
+            Err(e) => Err(Exit(1, format!("{e:#}"))),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Daemon) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
+    match run(cli.command) {
+        Ok(r) => {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (dms list | head) is not an error.
+            let _ = out.write_all(r.output.as_bytes());
+            if r.code != 0 {
+                eprintln!("dms: {}", r.error.unwrap_or_else(|| "failed".into()));
+            }
+            ExitCode::from(r.code)
+        }
+        Err(Exit(code, msg)) => {
+            eprintln!("dms: {msg}");
+            ExitCode::from(code)
         }
     }
 }

@@ -72,6 +72,13 @@ fn write_chunks(v: &Volume, chunks: &[u64], rng: &mut impl Rng, ops: u32) -> f64
     f64::from(ops) / t.elapsed().as_secs_f64()
 }
 
+/// Median of five runs of `f`.
+fn median(mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..5).map(|_| f()).collect();
+    v.sort_by(f64::total_cmp);
+    v[2]
+}
+
 fn read_random(v: &Volume, rng: &mut impl Rng, ops: u32) -> f64 {
     let mut buf = vec![0u8; BLOCK];
     let chunks = ORIGIN_BYTES / BLOCK as u64;
@@ -133,7 +140,7 @@ fn main() {
         "snapshots", "first-write IOPS", "rewrite IOPS"
     );
     let all: Vec<u64> = (0..ORIGIN_BYTES / BLOCK as u64).collect();
-    let r = write_chunks(&o, &all, &mut rng, a.ops);
+    let r = median(|| write_chunks(&o, &all, &mut rng, a.ops));
     println!("{:>10} {:>18} {:>18.0}", 0, "-", r);
     let first_n = 2000usize;
     let mut taken = 0u32;
@@ -153,7 +160,7 @@ fn main() {
         taken += 1;
         let chunks = distinct(&mut rng, first_n);
         let first = write_chunks(&o, &chunks, &mut rng, first_n as u32);
-        let again = write_chunks(&o, &chunks, &mut rng, a.ops);
+        let again = median(|| write_chunks(&o, &chunks, &mut rng, a.ops));
         rewrite_at.push((target, again));
         println!("{:>10} {:>18.0} {:>18.0}", target, first, again);
     }
@@ -167,9 +174,9 @@ fn main() {
     println!();
     let newest = store.volume(ORIGIN, *tags.last().unwrap()).unwrap();
     let oldest = store.volume(ORIGIN, tags[0]).unwrap();
-    let rn = read_random(&newest, &mut rng, a.ops);
-    let ro = read_random(&oldest, &mut rng, a.ops);
-    let rorig = read_random(&o, &mut rng, a.ops);
+    let rn = median(|| read_random(&newest, &mut rng, a.ops));
+    let ro = median(|| read_random(&oldest, &mut rng, a.ops));
+    let rorig = median(|| read_random(&o, &mut rng, a.ops));
     println!(
         "4 KiB random read IOPS: origin {}, newest snapshot {}, oldest of {} {}",
         iops(1, 1.0 / rorig),

@@ -15,6 +15,7 @@ mod format;
 pub mod io;
 mod space;
 mod store;
+pub mod table;
 mod versions;
 mod volume;
 

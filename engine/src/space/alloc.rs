@@ -414,6 +414,11 @@ impl Allocator {
         self.page_count - self.free_pages
     }
 
+    /// No data chunk can be handed out any more.
+    pub fn is_full(&self) -> bool {
+        self.free_pages < self.reserve + u64::from(self.chunk_pages)
+    }
+
     pub fn page_count(&self) -> u64 {
         self.page_count
     }

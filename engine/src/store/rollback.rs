@@ -23,6 +23,14 @@ impl Store {
     /// Make the origin read as snapshot `tag` reads now; every other version
     /// keeps its content. Runs to the end before returning.
     pub fn rollback(&self, origin_id: &str, tag: u32) -> Result<()> {
+        self.rollback_start(origin_id, tag)?;
+        self.finish_rollback(origin_id)
+    }
+
+    /// Start a rollback: freeze what `tag` reads now and record the rollback,
+    /// durably. [`Store::finish_rollback`] (or [`Store::attach`] after a
+    /// restart) carries it out.
+    pub fn rollback_start(&self, origin_id: &str, tag: u32) -> Result<()> {
         if tag == 0 {
             return Err(Error::TagZero {
                 origin: origin_id.to_string(),
@@ -57,12 +65,11 @@ impl Store {
             m.dirty_versions.insert((index, source));
             m.dirty_origins.insert(index);
         }
-        self.flush()?;
-        self.finish_rollback(origin_id)
+        self.flush()
     }
 
     /// Carry a started rollback to its end (also after a restart).
-    pub(crate) fn finish_rollback(&self, origin_id: &str) -> Result<()> {
+    pub fn finish_rollback(&self, origin_id: &str) -> Result<()> {
         let inner = &self.inner;
         let index = inner.meta()?.origin(origin_id)?;
         let cb = inner.chunk_bytes;

@@ -55,6 +55,8 @@ pub struct StoreStatus {
     pub max_versions: u64,
     /// False once the store failed (an I/O error during commit).
     pub valid: bool,
+    /// No room for another data chunk: writes that need one fail with ENOSPC.
+    pub full: bool,
     pub generation: u64,
     pub origins: Vec<OriginStatus>,
 }
@@ -135,6 +137,7 @@ impl Store {
             used_versions,
             max_versions: u64::from(u32::MAX - 1),
             valid,
+            full: alloc.is_full(),
             generation: m.sb.generation,
             origins,
         })

@@ -1,0 +1,644 @@
+//! Request handling. Each refusal is one line naming the thing at fault and
+//! happens before anything changes.
+
+use super::{loopdev, registry, Daemon, DmDev, State, StoreEntry};
+use crate::paths;
+use crate::proto::{Request, Response};
+use dms_engine::io::{Dev, FileDev};
+use dms_engine::table::{self, Format, Message, Target};
+use dms_engine::{Error, FormatOptions, Store};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A failed request: exit code and message.
+pub(crate) struct Fail(pub u8, pub String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail(1, e.to_string())
+    }
+}
+
+type Res<T> = Result<T, Fail>;
+
+fn fail<T>(msg: impl Into<String>) -> Res<T> {
+    Err(Fail(1, msg.into()))
+}
+
+fn usage<T>(msg: impl Into<String>) -> Res<T> {
+    Err(Fail(2, msg.into()))
+}
+
+pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
+    let res = match req {
+        Request::Ping => Ok(Response::ok(String::new())),
+        Request::Create {
+            name,
+            table,
+            loop_dev,
+        } => create(d, &name, &table, loop_dev, true),
+        Request::Remove { name, force } => {
+            let mut st = d.lock();
+            remove(d, &mut st, &name, force).map(|_| Response::ok(String::new()))
+        }
+        Request::RemoveAll { force } => remove_all(d, force),
+        Request::Message { name, args } => message(d, &name, &args),
+        Request::Status { name } => super::list::status(d, name.as_deref()),
+        Request::Table { name } => super::list::table(d, name.as_deref()),
+        Request::List { name } => super::list::list(d, name.as_deref()),
+        Request::Settle => settle(d),
+        Request::Shutdown { force } => shutdown(d, force),
+    };
+    match res {
+        Ok(r) => r,
+        Err(Fail(code, msg)) => Response::fail(code, msg),
+    }
+}
+
+fn open_file(path: &PathBuf) -> Res<Dev> {
+    Ok(Arc::new(FileDev::open(path, true)?))
+}
+
+/// Create a dm_dev. `fresh` is false when restoring from the registry.
+pub(crate) fn create(
+    d: &Arc<Daemon>,
+    name: &str,
+    line: &str,
+    loop_dev: bool,
+    fresh: bool,
+) -> Res<Response> {
+    paths::check_name(name).or_else(usage)?;
+    let (sectors, target) = table::parse_table(line).map_err(|e| Fail(2, e.to_string()))?;
+    let mut st = d.lock();
+    if st.devs.contains_key(name) {
+        return fail(format!("dm_dev {name} already exists"));
+    }
+    let origin_path = paths::device(target.origin_dev()).or_else(fail)?;
+    let cow_path = paths::device(target.cow_dev()).or_else(fail)?;
+    if origin_path == cow_path {
+        return fail(format!(
+            "{} cannot be both the origin and the COW device",
+            origin_path.display()
+        ));
+    }
+    let origin_id = match &target {
+        Target::Origin {
+            origin_id: Some(id),
+            ..
+        }
+        | Target::Snapshot {
+            origin_id: Some(id),
+            ..
+        } => id.clone(),
+        _ => origin_path.display().to_string(),
+    };
+    let origin_bytes = paths::device_size(&origin_path).or_else(fail)?;
+    if sectors != origin_bytes / 512 {
+        return fail(format!(
+            "the table gives {sectors} sectors but {} has {} sectors",
+            origin_path.display(),
+            origin_bytes / 512
+        ));
+    }
+    let tag = target.tag();
+    if tag == 0 && st.rolling.contains(&(cow_path.clone(), origin_id.clone())) {
+        return fail(format!(
+            "origin {origin_id} is being rolled back; wait until the rollback ends"
+        ));
+    }
+    if let Target::Origin {
+        format: Some(_), ..
+    } = &target
+    {
+        if let Some(users) = users_of(&st, &cow_path) {
+            return fail(format!(
+                "COW device {} is in use by {users}; it cannot be formatted",
+                cow_path.display()
+            ));
+        }
+    }
+    for (other, dev) in &st.devs {
+        if dev.origin_path == origin_path && dev.cow != cow_path {
+            return fail(format!(
+                "{} is the origin of {other} on another COW device",
+                origin_path.display()
+            ));
+        }
+    }
+    // Open (or format) the store.
+    let new_store = !st.stores.contains_key(&cow_path);
+    if new_store {
+        let cow = open_file(&cow_path)?;
+        let store = match &target {
+            Target::Origin {
+                format: Some(f),
+                chunk_pages,
+                ..
+            } => Store::format(
+                cow,
+                &FormatOptions {
+                    chunk_pages: chunk_pages.unwrap_or(1),
+                    force: *f == Format::Force,
+                },
+            )?,
+            _ => Store::open(cow)?,
+        };
+        st.stores.insert(
+            cow_path.clone(),
+            StoreEntry {
+                store,
+                origins: Default::default(),
+            },
+        );
+    }
+    let res = attach_and_expose(
+        d,
+        &mut st,
+        name,
+        &target,
+        sectors,
+        &cow_path,
+        &origin_path,
+        &origin_id,
+        loop_dev,
+    );
+    if res.is_err() && new_store {
+        st.stores.remove(&cow_path);
+    }
+    let dev_file = res?;
+    if fresh {
+        d.save_registry(&st)
+            .map_err(|e| Fail(1, format!("{e:#}")))?;
+    }
+    let loop_path = st.devs.get(name).and_then(|x| x.loop_dev.clone());
+    let mut out = String::new();
+    if let Some(l) = &loop_path {
+        out = format!("{l}\n");
+    }
+    Ok(Response {
+        output: out,
+        data: Some(serde_json::json!({ "name": name, "path": dev_file, "loop": loop_path })),
+        ..Default::default()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attach_and_expose(
+    d: &Arc<Daemon>,
+    st: &mut State,
+    name: &str,
+    target: &Target,
+    sectors: u64,
+    cow_path: &PathBuf,
+    origin_path: &PathBuf,
+    origin_id: &str,
+    loop_dev: bool,
+) -> Res<String> {
+    let entry = st
+        .stores
+        .get_mut(cow_path)
+        .ok_or_else(|| Fail(1, "store vanished".into()))?;
+    let store = entry.store.clone();
+    let bind = matches!(target, Target::Origin { bind: true, .. });
+    if bind {
+        if store.origins()?.iter().any(|o| o == origin_id) {
+            return fail(format!(
+                "origin {origin_id} is already bound to {}; create without -b",
+                cow_path.display()
+            ));
+        }
+        store.bind(origin_id, open_file(origin_path)?)?;
+        entry
+            .origins
+            .insert(origin_id.to_string(), origin_path.clone());
+    } else {
+        match entry.origins.get(origin_id) {
+            Some(p) if p != origin_path => {
+                return fail(format!(
+                    "origin {origin_id} is attached from {}, not {}",
+                    p.display(),
+                    origin_path.display()
+                ))
+            }
+            Some(_) => {}
+            None => {
+                if !store.origins()?.iter().any(|o| o == origin_id) {
+                    return fail(format!(
+                        "origin {origin_id} is not bound to {}; create the origin with -b first",
+                        cow_path.display()
+                    ));
+                }
+                store.attach(origin_id, open_file(origin_path)?)?;
+                entry
+                    .origins
+                    .insert(origin_id.to_string(), origin_path.clone());
+            }
+        }
+    }
+    let volume = Arc::new(store.volume(origin_id, target.tag())?);
+    let path = d
+        .mapper
+        .add(name, volume.clone())
+        .map_err(|e| Fail(1, format!("exposing {name}: {e}")))?;
+    let loop_path = if loop_dev {
+        match loopdev::attach(&path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = d.mapper.remove(name);
+                return fail(format!(
+                    "attaching a loop device to {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    st.devs.insert(
+        name.to_string(),
+        DmDev {
+            target: strip_once(target),
+            cow: cow_path.clone(),
+            origin_path: origin_path.clone(),
+            origin_id: origin_id.to_string(),
+            sectors,
+            loop_dev: loop_path,
+            volume,
+        },
+    );
+    Ok(path.display().to_string())
+}
+
+/// The target as the registry keeps it: -b/-f/-F/-c act only once.
+fn strip_once(t: &Target) -> Target {
+    match t {
+        Target::Origin {
+            origin_dev,
+            cow_dev,
+            origin_id,
+            ..
+        } => Target::Origin {
+            origin_dev: origin_dev.clone(),
+            cow_dev: cow_dev.clone(),
+            origin_id: origin_id.clone(),
+            bind: false,
+            format: None,
+            chunk_pages: None,
+        },
+        other => other.clone(),
+    }
+}
+
+fn users_of(st: &State, cow: &PathBuf) -> Option<String> {
+    let names: Vec<&str> = st
+        .devs
+        .iter()
+        .filter(|(_, d)| &d.cow == cow)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// Why a dm_dev cannot be removed now, if it cannot.
+fn busy(d: &Daemon, name: &str, dev: &DmDev) -> Option<String> {
+    let file = d.mapper.path(name);
+    for l in loopdev::backed_by(&file) {
+        if let Some(m) = loopdev::mounted_at(&l) {
+            return Some(format!("dm_dev {name} is busy: {l} is mounted on {m}"));
+        }
+    }
+    let _ = dev;
+    let held = d.mapper.open_count(name);
+    let ours = usize::from(st_loop(dev));
+    if held > ours {
+        return Some(format!(
+            "dm_dev {name} is busy: {} open file handle(s)",
+            held - ours
+        ));
+    }
+    None
+}
+
+fn st_loop(dev: &DmDev) -> bool {
+    dev.loop_dev.is_some()
+}
+
+/// Freeze the filesystems mounted on the dm_devs that show `tag` of an
+/// origin, so that a snapshot or rollback sees what they have written.
+fn freeze_tag(
+    d: &Daemon,
+    st: &State,
+    cow: &PathBuf,
+    origin_id: &str,
+    tag: u32,
+) -> Res<Vec<loopdev::Frozen>> {
+    let mut frozen = Vec::new();
+    for (n, x) in &st.devs {
+        if &x.cow == cow && x.origin_id == origin_id && x.target.tag() == tag {
+            for m in loopdev::mounts_of(&d.mapper.path(n)) {
+                frozen.push(loopdev::freeze(&m).or_else(fail)?);
+            }
+        }
+    }
+    Ok(frozen)
+}
+
+pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res<()> {
+    let Some(dev) = st.devs.get(name) else {
+        return fail(format!("dm_dev {name} does not exist"));
+    };
+    if !force {
+        if let Some(why) = busy(d, name, dev) {
+            return fail(why);
+        }
+    }
+    if let Some(l) = &dev.loop_dev {
+        loopdev::detach(l).map_err(|e| Fail(1, format!("detaching {l}: {e}")))?;
+    }
+    d.mapper
+        .remove(name)
+        .map_err(|e| Fail(1, format!("removing {name}: {e}")))?;
+    let Some(dev) = st.devs.remove(name) else {
+        return Ok(());
+    };
+    dev.volume.flush()?;
+    let cow = dev.cow.clone();
+    drop(dev);
+    d.save_registry(st).map_err(|e| Fail(1, format!("{e:#}")))?;
+    // Close the store once nothing uses it, unless work is running on it.
+    if users_of(st, &cow).is_none() && !st.rolling.iter().any(|(c, _)| *c == cow) {
+        if let Some(e) = st.stores.get(&cow) {
+            if !e.store.cleaning_pending().unwrap_or(false) {
+                e.store.flush()?;
+                st.stores.remove(&cow);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
+    let mut st = d.lock();
+    let names: Vec<String> = st.devs.keys().cloned().collect();
+    if !force {
+        for n in &names {
+            if let Some(why) = st.devs.get(n).and_then(|dev| busy(d, n, dev)) {
+                return fail(why);
+            }
+        }
+    }
+    for n in names {
+        remove(d, &mut st, &n, force)?;
+    }
+    Ok(Response::ok(String::new()))
+}
+
+fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
+    let msg = table::parse_message(args).map_err(|e| Fail(2, e.to_string()))?;
+    let mut st = d.lock();
+    let Some(dev) = st.devs.get(name) else {
+        return fail(format!("dm_dev {name} does not exist"));
+    };
+    let (cow, origin_id) = (dev.cow.clone(), dev.origin_id.clone());
+    let store = match st.stores.get(&cow) {
+        Some(e) => e.store.clone(),
+        None => return fail(format!("the store of {name} is not open")),
+    };
+    let exposed = |st: &State, tag: u32| {
+        st.devs
+            .iter()
+            .find(|(_, x)| x.cow == cow && x.origin_id == origin_id && x.target.tag() == tag)
+            .map(|(n, _)| n.clone())
+    };
+    match msg {
+        Message::SnapshotOrigin { memo } => {
+            let frozen = freeze_tag(d, &st, &cow, &origin_id, 0)?;
+            let tag = store.snapshot_origin(&origin_id, &memo);
+            drop(frozen);
+            let tag = tag?;
+            Ok(Response {
+                data: Some(serde_json::json!({ "tag": tag })),
+                ..Default::default()
+            })
+        }
+        Message::SnapshotOf { tag, memo } => {
+            let frozen = if tag != 0 {
+                freeze_tag(d, &st, &cow, &origin_id, tag)?
+            } else {
+                Vec::new()
+            };
+            let new = store.snapshot_of(&origin_id, tag, &memo);
+            drop(frozen);
+            let new = new?;
+            Ok(Response {
+                data: Some(serde_json::json!({ "tag": new })),
+                ..Default::default()
+            })
+        }
+        Message::DeleteSnapshot { tag } => {
+            if tag != 0 {
+                if let Some(n) = exposed(&st, tag) {
+                    return fail(format!(
+                        "snapshot {tag} is exposed as dm_dev {n}; remove it first"
+                    ));
+                }
+            }
+            store.delete(&origin_id, tag)?;
+            drop(st);
+            d.kick();
+            Ok(Response::ok(String::new()))
+        }
+        Message::DeleteOrigin => {
+            let snaps = store.tags(&origin_id)?;
+            if !snaps.is_empty() {
+                return Err(Error::HasSnapshots {
+                    origin: origin_id,
+                    count: snaps.len() as u64,
+                }
+                .into());
+            }
+            let others: Vec<String> = st
+                .devs
+                .iter()
+                .filter(|(n, x)| n.as_str() != name && x.cow == cow && x.origin_id == origin_id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !others.is_empty() {
+                return fail(format!(
+                    "origin {origin_id} is also exposed as {}; remove it first",
+                    others.join(", ")
+                ));
+            }
+            remove(d, &mut st, name, false)?;
+            store.unbind(&origin_id)?;
+            if let Some(e) = st.stores.get_mut(&cow) {
+                e.origins.remove(&origin_id);
+            }
+            if users_of(&st, &cow).is_none() {
+                st.stores.remove(&cow);
+            }
+            Ok(Response::ok(String::new()))
+        }
+        Message::Rollback { tag, background } => {
+            if let Some(n) = exposed(&st, 0) {
+                return fail(format!(
+                    "the origin {origin_id} is exposed as dm_dev {n}; remove it first"
+                ));
+            }
+            if st.rolling.contains(&(cow.clone(), origin_id.clone())) {
+                return fail(format!("origin {origin_id} is already being rolled back"));
+            }
+            if tag == 0 {
+                return Err(Error::TagZero {
+                    origin: origin_id,
+                    op: "rollback",
+                }
+                .into());
+            }
+            // Validate the tag now, so a background rollback fails here.
+            store
+                .tags(&origin_id)?
+                .contains(&tag)
+                .then_some(())
+                .ok_or(Fail(
+                    1,
+                    Error::UnknownTag {
+                        origin: origin_id.clone(),
+                        tag,
+                    }
+                    .to_string(),
+                ))?;
+            let frozen = freeze_tag(d, &st, &cow, &origin_id, tag)?;
+            let started = store.rollback_start(&origin_id, tag);
+            drop(frozen);
+            started?;
+            st.rolling.insert((cow.clone(), origin_id.clone()));
+            drop(st);
+            let job = {
+                let (d, cow, origin_id) = (d.clone(), cow.clone(), origin_id.clone());
+                move || {
+                    let r = store.finish_rollback(&origin_id);
+                    d.lock().rolling.remove(&(cow, origin_id));
+                    d.kick();
+                    r
+                }
+            };
+            if background {
+                std::thread::spawn(move || {
+                    if let Err(e) = job() {
+                        tracing::error!("background rollback failed: {e}");
+                    }
+                });
+                Ok(Response::ok(String::new()))
+            } else {
+                job()?;
+                Ok(Response::ok(String::new()))
+            }
+        }
+    }
+}
+
+fn settle(d: &Daemon) -> Res<Response> {
+    loop {
+        let pending = {
+            let st = d.lock();
+            !st.rolling.is_empty()
+                || st
+                    .stores
+                    .values()
+                    .any(|e| e.store.cleaning_pending().unwrap_or(false))
+        };
+        if !pending {
+            return Ok(Response::ok(String::new()));
+        }
+        d.kick();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn shutdown(d: &Daemon, force: bool) -> Res<Response> {
+    let st = d.lock();
+    if !force {
+        for (n, dev) in &st.devs {
+            if let Some(why) = busy(d, n, dev) {
+                return fail(why);
+            }
+        }
+    }
+    drop(st);
+    d.stop.store(true, Ordering::SeqCst);
+    Ok(Response::ok(String::new()))
+}
+
+/// Bring back the dm_devs of the registry.
+pub(crate) fn restore(d: &Arc<Daemon>) {
+    let reg = match registry::load(&paths::registry(&d.run)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot read the registry: {e}");
+            return;
+        }
+    };
+    for e in reg.devices {
+        match create(d, &e.name, &e.table, e.loop_dev, false) {
+            Ok(_) => tracing::info!("restored {}", e.name),
+            Err(Fail(_, msg)) => tracing::error!("cannot restore {}: {msg}", e.name),
+        }
+    }
+    let st = d.lock();
+    if let Err(e) = d.save_registry(&st) {
+        tracing::error!("{e:#}");
+    }
+}
+
+/// Flush and close everything (shutdown).
+pub(crate) fn close_all(d: &Daemon) {
+    let mut st = d.lock();
+    let names: Vec<String> = st.devs.keys().cloned().collect();
+    for n in names {
+        if let Some(dev) = st.devs.get(&n) {
+            if let Some(l) = &dev.loop_dev {
+                let _ = loopdev::detach(l);
+            }
+        }
+        let _ = d.mapper.remove(&n);
+        if let Some(dev) = st.devs.remove(&n) {
+            let _ = dev.volume.flush();
+        }
+    }
+    for (_, e) in st.stores.drain() {
+        let _ = e.store.flush();
+    }
+}
+
+/// Background cleaning: wakes on deletes and every few seconds.
+pub(crate) fn cleaner(d: &Daemon) {
+    let (m, cv) = &d.work;
+    let mut seen = 0u64;
+    while !d.stop.load(Ordering::SeqCst) {
+        {
+            let g = m.lock().unwrap_or_else(|e| e.into_inner());
+            let (g, _) = cv
+                .wait_timeout_while(g, Duration::from_secs(2), |n| {
+                    *n == seen && !d.stop.load(Ordering::SeqCst)
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            seen = *g;
+        }
+        let stores: Vec<Store> = d.lock().stores.values().map(|e| e.store.clone()).collect();
+        for s in stores {
+            if s.cleaning_pending().unwrap_or(false) {
+                match s.clean() {
+                    Ok(r) => tracing::info!(
+                        versions = r.versions_removed,
+                        chunks = r.chunks_freed,
+                        "cleaned"
+                    ),
+                    Err(e) => tracing::error!("cleaning failed: {e}"),
+                }
+            }
+        }
+    }
+}

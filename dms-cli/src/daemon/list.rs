@@ -1,0 +1,316 @@
+//! `dms list`, `dmsetup status` and `dmsetup table`, as text and as data.
+
+use super::handle::Fail;
+use super::{Daemon, State};
+use crate::paths;
+use crate::proto::Response;
+use dms_engine::StoreStatus;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One row of the table under an origin's header.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Row {
+    pub date: String,
+    pub birthday: u64,
+    pub tag: u32,
+    /// Being rolled back into the origin.
+    pub rollback: bool,
+    pub chunks: u64,
+    pub dm_dev: Option<String>,
+    pub memo: String,
+    pub parent: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Rollback {
+    pub tag: u32,
+    pub done_chunks: u64,
+    pub total_chunks: u64,
+}
+
+/// One origin's header block and rows.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct OriginList {
+    pub origin_device: String,
+    pub origin_numbers: Option<String>,
+    pub origin_id: String,
+    pub cow_device: String,
+    pub cow_numbers: Option<String>,
+    pub chunk_pages: u32,
+    pub used_versions: u64,
+    pub max_versions: u64,
+    pub used_chunks: u64,
+    pub total_chunks: u64,
+    pub cow_status: String,
+    pub cleaning: bool,
+    pub cleaning_versions: u64,
+    pub rollbacking: Option<Rollback>,
+    pub snapshots: Vec<Row>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ListData {
+    pub origins: Vec<OriginList>,
+}
+
+fn date(secs: u64) -> String {
+    let t = secs as libc::time_t;
+    // SAFETY: localtime_r writes into the tm we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&t, &mut tm) };
+    format!(
+        "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+fn cow_status(s: &StoreStatus) -> &'static str {
+    if !s.valid {
+        "invalid"
+    } else if s.full {
+        "full"
+    } else {
+        "valid"
+    }
+}
+
+fn pct(a: u64, b: u64) -> u64 {
+    a.saturating_mul(100).checked_div(b).unwrap_or(0)
+}
+
+fn gather(st: &State, only: Option<&str>) -> Result<ListData, Fail> {
+    let mut data = ListData::default();
+    let want: Option<(PathBuf, String)> = match only {
+        Some(n) => match st.devs.get(n) {
+            Some(d) => Some((d.cow.clone(), d.origin_id.clone())),
+            None => return Err(Fail(1, format!("dm_dev {n} does not exist"))),
+        },
+        None => None,
+    };
+    let mut cows: Vec<&PathBuf> = st.stores.keys().collect();
+    cows.sort();
+    for cow in cows {
+        let entry = &st.stores[cow];
+        let status = entry.store.status()?;
+        for o in &status.origins {
+            if want.as_ref().is_some_and(|(c, id)| c != cow || *id != o.id) {
+                continue;
+            }
+            let origin_path = entry
+                .origins
+                .get(&o.id)
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(&o.id));
+            let rolling = o.rollback.map(|(tag, done, total)| Rollback {
+                tag,
+                done_chunks: done.min(total),
+                total_chunks: total,
+            });
+            let mut rows = Vec::new();
+            for v in o.list.iter().filter(|v| !v.ghost) {
+                let dm_dev = st
+                    .devs
+                    .iter()
+                    .find(|(_, d)| &d.cow == cow && d.origin_id == o.id && d.target.tag() == v.tag)
+                    .map(|(n, _)| n.clone());
+                rows.push(Row {
+                    date: date(v.birthday),
+                    birthday: v.birthday,
+                    tag: v.tag,
+                    rollback: rolling.as_ref().is_some_and(|r| r.tag == v.tag),
+                    chunks: v.exceptions,
+                    dm_dev,
+                    memo: if v.tag == 0 {
+                        "ORIGIN".into()
+                    } else {
+                        v.memo.clone()
+                    },
+                    parent: v.parent_tag,
+                });
+            }
+            rows.sort_by_key(|r| r.tag);
+            data.origins.push(OriginList {
+                origin_device: origin_path.display().to_string(),
+                origin_numbers: paths::dev_numbers(&origin_path),
+                origin_id: o.id.clone(),
+                cow_device: cow.display().to_string(),
+                cow_numbers: paths::dev_numbers(cow),
+                chunk_pages: status.chunk_pages,
+                used_versions: o.versions,
+                max_versions: status.max_versions,
+                used_chunks: status.used_chunks,
+                total_chunks: status.total_chunks,
+                cow_status: cow_status(&status).into(),
+                cleaning: o.cleaning.is_some() || o.ghosts > 0,
+                cleaning_versions: o.ghosts,
+                rollbacking: rolling,
+                snapshots: rows,
+            });
+        }
+    }
+    Ok(data)
+}
+
+fn with_numbers(path: &str, numbers: &Option<String>) -> String {
+    match numbers {
+        Some(n) => format!("{path} ({n})"),
+        None => path.to_string(),
+    }
+}
+
+/// The seed's `dms list` layout.
+pub fn render(data: &ListData) -> String {
+    let mut out = String::new();
+    for (i, o) in data.origins.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let short = |p: &str| p.strip_prefix("/dev/").unwrap_or(p).to_string();
+        out.push_str(&format!(
+            "origin-device : {}\n",
+            with_numbers(&short(&o.origin_device), &o.origin_numbers)
+        ));
+        out.push_str(&format!(
+            "cow-device : {}\n",
+            with_numbers(&short(&o.cow_device), &o.cow_numbers)
+        ));
+        out.push_str(&format!("chunk-size : {} page(s)\n", o.chunk_pages));
+        out.push_str(&format!(
+            "used-versions : {}% ({}/{})\n",
+            pct(o.used_versions, o.max_versions),
+            o.used_versions,
+            o.max_versions
+        ));
+        out.push_str(&format!(
+            "used-chunks : {}% ({}/{})\n",
+            pct(o.used_chunks, o.total_chunks),
+            o.used_chunks,
+            o.total_chunks
+        ));
+        out.push_str(&format!("cow-status : {}\n", o.cow_status));
+        if o.cleaning {
+            out.push_str(&format!(
+                "cleaning : yes ({} version(s) to remove)\n",
+                o.cleaning_versions
+            ));
+        } else {
+            out.push_str("cleaning : no\n");
+        }
+        match &o.rollbacking {
+            Some(r) => out.push_str(&format!(
+                "rollbacking : yes (tag {}, {}/{} chunks)\n",
+                r.tag, r.done_chunks, r.total_chunks
+            )),
+            None => out.push_str("rollbacking : no\n"),
+        }
+        out.push_str("YYYY/MM/DD HH:MM:SS Tag R Chunks DM_Dev Memo\n");
+        for r in &o.snapshots {
+            out.push_str(&format!(
+                "{} {} {} {} {} \"{}\"\n",
+                r.date,
+                r.tag,
+                if r.rollback { "R" } else { "." },
+                r.chunks,
+                r.dm_dev.as_deref().unwrap_or("-"),
+                r.memo
+            ));
+        }
+    }
+    out
+}
+
+pub fn list(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
+    let st = d.lock();
+    let data = gather(&st, only)?;
+    Ok(Response {
+        output: render(&data),
+        data: Some(serde_json::to_value(&data).map_err(|e| Fail(1, e.to_string()))?),
+        ..Default::default()
+    })
+}
+
+fn names<'a>(st: &'a State, only: Option<&'a str>) -> Result<Vec<&'a str>, Fail> {
+    match only {
+        Some(n) if st.devs.contains_key(n) => Ok(vec![n]),
+        Some(n) => Err(Fail(1, format!("dm_dev {n} does not exist"))),
+        None => Ok(st.devs.keys().map(String::as_str).collect()),
+    }
+}
+
+/// `dmsetup status`: `0 <sectors> dm-snap-mv <used>/<total> <metadata> <versions>/<max> <state> <cleaning> <rollback>`,
+/// chunk figures in chunks; the last two are `-` when idle, else the
+/// versions left to clean and `<tag>:<done>/<total>`.
+pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
+    let st = d.lock();
+    let mut out = String::new();
+    let list = names(&st, only)?;
+    for n in &list {
+        let dev = &st.devs[*n];
+        let s = st
+            .stores
+            .get(&dev.cow)
+            .map(|e| e.store.status())
+            .transpose()?;
+        let Some(s) = s else { continue };
+        let o = s.origins.iter().find(|o| o.id == dev.origin_id);
+        let meta_chunks = s.metadata_pages.div_ceil(u64::from(s.chunk_pages));
+        let cleaning = o
+            .filter(|o| o.cleaning.is_some() || o.ghosts > 0)
+            .map_or("-".to_string(), |o| o.ghosts.to_string());
+        let rollback = o
+            .and_then(|o| o.rollback)
+            .map_or("-".to_string(), |(t, done, total)| {
+                format!("{t}:{}/{total}", done.min(total))
+            });
+        let line = format!(
+            "0 {} dm-snap-mv {}/{} {} {}/{} {} {} {}",
+            dev.sectors,
+            s.used_chunks,
+            s.total_chunks,
+            meta_chunks,
+            o.map_or(0, |o| o.versions),
+            s.max_versions,
+            cow_status(&s),
+            cleaning,
+            rollback
+        );
+        if only.is_some() {
+            out.push_str(&format!("{line}\n"));
+        } else {
+            out.push_str(&format!("{n}: {line}\n"));
+        }
+    }
+    if list.is_empty() {
+        out.push_str("No devices found\n");
+    }
+    Ok(Response::ok(out))
+}
+
+pub fn table(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
+    let st = d.lock();
+    let mut out = String::new();
+    let list = names(&st, only)?;
+    for n in &list {
+        let dev = &st.devs[*n];
+        let line = format!(
+            "0 {} dm-snap-mv {}",
+            dev.sectors,
+            dms_engine::table::format_target(&dev.target)
+        );
+        if only.is_some() {
+            out.push_str(&format!("{line}\n"));
+        } else {
+            out.push_str(&format!("{n}: {line}\n"));
+        }
+    }
+    if list.is_empty() {
+        out.push_str("No devices found\n");
+    }
+    Ok(Response::ok(out))
+}

@@ -1,0 +1,204 @@
+//! The daemon: owns the open stores, exposes dm_devs, answers the control
+//! socket, keeps the registry, and cleans in the background.
+
+mod fuse;
+mod handle;
+mod list;
+mod loopdev;
+pub mod registry;
+
+use crate::paths;
+use crate::proto::{Request, Response};
+use anyhow::{bail, Context, Result};
+use dms_engine::table::Target;
+use dms_engine::{Store, Volume};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// An open store and the origins attached to it.
+pub(crate) struct StoreEntry {
+    pub store: Store,
+    /// origin id -> origin device path.
+    pub origins: HashMap<String, PathBuf>,
+}
+
+/// One exposed dm_dev.
+pub(crate) struct DmDev {
+    pub target: Target,
+    pub cow: PathBuf,
+    pub origin_path: PathBuf,
+    pub origin_id: String,
+    pub sectors: u64,
+    pub loop_dev: Option<String>,
+    pub volume: Arc<Volume>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub stores: HashMap<PathBuf, StoreEntry>,
+    pub devs: BTreeMap<String, DmDev>,
+    /// (cow, origin id) with a rollback running in the background.
+    pub rolling: HashSet<(PathBuf, String)>,
+}
+
+pub(crate) struct Daemon {
+    pub run: PathBuf,
+    pub state: Mutex<State>,
+    pub mapper: fuse::Mapper,
+    pub stop: AtomicBool,
+    pub work: (Mutex<u64>, Condvar),
+}
+
+impl Daemon {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wake the cleaner.
+    pub fn kick(&self) {
+        let (m, cv) = &self.work;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        cv.notify_all();
+    }
+
+    pub fn save_registry(&self, st: &State) -> Result<()> {
+        let mut reg = registry::Registry {
+            version: 1,
+            devices: Vec::new(),
+        };
+        for (name, d) in &st.devs {
+            reg.devices.push(registry::Entry {
+                name: name.clone(),
+                table: format!(
+                    "0 {} dm-snap-mv {}",
+                    d.sectors,
+                    dms_engine::table::format_target(&d.target)
+                ),
+                loop_dev: d.loop_dev.is_some(),
+            });
+        }
+        registry::save(&paths::registry(&self.run), &reg).context("writing the registry")
+    }
+}
+
+fn serve(d: &Arc<Daemon>, stream: UnixStream) {
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || line.is_empty() {
+        return;
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            tracing::info!(?req, "request");
+            handle::handle(d, req)
+        }
+        Err(e) => Response::fail(2, format!("bad request: {e}")),
+    };
+    if let Some(err) = &resp.error {
+        tracing::warn!("refused: {err}");
+    }
+    let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"code\":1}".into());
+    out.push('\n');
+    let _ = (&stream).write_all(out.as_bytes());
+}
+
+/// Only the daemon's own user may talk to it.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::unix::io::AsRawFd::as_raw_fd(stream),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    rc == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::geteuid() })
+}
+
+/// Take the daemon lock file: one daemon per runtime directory.
+fn lock_run_dir(run: &Path) -> Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(run.join("daemon.lock"))?;
+    // SAFETY: flock on our own descriptor.
+    let rc = unsafe {
+        libc::flock(
+            std::os::unix::io::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        bail!("another dms daemon is running for {}", run.display());
+    }
+    Ok(f)
+}
+
+/// `dms daemon`: run in the foreground until `dms shutdown`.
+pub fn run() -> Result<()> {
+    let run = paths::run_dir();
+    std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
+    let _lock = lock_run_dir(&run)?;
+    let mapper =
+        fuse::Mapper::mount(&paths::mapper_dir(&run)).context("mounting the mapper directory")?;
+    let d = Arc::new(Daemon {
+        run: run.clone(),
+        state: Mutex::new(State::default()),
+        mapper,
+        stop: AtomicBool::new(false),
+        work: (Mutex::new(0), Condvar::new()),
+    });
+    handle::restore(&d);
+    let sock = paths::control_socket(&run);
+    let _ = std::fs::remove_file(&sock);
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!("dms daemon listening on {}", sock.display());
+    let cleaner = {
+        let d = d.clone();
+        std::thread::spawn(move || handle::cleaner(&d))
+    };
+    listener.set_nonblocking(true)?;
+    while !d.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                if !peer_allowed(&stream) {
+                    tracing::warn!("refused a connection from another user");
+                    continue;
+                }
+                let d = d.clone();
+                std::thread::spawn(move || serve(&d, stream));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => tracing::warn!("accept: {e}"),
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    d.kick();
+    let _ = cleaner.join();
+    handle::close_all(&d);
+    d.mapper.unmount();
+    tracing::info!("dms daemon stopped");
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! The registry of dm_devs: what a restarted daemon exposes again. A small
+//! JSON file replaced atomically (write, fsync, rename, fsync the directory).
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    /// The table line, without -b/-f/-F/-c (those act once, at creation).
+    pub table: String,
+    /// Attach a loop device when exposing.
+    pub loop_dev: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Registry {
+    pub version: u32,
+    pub devices: Vec<Entry>,
+}
+
+pub fn load(path: &Path) -> std::io::Result<Registry> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry {
+            version: 1,
+            devices: Vec::new(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn save(path: &Path, reg: &Registry) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(reg).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

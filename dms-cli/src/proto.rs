@@ -1,0 +1,74 @@
+//! The control protocol: one JSON request per line, one JSON response.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create a dm_dev from a table line; `loop_dev` attaches a loop device.
+    Create {
+        name: String,
+        table: String,
+        loop_dev: bool,
+    },
+    /// Remove a dm_dev (refused while busy unless forced).
+    Remove {
+        name: String,
+        force: bool,
+    },
+    RemoveAll {
+        force: bool,
+    },
+    /// A dm-snap-mv message to a dm_dev.
+    Message {
+        name: String,
+        args: Vec<String>,
+    },
+    /// `dmsetup status` lines.
+    Status {
+        name: Option<String>,
+    },
+    /// `dmsetup table` lines.
+    Table {
+        name: Option<String>,
+    },
+    /// `dms list` data.
+    List {
+        name: Option<String>,
+    },
+    /// Wait until background work (cleaning) is done.
+    Settle,
+    Ping,
+    Shutdown {
+        force: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Response {
+    /// 0 success, 1 operation failed, 2 bad usage.
+    pub code: u8,
+    /// One line, for failures.
+    pub error: Option<String>,
+    /// Text to print on stdout.
+    pub output: String,
+    /// Structured result (list data, new tag, loop device).
+    pub data: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn ok(output: String) -> Response {
+        Response {
+            output,
+            ..Default::default()
+        }
+    }
+
+    pub fn fail(code: u8, error: impl Into<String>) -> Response {
+        Response {
+            code,
+            error: Some(error.into()),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,106 @@
+use super::*;
+
+fn w(s: &str) -> Vec<String> {
+    split_words(s).unwrap()
+}
+
+#[test]
+fn origin_targets() {
+    assert_eq!(
+        parse_target(&w("co sdb1 sdc1 -bF -c 4")).unwrap(),
+        Target::Origin {
+            origin_dev: "sdb1".into(),
+            cow_dev: "sdc1".into(),
+            origin_id: None,
+            bind: true,
+            format: Some(Format::Force),
+            chunk_pages: Some(4)
+        }
+    );
+    let t = parse_target(&w("co /dev/a /dev/b -i 'my disk' -b")).unwrap();
+    assert_eq!(t.origin_id(), "my disk");
+    assert_eq!(format_target(&t), "co /dev/a /dev/b -i 'my disk'");
+    assert!(parse_target(&w("co a b -f -F -b")).is_err());
+    assert!(parse_target(&w("co a b -F")).is_err(), "-F without -b");
+    assert!(parse_target(&w("co a b -b -c 4")).is_err(), "-c without -f");
+    assert!(parse_target(&w("co a")).is_err());
+    assert!(parse_target(&w("co a b c")).is_err());
+    assert!(parse_target(&w("co a b -x")).is_err());
+}
+
+#[test]
+fn snapshot_targets_and_tables() {
+    let (sectors, t) = parse_table("0 2048 dm-snap-mv cs sdb1 sdc1 2").unwrap();
+    assert_eq!(sectors, 2048);
+    assert_eq!(t.tag(), 2);
+    assert_eq!(t.origin_id(), "sdb1");
+    assert!(parse_table("0 2048 snapshot cs a b 1").is_err());
+    assert!(parse_table("5 2048 dm-snap-mv cs a b 1").is_err());
+    assert!(parse_target(&w("cs a b x")).is_err());
+    assert!(parse_target(&w("cs a b 1 -b")).is_err());
+}
+
+#[test]
+fn messages() {
+    assert_eq!(
+        parse_message(&w("so -m nightly")).unwrap(),
+        Message::SnapshotOrigin {
+            memo: "nightly".into()
+        }
+    );
+    assert_eq!(
+        parse_message(&w("so")).unwrap(),
+        Message::SnapshotOrigin {
+            memo: String::new()
+        }
+    );
+    assert_eq!(
+        parse_message(&w("ss 1 -m 'a b'")).unwrap(),
+        Message::SnapshotOf {
+            tag: 1,
+            memo: "a b".into()
+        }
+    );
+    assert_eq!(
+        parse_message(&w("ss 0")).unwrap(),
+        Message::SnapshotOf {
+            tag: 0,
+            memo: String::new()
+        }
+    );
+    assert_eq!(
+        parse_message(&w("rs 2 -b")).unwrap(),
+        Message::Rollback {
+            tag: 2,
+            background: true
+        }
+    );
+    assert_eq!(
+        parse_message(&w("ds 3")).unwrap(),
+        Message::DeleteSnapshot { tag: 3 }
+    );
+    assert_eq!(parse_message(&w("do")).unwrap(), Message::DeleteOrigin);
+    for bad in [
+        "",
+        "xx",
+        "ss",
+        "ss a",
+        "ds",
+        "rs",
+        "do 1",
+        "so 1",
+        "ds 1 -m x",
+        "so -b",
+        "ss -1",
+    ] {
+        assert!(parse_message(&w(bad)).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn quoting() {
+    assert_eq!(w(r#"a "b c" 'd e' f"#), vec!["a", "b c", "d e", "f"]);
+    assert!(split_words("a 'b").is_err());
+    assert_eq!(quote("x y"), "'x y'");
+    assert_eq!(quote(""), "''");
+}
