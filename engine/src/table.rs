@@ -167,6 +167,11 @@ pub fn parse_target(args: &[String]) -> Result<Target, ParseError> {
                 let n: u32 = v
                     .parse()
                     .map_err(|_| ParseError(format!("invalid chunk size {v:?}")))?;
+                if !(1..=64).contains(&n) || !n.is_power_of_two() {
+                    return err(format!(
+                        "chunk size {n} is invalid: it must be a power of two from 1 to 64 pages"
+                    ));
+                }
                 chunk = Some(n);
             }
             s if s.starts_with('-') && s.len() > 1 => return err(format!("unknown option {s}")),

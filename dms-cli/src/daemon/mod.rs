@@ -156,6 +156,7 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
     let _lock = lock_run_dir(&run)?;
+    std::fs::write(run.join("daemon.pid"), format!("{}\n", std::process::id()))?;
     let mapper =
         fuse::Mapper::mount(&paths::mapper_dir(&run)).context("mounting the mapper directory")?;
     let d = Arc::new(Daemon {

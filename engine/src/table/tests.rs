@@ -23,6 +23,11 @@ fn origin_targets() {
     assert!(parse_target(&w("co a b -f -F -b")).is_err());
     assert!(parse_target(&w("co a b -F")).is_err(), "-F without -b");
     assert!(parse_target(&w("co a b -b -c 4")).is_err(), "-c without -f");
+    assert!(parse_target(&w("co a b -bF -c 3")).is_err(), "chunk size 3");
+    assert!(
+        parse_target(&w("co a b -bF -c 128")).is_err(),
+        "chunk size 128"
+    );
     assert!(parse_target(&w("co a")).is_err());
     assert!(parse_target(&w("co a b c")).is_err());
     assert!(parse_target(&w("co a b -x")).is_err());
