@@ -13,6 +13,9 @@ need=()
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v flock >/dev/null || need+=(util-linux)
+command -v fio >/dev/null || need+=(fio)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
+command -v qemu-io >/dev/null || need+=(qemu-utils)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi

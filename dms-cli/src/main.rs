@@ -53,6 +53,9 @@ enum Command {
         /// Attach a loop device to the exposed file and print its path.
         #[arg(long = "loop")]
         loop_dev: bool,
+        /// Expose it read-only (file and NBD export).
+        #[arg(long)]
+        read_only: bool,
     },
     /// Remove a dm_dev.
     #[command(visible_alias = "r")]
@@ -96,7 +99,11 @@ enum Command {
         command: Dmsetup,
     },
     /// Run the daemon in the foreground.
-    Daemon,
+    Daemon {
+        /// Also serve NBD on this TCP address (e.g. 127.0.0.1:10809).
+        #[arg(long)]
+        nbd_listen: Option<String>,
+    },
     /// Stop the daemon cleanly.
     Shutdown {
         #[arg(long)]
@@ -124,6 +131,8 @@ enum Dmsetup {
         table: String,
         #[arg(long = "loop")]
         loop_dev: bool,
+        #[arg(long)]
+        read_only: bool,
     },
     /// dmsetup message <dm_dev> <sector> <message>
     Message {
@@ -240,6 +249,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             chunk_size,
             origin_id,
             loop_dev,
+            read_only,
         } => {
             let table = create_table(
                 &origin_dev,
@@ -251,6 +261,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
                 name: dm_dev,
                 table,
                 loop_dev,
+                read_only,
             })
         }
         Command::Remove { dm_dev, force } => send(&Request::Remove {
@@ -299,6 +310,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
                 dm_dev,
                 table,
                 loop_dev,
+                read_only,
             } => {
                 let (sectors, target) =
                     dms_engine::table::parse_table(&table).map_err(|e| Exit(2, e.to_string()))?;
@@ -307,6 +319,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
                     name: dm_dev,
                     table,
                     loop_dev,
+                    read_only,
                 })
             }
             Dmsetup::Message {
@@ -332,7 +345,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             Err(_) => Ok(Response::ok(String::new())),
         },
         Command::Settle => send(&Request::Settle),
-        Command::Daemon => match daemon::run() {
+        Command::Daemon { nbd_listen } => match daemon::run(nbd_listen) {
             Ok(()) => Ok(Response::ok(String::new())),
             Err(e) => Err(Exit(1, format!("{e:#}"))),
         },
@@ -349,7 +362,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Daemon) {
+    if matches!(cli.command, Command::Daemon { .. }) {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()

@@ -10,6 +10,8 @@ pub enum Request {
         name: String,
         table: String,
         loop_dev: bool,
+        #[serde(default)]
+        read_only: bool,
     },
     /// Remove a dm_dev (refused while busy unless forced).
     Remove {

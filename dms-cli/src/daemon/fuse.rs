@@ -22,6 +22,7 @@ const TTL: Duration = Duration::from_secs(0);
 struct File {
     ino: u64,
     volume: Arc<Volume>,
+    read_only: bool,
     open: AtomicUsize,
     created: SystemTime,
 }
@@ -62,7 +63,7 @@ impl Fs {
             ctime: f.created,
             crtime: f.created,
             kind: FileType::RegularFile,
-            perm: 0o600,
+            perm: if f.read_only { 0o400 } else { 0o600 },
             nlink: 1,
             uid: self.uid,
             gid: self.gid,
@@ -234,6 +235,9 @@ impl Filesystem for Fs {
         let Some(f) = self.shared.by_ino(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
+        if f.read_only {
+            return reply.error(Errno::EROFS);
+        }
         let size = f.volume.size();
         if offset >= size {
             return reply.error(Errno::ENOSPC);
@@ -258,6 +262,9 @@ impl Filesystem for Fs {
         let Some(f) = self.shared.by_ino(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
+        if f.read_only {
+            return reply.error(Errno::EROFS);
+        }
         let supported =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !supported != 0 {
@@ -396,7 +403,12 @@ impl Mapper {
         })
     }
 
-    pub fn add(&self, name: &str, volume: Arc<Volume>) -> std::io::Result<PathBuf> {
+    pub fn add(
+        &self,
+        name: &str,
+        volume: Arc<Volume>,
+        read_only: bool,
+    ) -> std::io::Result<PathBuf> {
         let mut files = self.shared.files.write().unwrap_or_else(|e| e.into_inner());
         if files.contains_key(name) {
             return Err(std::io::Error::new(
@@ -408,6 +420,7 @@ impl Mapper {
         files.insert(
             name.to_string(),
             Arc::new(File {
+                read_only,
                 ino,
                 volume,
                 open: AtomicUsize::new(0),

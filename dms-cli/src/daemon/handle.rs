@@ -38,7 +38,8 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
             name,
             table,
             loop_dev,
-        } => create(d, &name, &table, loop_dev, true),
+            read_only,
+        } => create(d, &name, &table, loop_dev, read_only, true),
         Request::Remove { name, force } => {
             let mut st = d.lock();
             remove(d, &mut st, &name, force).map(|_| Response::ok(String::new()))
@@ -67,6 +68,7 @@ pub(crate) fn create(
     name: &str,
     line: &str,
     loop_dev: bool,
+    read_only: bool,
     fresh: bool,
 ) -> Res<Response> {
     paths::check_name(name).or_else(usage)?;
@@ -159,10 +161,8 @@ pub(crate) fn create(
         name,
         &target,
         sectors,
-        &cow_path,
-        &origin_path,
-        &origin_id,
-        loop_dev,
+        (&cow_path, &origin_path, &origin_id),
+        (loop_dev, read_only),
     );
     if res.is_err() && new_store {
         st.stores.remove(&cow_path);
@@ -191,10 +191,8 @@ fn attach_and_expose(
     name: &str,
     target: &Target,
     sectors: u64,
-    cow_path: &PathBuf,
-    origin_path: &PathBuf,
-    origin_id: &str,
-    loop_dev: bool,
+    (cow_path, origin_path, origin_id): (&PathBuf, &PathBuf, &str),
+    (loop_dev, read_only): (bool, bool),
 ) -> Res<String> {
     let entry = st
         .stores
@@ -240,7 +238,7 @@ fn attach_and_expose(
     let volume = Arc::new(store.volume(origin_id, target.tag())?);
     let path = d
         .mapper
-        .add(name, volume.clone())
+        .add(name, volume.clone(), read_only)
         .map_err(|e| Fail(1, format!("exposing {name}: {e}")))?;
     let loop_path = if loop_dev {
         match loopdev::attach(&path) {
@@ -266,6 +264,9 @@ fn attach_and_expose(
             sectors,
             loop_dev: loop_path,
             volume,
+            read_only,
+            nbd_clients: Default::default(),
+            alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         },
     );
     Ok(path.display().to_string())
@@ -310,6 +311,12 @@ fn busy(d: &Daemon, name: &str, dev: &DmDev) -> Option<String> {
         }
     }
     let _ = dev;
+    let clients = dev.nbd_clients.load(Ordering::SeqCst);
+    if clients > 0 {
+        return Some(format!(
+            "dm_dev {name} is busy: {clients} NBD client(s) connected"
+        ));
+    }
     let held = d.mapper.open_count(name);
     let ours = usize::from(st_loop(dev));
     if held > ours {
@@ -363,6 +370,7 @@ pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res
     let Some(dev) = st.devs.remove(name) else {
         return Ok(());
     };
+    dev.alive.store(false, Ordering::SeqCst);
     dev.volume.flush()?;
     let cow = dev.cow.clone();
     drop(dev);
@@ -582,7 +590,7 @@ pub(crate) fn restore(d: &Arc<Daemon>) {
         }
     };
     for e in reg.devices {
-        match create(d, &e.name, &e.table, e.loop_dev, false) {
+        match create(d, &e.name, &e.table, e.loop_dev, e.read_only, false) {
             Ok(_) => tracing::info!("restored {}", e.name),
             Err(Fail(_, msg)) => tracing::error!("cannot restore {}: {msg}", e.name),
         }

@@ -5,6 +5,7 @@ mod fuse;
 mod handle;
 mod list;
 mod loopdev;
+mod nbd;
 pub mod registry;
 
 use crate::paths;
@@ -17,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +38,11 @@ pub(crate) struct DmDev {
     pub sectors: u64,
     pub loop_dev: Option<String>,
     pub volume: Arc<Volume>,
+    pub read_only: bool,
+    /// NBD clients connected to this dm_dev.
+    pub nbd_clients: Arc<AtomicUsize>,
+    /// Cleared on removal: NBD requests still in flight then fail.
+    pub alive: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -51,7 +57,7 @@ pub(crate) struct Daemon {
     pub run: PathBuf,
     pub state: Mutex<State>,
     pub mapper: fuse::Mapper,
-    pub stop: AtomicBool,
+    pub stop: Arc<AtomicBool>,
     pub work: (Mutex<u64>, Condvar),
 }
 
@@ -81,6 +87,7 @@ impl Daemon {
                     dms_engine::table::format_target(&d.target)
                 ),
                 loop_dev: d.loop_dev.is_some(),
+                read_only: d.read_only,
             });
         }
         registry::save(&paths::registry(&self.run), &reg).context("writing the registry")
@@ -150,8 +157,31 @@ fn lock_run_dir(run: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// NBD exports: the daemon's dm_devs.
+struct DaemonExports(std::sync::Weak<Daemon>);
+
+impl nbd::Exports for DaemonExports {
+    fn get(&self, name: &str) -> Option<nbd::Export> {
+        let d = self.0.upgrade()?;
+        let st = d.lock();
+        st.devs.get(name).map(|x| nbd::Export {
+            volume: x.volume.clone(),
+            read_only: x.read_only,
+            clients: x.nbd_clients.clone(),
+            alive: x.alive.clone(),
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0
+            .upgrade()
+            .map(|d| d.lock().devs.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// `dms daemon`: run in the foreground until `dms shutdown`.
-pub fn run() -> Result<()> {
+pub fn run(nbd_listen: Option<String>) -> Result<()> {
     let run = paths::run_dir();
     std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
@@ -163,10 +193,30 @@ pub fn run() -> Result<()> {
         run: run.clone(),
         state: Mutex::new(State::default()),
         mapper,
-        stop: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
         work: (Mutex::new(0), Condvar::new()),
     });
     handle::restore(&d);
+    let exports: Arc<dyn nbd::Exports> = Arc::new(DaemonExports(Arc::downgrade(&d)));
+    let nbd_sock = run.join("nbd.sock");
+    let _ = std::fs::remove_file(&nbd_sock);
+    let nbd_unix =
+        UnixListener::bind(&nbd_sock).with_context(|| format!("binding {}", nbd_sock.display()))?;
+    std::fs::set_permissions(&nbd_sock, std::fs::Permissions::from_mode(0o600))?;
+    let mut servers = Vec::new();
+    {
+        let (ex, stop) = (exports.clone(), d.stop.clone());
+        servers.push(std::thread::spawn(move || {
+            nbd::serve_unix(nbd_unix, ex, stop)
+        }));
+    }
+    if let Some(addr) = nbd_listen {
+        let l = std::net::TcpListener::bind(&addr)
+            .with_context(|| format!("listening for NBD on {addr}"))?;
+        tracing::info!("NBD on tcp {addr}");
+        let (ex, stop) = (exports.clone(), d.stop.clone());
+        servers.push(std::thread::spawn(move || nbd::serve_tcp(l, ex, stop)));
+    }
     let sock = paths::control_socket(&run);
     let _ = std::fs::remove_file(&sock);
     let listener =
@@ -196,6 +246,10 @@ pub fn run() -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&nbd_sock);
+    for s in servers {
+        let _ = s.join();
+    }
     d.kick();
     let _ = cleaner.join();
     handle::close_all(&d);

@@ -12,6 +12,9 @@ pub struct Entry {
     pub table: String,
     /// Attach a loop device when exposing.
     pub loop_dev: bool,
+    /// Exposed read-only (file and NBD export).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
