@@ -63,7 +63,8 @@ const ESHUTDOWN: u32 = 108;
 /// Largest option payload and request payload accepted.
 const MAX_OPTION: u32 = 64 * 1024;
 const MAX_REQUEST: u32 = 32 << 20;
-const WORKERS: usize = 4;
+/// Workers per connection: enough for an iodepth of 16 to wait on one commit.
+const WORKERS: usize = 16;
 
 /// One dm_dev as an NBD export.
 #[derive(Clone)]

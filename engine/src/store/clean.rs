@@ -127,7 +127,7 @@ impl Store {
             if m.space.alloc.fresh_pages() > 256 {
                 let txn = m.txn;
                 drop(m);
-                inner.commit_until(txn)?;
+                inner.commit_until(txn, false)?;
             }
         }
         {

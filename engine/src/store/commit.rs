@@ -7,26 +7,35 @@ use std::sync::atomic::Ordering;
 
 impl Inner {
     /// Return once transaction `target` is durable, committing if no one
-    /// else is. Waiters arriving during a commit share the next one.
-    pub(crate) fn commit_until(&self, target: u64) -> Result<()> {
+    /// else is. Waiters arriving during a commit share the next one. With
+    /// `sync_origins`, origin writes are made durable too (a flush); other
+    /// commits leave origin devices to the next flush.
+    pub(crate) fn commit_until(&self, target: u64, sync_origins: bool) -> Result<()> {
         let mut cs = lock(&self.commit);
         loop {
-            if cs.durable >= target {
+            if cs.durable >= target && (!sync_origins || cs.synced >= target) {
                 return Ok(());
             }
             self.check_failed()?;
+            if sync_origins {
+                cs.want_sync = cs.want_sync.max(target);
+            }
             if cs.running {
                 cs = self.commit_cv.wait(cs).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             cs.running = true;
+            let do_sync = cs.want_sync > cs.synced;
             drop(cs);
-            let res = self.commit_once();
+            let res = self.commit_once(do_sync);
             cs = lock(&self.commit);
             cs.running = false;
             match res {
                 Ok(txn) => {
                     cs.durable = txn;
+                    if do_sync {
+                        cs.synced = txn;
+                    }
                     self.durable_txn.store(txn, Ordering::Release);
                     self.commit_cv.notify_all();
                 }
@@ -40,7 +49,7 @@ impl Inner {
     }
 
     /// One commit; returns the transaction number made durable.
-    fn commit_once(&self) -> Result<u64> {
+    fn commit_once(&self, sync_origins: bool) -> Result<u64> {
         let (txn, blocks, sb, origins) = {
             let mut m = self.meta()?;
             let txn = m.txn;
@@ -48,7 +57,7 @@ impl Inner {
             let origins: Vec<_> = m
                 .origins
                 .values()
-                .filter(|o| o.dirty.swap(false, Ordering::AcqRel))
+                .filter(|o| sync_origins && o.dirty.swap(false, Ordering::AcqRel))
                 .filter_map(|o| o.dev.clone())
                 .collect();
             if m.has_changes() {

@@ -333,7 +333,7 @@ impl Meta {
         )?;
         self.chunk_txn.insert((origin, chunk), self.txn);
         if let Some(o) = self.origins.get_mut(&origin) {
-            if o.owned.version == version {
+            if o.owned.version == version || o.tree.only_child(0) == Some(version) {
                 o.owned.learn(version, chunk);
             }
         }

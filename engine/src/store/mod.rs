@@ -64,6 +64,10 @@ impl Default for FormatOptions {
 pub(crate) struct CommitState {
     running: bool,
     durable: u64,
+    /// Highest transaction whose commit also synced the origins.
+    synced: u64,
+    /// Highest transaction a flush waits to see synced.
+    want_sync: u64,
 }
 
 pub(crate) struct Inner {
@@ -205,6 +209,8 @@ impl Store {
                 commit: Mutex::new(CommitState {
                     running: false,
                     durable: txn - 1,
+                    synced: txn - 1,
+                    want_sync: 0,
                 }),
                 commit_cv: Condvar::new(),
                 durable_txn: AtomicU64::new(txn - 1),
@@ -283,6 +289,6 @@ impl Inner {
 
     pub(crate) fn flush(&self) -> Result<()> {
         let target = self.meta()?.txn;
-        self.commit_until(target)
+        self.commit_until(target, true)
     }
 }

@@ -137,7 +137,7 @@ impl Store {
                 }
                 m.txn
             };
-            inner.commit_until(txn)?;
+            inner.commit_until(txn, true)?;
             for &(c, e, _) in &work {
                 inner.cow.read_at(&mut buf, e * cb)?;
                 let n = size.saturating_sub(c * cb).min(cb) as usize;

@@ -287,7 +287,7 @@ impl Volume {
         // Copy-outs and the metadata naming them are durable before the
         // origin is overwritten.
         if let Some(txn) = need {
-            inner.commit_until(txn)?;
+            inner.commit_until(txn, false)?;
         }
         let first = batch[0];
         let last = batch[batch.len() - 1];
@@ -318,7 +318,7 @@ impl Volume {
             })
             .max();
         if let Some(txn) = wait {
-            self.inner().commit_until(txn)?;
+            self.inner().commit_until(txn, false)?;
         }
         let mut scratch = vec![0u8; cb as usize];
         for (p, plan) in batch.iter().zip(plans) {
