@@ -13,6 +13,16 @@ pub enum Request {
         #[serde(default)]
         read_only: bool,
     },
+    /// Create a dm_dev from target arguments (`co ...`/`cs ...`, absolute
+    /// paths); the daemon takes the length from the origin device.
+    CreateArgs {
+        name: String,
+        args: Vec<String>,
+        #[serde(default)]
+        loop_dev: bool,
+        #[serde(default)]
+        read_only: bool,
+    },
     /// Remove a dm_dev (refused while busy unless forced).
     Remove {
         name: String,
@@ -52,6 +62,10 @@ pub struct Response {
     pub code: u8,
     /// One line, for failures.
     pub error: Option<String>,
+    /// The kind of failure: an engine error kind (`not_found`, `busy`,
+    /// `no_space`, ...), `usage` for bad usage, or `failed` otherwise.
+    #[serde(default)]
+    pub kind: Option<String>,
     /// Text to print on stdout.
     pub output: String,
     /// Structured result (list data, new tag, loop device).
@@ -67,9 +81,11 @@ impl Response {
     }
 
     pub fn fail(code: u8, error: impl Into<String>) -> Response {
+        let kind = if code == 2 { "usage" } else { "failed" };
         Response {
             code,
             error: Some(error.into()),
+            kind: Some(kind.into()),
             ..Default::default()
         }
     }

@@ -94,6 +94,30 @@ impl Error {
         }
     }
 
+    /// A stable name for the kind of error, for scripts and bindings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Corrupt { .. } | Error::NotAStore { .. } => "corrupt",
+            Error::AlreadyFormatted { .. } | Error::OriginExists(_) => "exists",
+            Error::UnknownOrigin(_) | Error::UnknownTag { .. } | Error::OriginNotAttached(_) => {
+                "not_found"
+            }
+            Error::NoSpace => "no_space",
+            Error::Busy { .. } | Error::HasSnapshots { .. } => "busy",
+            Error::LimitReached(_) => "limit",
+            Error::Failed(_) => "failed",
+            Error::BadChunkSize(_)
+            | Error::DeviceTooSmall { .. }
+            | Error::OriginTooLarge { .. }
+            | Error::OriginShrunk { .. }
+            | Error::BadOriginId(_)
+            | Error::TagZero { .. }
+            | Error::MemoTooLong { .. }
+            | Error::OutOfRange { .. } => "invalid",
+        }
+    }
+
     /// The errno this error maps to, for block-level front ends (NBD, FUSE).
     pub fn errno(&self) -> i32 {
         match self {

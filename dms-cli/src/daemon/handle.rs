@@ -12,23 +12,41 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A failed request: exit code and message.
-pub(crate) struct Fail(pub u8, pub String);
+/// A failed request: exit code, message, and the engine's error kind.
+pub(crate) struct Fail {
+    pub code: u8,
+    pub msg: String,
+    pub kind: Option<&'static str>,
+}
+
+impl Fail {
+    pub fn new(code: u8, msg: impl Into<String>) -> Fail {
+        Fail {
+            code,
+            msg: msg.into(),
+            kind: None,
+        }
+    }
+}
 
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
-        Fail(1, e.to_string())
+        Fail {
+            code: 1,
+            msg: e.to_string(),
+            kind: Some(e.kind()),
+        }
     }
 }
 
 type Res<T> = Result<T, Fail>;
 
 fn fail<T>(msg: impl Into<String>) -> Res<T> {
-    Err(Fail(1, msg.into()))
+    Err(Fail::new(1, msg.into()))
 }
 
 fn usage<T>(msg: impl Into<String>) -> Res<T> {
-    Err(Fail(2, msg.into()))
+    Err(Fail::new(2, msg.into()))
 }
 
 pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
@@ -40,6 +58,12 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
             loop_dev,
             read_only,
         } => create(d, &name, &table, loop_dev, read_only, true),
+        Request::CreateArgs {
+            name,
+            args,
+            loop_dev,
+            read_only,
+        } => create_args(d, &name, &args, loop_dev, read_only),
         Request::Remove { name, force } => {
             let mut st = d.lock();
             remove(d, &mut st, &name, force).map(|_| Response::ok(String::new()))
@@ -54,8 +78,35 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
     };
     match res {
         Ok(r) => r,
-        Err(Fail(code, msg)) => Response::fail(code, msg),
+        Err(f) => {
+            let mut r = Response::fail(f.code, f.msg);
+            if let Some(k) = f.kind {
+                r.kind = Some(k.to_string());
+            }
+            r
+        }
     }
+}
+
+/// `create` from target arguments: the length is the origin's size.
+fn create_args(
+    d: &Arc<Daemon>,
+    name: &str,
+    args: &[String],
+    loop_dev: bool,
+    read_only: bool,
+) -> Res<Response> {
+    let target = table::parse_target(args).map_err(|e| Fail::new(2, e.to_string()))?;
+    let origin = paths::device(target.origin_dev()).or_else(fail)?;
+    let cow = paths::device(target.cow_dev()).or_else(fail)?;
+    let sectors = paths::device_size(&origin).or_else(fail)? / 512;
+    let t = table::with_devices(
+        &target,
+        &origin.display().to_string(),
+        &cow.display().to_string(),
+    );
+    let line = format!("0 {sectors} dm-snap-mv {}", table::format_target(&t));
+    create(d, name, &line, loop_dev, read_only, true)
 }
 
 fn open_file(path: &PathBuf) -> Res<Dev> {
@@ -72,7 +123,7 @@ pub(crate) fn create(
     fresh: bool,
 ) -> Res<Response> {
     paths::check_name(name).or_else(usage)?;
-    let (sectors, target) = table::parse_table(line).map_err(|e| Fail(2, e.to_string()))?;
+    let (sectors, target) = table::parse_table(line).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     if st.devs.contains_key(name) {
         return fail(format!("dm_dev {name} already exists"));
@@ -170,7 +221,7 @@ pub(crate) fn create(
     let dev_file = res?;
     if fresh {
         d.save_registry(&st)
-            .map_err(|e| Fail(1, format!("{e:#}")))?;
+            .map_err(|e| Fail::new(1, format!("{e:#}")))?;
     }
     let loop_path = st.devs.get(name).and_then(|x| x.loop_dev.clone());
     let mut out = String::new();
@@ -197,7 +248,7 @@ fn attach_and_expose(
     let entry = st
         .stores
         .get_mut(cow_path)
-        .ok_or_else(|| Fail(1, "store vanished".into()))?;
+        .ok_or_else(|| Fail::new(1, "store vanished"))?;
     let store = entry.store.clone();
     let bind = matches!(target, Target::Origin { bind: true, .. });
     if bind {
@@ -239,7 +290,7 @@ fn attach_and_expose(
     let path = d
         .mapper
         .add(name, volume.clone(), read_only)
-        .map_err(|e| Fail(1, format!("exposing {name}: {e}")))?;
+        .map_err(|e| Fail::new(1, format!("exposing {name}: {e}")))?;
     let loop_path = if loop_dev {
         match loopdev::attach(&path) {
             Ok(l) => Some(l),
@@ -362,11 +413,11 @@ pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res
         }
     }
     if let Some(l) = &dev.loop_dev {
-        loopdev::detach(l).map_err(|e| Fail(1, format!("detaching {l}: {e}")))?;
+        loopdev::detach(l).map_err(|e| Fail::new(1, format!("detaching {l}: {e}")))?;
     }
     d.mapper
         .remove(name)
-        .map_err(|e| Fail(1, format!("removing {name}: {e}")))?;
+        .map_err(|e| Fail::new(1, format!("removing {name}: {e}")))?;
     let Some(dev) = st.devs.remove(name) else {
         return Ok(());
     };
@@ -374,7 +425,8 @@ pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res
     dev.volume.flush()?;
     let cow = dev.cow.clone();
     drop(dev);
-    d.save_registry(st).map_err(|e| Fail(1, format!("{e:#}")))?;
+    d.save_registry(st)
+        .map_err(|e| Fail::new(1, format!("{e:#}")))?;
     // Close the store once nothing uses it, unless work is running on it.
     if users_of(st, &cow).is_none() && !st.rolling.iter().any(|(c, _)| *c == cow) {
         if let Some(e) = st.stores.get(&cow) {
@@ -404,7 +456,7 @@ fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
 }
 
 fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
-    let msg = table::parse_message(args).map_err(|e| Fail(2, e.to_string()))?;
+    let msg = table::parse_message(args).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     let Some(dev) = st.devs.get(name) else {
         return fail(format!("dm_dev {name} does not exist"));
@@ -506,18 +558,13 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
                 .into());
             }
             // Validate the tag now, so a background rollback fails here.
-            store
-                .tags(&origin_id)?
-                .contains(&tag)
-                .then_some(())
-                .ok_or(Fail(
-                    1,
-                    Error::UnknownTag {
-                        origin: origin_id.clone(),
-                        tag,
-                    }
-                    .to_string(),
-                ))?;
+            if !store.tags(&origin_id)?.contains(&tag) {
+                return Err(Error::UnknownTag {
+                    origin: origin_id,
+                    tag,
+                }
+                .into());
+            }
             let frozen = freeze_tag(d, &st, &cow, &origin_id, tag)?;
             let started = store.rollback_start(&origin_id, tag);
             drop(frozen);
@@ -592,7 +639,7 @@ pub(crate) fn restore(d: &Arc<Daemon>) {
     for e in reg.devices {
         match create(d, &e.name, &e.table, e.loop_dev, e.read_only, false) {
             Ok(_) => tracing::info!("restored {}", e.name),
-            Err(Fail(_, msg)) => tracing::error!("cannot restore {}: {msg}", e.name),
+            Err(f) => tracing::error!("cannot restore {}: {}", e.name, f.msg),
         }
     }
     let st = d.lock();

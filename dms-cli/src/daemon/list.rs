@@ -89,7 +89,7 @@ fn gather(st: &State, only: Option<&str>) -> Result<ListData, Fail> {
     let want: Option<(PathBuf, String)> = match only {
         Some(n) => match st.devs.get(n) {
             Some(d) => Some((d.cow.clone(), d.origin_id.clone())),
-            None => return Err(Fail(1, format!("dm_dev {n} does not exist"))),
+            None => return Err(Fail::new(1, format!("dm_dev {n} does not exist"))),
         },
         None => None,
     };
@@ -230,7 +230,7 @@ pub fn list(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
     let data = gather(&st, only)?;
     Ok(Response {
         output: render(&data),
-        data: Some(serde_json::to_value(&data).map_err(|e| Fail(1, e.to_string()))?),
+        data: Some(serde_json::to_value(&data).map_err(|e| Fail::new(1, e.to_string()))?),
         ..Default::default()
     })
 }
@@ -238,7 +238,7 @@ pub fn list(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
 fn names<'a>(st: &'a State, only: Option<&'a str>) -> Result<Vec<&'a str>, Fail> {
     match only {
         Some(n) if st.devs.contains_key(n) => Ok(vec![n]),
-        Some(n) => Err(Fail(1, format!("dm_dev {n} does not exist"))),
+        Some(n) => Err(Fail::new(1, format!("dm_dev {n} does not exist"))),
         None => Ok(st.devs.keys().map(String::as_str).collect()),
     }
 }
