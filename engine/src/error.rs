@@ -106,7 +106,7 @@ impl Error {
             Error::NoSpace => "no_space",
             Error::Busy { .. } | Error::HasSnapshots { .. } => "busy",
             Error::LimitReached(_) => "limit",
-            Error::Failed(_) => "failed",
+            Error::Failed(_) => "store_failed",
             Error::BadChunkSize(_)
             | Error::DeviceTooSmall { .. }
             | Error::OriginTooLarge { .. }

@@ -20,6 +20,11 @@ pub(crate) struct Fail {
 }
 
 impl Fail {
+    /// A refusal of the daemon's own, with an error kind.
+    pub fn kind(msg: impl Into<String>, kind: &'static str) -> Fail {
+        Fail { code: 1, msg: msg.into(), kind: Some(kind) }
+    }
+
     pub fn new(code: u8, msg: impl Into<String>) -> Fail {
         Fail {
             code,
@@ -126,10 +131,10 @@ pub(crate) fn create(
     let (sectors, target) = table::parse_table(line).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     if st.devs.contains_key(name) {
-        return fail(format!("dm_dev {name} already exists"));
+        return Err(Fail::kind(format!("dm_dev {name} already exists"), "exists"));
     }
-    let origin_path = paths::device(target.origin_dev()).or_else(fail)?;
-    let cow_path = paths::device(target.cow_dev()).or_else(fail)?;
+    let origin_path = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let cow_path = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
     if origin_path == cow_path {
         return fail(format!(
             "{} cannot be both the origin and the COW device",
@@ -405,11 +410,11 @@ fn freeze_tag(
 
 pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res<()> {
     let Some(dev) = st.devs.get(name) else {
-        return fail(format!("dm_dev {name} does not exist"));
+        return Err(Fail::kind(format!("dm_dev {name} does not exist"), "not_found"));
     };
     if !force {
         if let Some(why) = busy(d, name, dev) {
-            return fail(why);
+            return Err(Fail::kind(why, "busy"));
         }
     }
     if let Some(l) = &dev.loop_dev {
@@ -445,7 +450,7 @@ fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
     if !force {
         for n in &names {
             if let Some(why) = st.devs.get(n).and_then(|dev| busy(d, n, dev)) {
-                return fail(why);
+                return Err(Fail::kind(why, "busy"));
             }
         }
     }
@@ -459,7 +464,7 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
     let msg = table::parse_message(args).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     let Some(dev) = st.devs.get(name) else {
-        return fail(format!("dm_dev {name} does not exist"));
+        return Err(Fail::kind(format!("dm_dev {name} does not exist"), "not_found"));
     };
     let (cow, origin_id) = (dev.cow.clone(), dev.origin_id.clone());
     let store = match st.stores.get(&cow) {
@@ -618,7 +623,7 @@ fn shutdown(d: &Daemon, force: bool) -> Res<Response> {
     if !force {
         for (n, dev) in &st.devs {
             if let Some(why) = busy(d, n, dev) {
-                return fail(why);
+                return Err(Fail::kind(why, "busy"));
             }
         }
     }
