@@ -22,7 +22,11 @@ pub(crate) struct Fail {
 impl Fail {
     /// A refusal of the daemon's own, with an error kind.
     pub fn kind(msg: impl Into<String>, kind: &'static str) -> Fail {
-        Fail { code: 1, msg: msg.into(), kind: Some(kind) }
+        Fail {
+            code: 1,
+            msg: msg.into(),
+            kind: Some(kind),
+        }
     }
 
     pub fn new(code: u8, msg: impl Into<String>) -> Fail {
@@ -131,7 +135,10 @@ pub(crate) fn create(
     let (sectors, target) = table::parse_table(line).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     if st.devs.contains_key(name) {
-        return Err(Fail::kind(format!("dm_dev {name} already exists"), "exists"));
+        return Err(Fail::kind(
+            format!("dm_dev {name} already exists"),
+            "exists",
+        ));
     }
     let origin_path = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
     let cow_path = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
@@ -410,7 +417,10 @@ fn freeze_tag(
 
 pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res<()> {
     let Some(dev) = st.devs.get(name) else {
-        return Err(Fail::kind(format!("dm_dev {name} does not exist"), "not_found"));
+        return Err(Fail::kind(
+            format!("dm_dev {name} does not exist"),
+            "not_found",
+        ));
     };
     if !force {
         if let Some(why) = busy(d, name, dev) {
@@ -464,7 +474,10 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
     let msg = table::parse_message(args).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     let Some(dev) = st.devs.get(name) else {
-        return Err(Fail::kind(format!("dm_dev {name} does not exist"), "not_found"));
+        return Err(Fail::kind(
+            format!("dm_dev {name} does not exist"),
+            "not_found",
+        ));
     };
     let (cow, origin_id) = (dev.cow.clone(), dev.origin_id.clone());
     let store = match st.stores.get(&cow) {

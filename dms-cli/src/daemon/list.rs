@@ -89,7 +89,12 @@ fn gather(st: &State, only: Option<&str>) -> Result<ListData, Fail> {
     let want: Option<(PathBuf, String)> = match only {
         Some(n) => match st.devs.get(n) {
             Some(d) => Some((d.cow.clone(), d.origin_id.clone())),
-            None => return Err(Fail::kind(format!("dm_dev {n} does not exist"), "not_found")),
+            None => {
+                return Err(Fail::kind(
+                    format!("dm_dev {n} does not exist"),
+                    "not_found",
+                ))
+            }
         },
         None => None,
     };
@@ -238,7 +243,10 @@ pub fn list(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
 fn names<'a>(st: &'a State, only: Option<&'a str>) -> Result<Vec<&'a str>, Fail> {
     match only {
         Some(n) if st.devs.contains_key(n) => Ok(vec![n]),
-        Some(n) => Err(Fail::kind(format!("dm_dev {n} does not exist"), "not_found")),
+        Some(n) => Err(Fail::kind(
+            format!("dm_dev {n} does not exist"),
+            "not_found",
+        )),
         None => Ok(st.devs.keys().map(String::as_str).collect()),
     }
 }
