@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting and lints, engine unit/model/crash/
-# concurrency/corruption tests, and end-to-end tests of the dms binary with
-# its daemon on real loop devices and filesystems (those need root,
-# /dev/fuse and loop devices; they say SKIPPED when missing, and fail under CI).
+# The whole test suite: formatting and lints; engine unit, model, crash,
+# concurrency and corruption tests; end-to-end tests of the dms binary and
+# its daemon with real loop devices, filesystems and NBD clients; and the
+# Python module's pytest suite. Tests that need root, /dev/fuse or loop
+# devices say SKIPPED when those are missing, and fail under CI.
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v cargo >/dev/null; then
@@ -16,6 +17,7 @@ command -v flock >/dev/null || need+=(util-linux)
 command -v fio >/dev/null || need+=(fio)
 command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 command -v qemu-io >/dev/null || need+=(qemu-utils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi
@@ -25,3 +27,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --release -p dms-cli
 export DMS_BIN="$PWD/target/release/dms"
 cargo test --workspace
+# The Python module, built with maturin into a venv, and its tests.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade maturin pytest typing_extensions
+.venv/bin/pip install -q ./pyshim
+(cd pyshim && ../.venv/bin/python -m pytest -q tests)

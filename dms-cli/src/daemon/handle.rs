@@ -106,8 +106,8 @@ fn create_args(
     read_only: bool,
 ) -> Res<Response> {
     let target = table::parse_target(args).map_err(|e| Fail::new(2, e.to_string()))?;
-    let origin = paths::device(target.origin_dev()).or_else(fail)?;
-    let cow = paths::device(target.cow_dev()).or_else(fail)?;
+    let origin = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let cow = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
     let sectors = paths::device_size(&origin).or_else(fail)? / 512;
     let t = table::with_devices(
         &target,

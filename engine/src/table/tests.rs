@@ -19,7 +19,7 @@ fn origin_targets() {
     );
     let t = parse_target(&w("co /dev/a /dev/b -i 'my disk' -b")).unwrap();
     assert_eq!(t.origin_id(), "my disk");
-    assert_eq!(format_target(&t), "co /dev/a /dev/b -i 'my disk'");
+    assert_eq!(format_target(&t), "co /dev/a /dev/b -i 'my disk' -b");
     assert!(parse_target(&w("co a b -f -F -b")).is_err());
     assert!(parse_target(&w("co a b -F")).is_err(), "-F without -b");
     assert!(parse_target(&w("co a b -b -c 4")).is_err(), "-c without -f");

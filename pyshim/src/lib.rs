@@ -1,0 +1,672 @@
+//! The Python module `dms._dms`: the engine embedded (no daemon needed),
+//! with the engine's errors as a Python exception hierarchy. The daemon
+//! client (`dms.create`, `dms.snapshot`, ...) is pure Python in `dms/_client.py`.
+//! Every call that does I/O releases the GIL.
+
+use dms_engine as engine;
+use dms_engine::io::{Dev, FileDev};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyMemoryView, PyTuple, PyType};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+fn py_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "None".to_string(), |x| x.to_string())
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+create_exception!(dms, DmsError, PyException, "Base class of every dms error.");
+create_exception!(
+    dms,
+    CorruptError,
+    DmsError,
+    "Metadata failed validation; the message names the block."
+);
+create_exception!(
+    dms,
+    NotFoundError,
+    DmsError,
+    "An unknown origin, tag or dm_dev."
+);
+create_exception!(
+    dms,
+    AlreadyExistsError,
+    DmsError,
+    "An origin, dm_dev or store that already exists."
+);
+create_exception!(
+    dms,
+    BusyError,
+    DmsError,
+    "In use: open, mounted, being rolled back, or still has snapshots."
+);
+create_exception!(
+    dms,
+    LimitError,
+    DmsError,
+    "A limit was reached (versions, tags, origins)."
+);
+create_exception!(
+    dms,
+    StoreFailedError,
+    DmsError,
+    "The store failed earlier (an I/O error during commit); reopen it."
+);
+create_exception!(
+    dms,
+    UsageError,
+    DmsError,
+    "A malformed command, table or message."
+);
+create_exception!(
+    dms,
+    DaemonError,
+    DmsError,
+    "The dms daemon could not be reached or started."
+);
+
+static IO_FAILURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static NO_SPACE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static INVALID: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// A class with two bases (create_exception! takes one): `type(name, bases, {})`.
+fn two_bases<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+    second: Bound<'py, PyType>,
+    doc: &str,
+) -> PyResult<&'py Bound<'py, PyType>> {
+    cell.get_or_try_init(py, || {
+        let bases = PyTuple::new(py, [py.get_type::<DmsError>(), second])?;
+        let dict = PyDict::new(py);
+        dict.set_item("__module__", "dms")?;
+        dict.set_item("__doc__", doc)?;
+        let ty = py.get_type::<PyType>().call1((name, bases, dict))?;
+        Ok::<_, PyErr>(ty.cast_into::<PyType>()?.unbind())
+    })
+    .map(|t| t.bind(py))
+}
+
+fn io_failure(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    two_bases(
+        py,
+        &IO_FAILURE,
+        "IOFailure",
+        py.get_type::<PyOSError>(),
+        "An I/O error of a device (also an OSError).",
+    )
+}
+
+fn no_space(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    two_bases(
+        py,
+        &NO_SPACE,
+        "NoSpaceError",
+        py.get_type::<PyOSError>(),
+        "The COW device is full (also an OSError with errno ENOSPC).",
+    )
+}
+
+fn invalid(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    two_bases(
+        py,
+        &INVALID,
+        "InvalidArgumentError",
+        py.get_type::<PyValueError>(),
+        "An invalid argument: chunk size, tag 0, memo length, range (also a ValueError).",
+    )
+}
+
+/// The engine's error as the Python exception of its kind.
+fn err(e: engine::Error) -> PyErr {
+    let msg = e.to_string();
+    match e.kind() {
+        "corrupt" => CorruptError::new_err(msg),
+        "not_found" => NotFoundError::new_err(msg),
+        "exists" => AlreadyExistsError::new_err(msg),
+        "busy" => BusyError::new_err(msg),
+        "limit" => LimitError::new_err(msg),
+        "store_failed" => StoreFailedError::new_err(msg),
+        kind => Python::attach(|py| {
+            let made = match kind {
+                "no_space" => {
+                    no_space(py).map(|t| PyErr::from_type(t.clone(), (e.errno(), msg.clone())))
+                }
+                "io" => {
+                    io_failure(py).map(|t| PyErr::from_type(t.clone(), (e.errno(), msg.clone())))
+                }
+                _ => invalid(py).map(|t| PyErr::from_type(t.clone(), (msg.clone(),))),
+            };
+            made.unwrap_or_else(|x| x)
+        }),
+    }
+}
+
+fn closed_err(what: &str) -> PyErr {
+    PyValueError::new_err(format!("operation on a closed {what}"))
+}
+
+fn open_dev(path: &PathBuf) -> PyResult<Dev> {
+    Ok(Arc::new(FileDev::open(path, true).map_err(err)?))
+}
+
+/// One version of an origin, as ``Store.versions`` lists it.
+#[pyclass(get_all, frozen, module = "dms")]
+#[derive(Clone)]
+struct Version {
+    /// 0 for the origin; 0 with ``ghost`` for internal untagged versions.
+    tag: u32,
+    /// Internal version id.
+    version: u32,
+    ghost: bool,
+    /// Nearest tagged ancestor's tag (None for the origin).
+    parent_tag: Option<u32>,
+    /// Creation time, Unix seconds.
+    birthday: u64,
+    /// Chunks this version owns (its own exceptions).
+    chunks: u64,
+    memo: String,
+}
+
+#[pymethods]
+impl Version {
+    fn __repr__(&self) -> String {
+        format!(
+            "Version(tag={}, parent_tag={}, chunks={}, memo={:?}{})",
+            self.tag,
+            py_opt(self.parent_tag),
+            self.chunks,
+            self.memo,
+            if self.ghost { ", ghost" } else { "" }
+        )
+    }
+}
+
+/// One origin in ``StoreStatus.origins``.
+#[pyclass(get_all, frozen, module = "dms")]
+#[derive(Clone)]
+struct OriginStatus {
+    id: String,
+    size: u64,
+    attached: bool,
+    versions: u64,
+    /// (tag, next chunk, chunks) of a rollback in progress.
+    rollback: Option<(u32, u64, u64)>,
+    /// Next chunk of a cleaning pass in progress.
+    cleaning: Option<u64>,
+    ghosts: u64,
+}
+
+#[pymethods]
+impl OriginStatus {
+    fn __repr__(&self) -> String {
+        format!(
+            "OriginStatus(id={:?}, size={}, versions={})",
+            self.id, self.size, self.versions
+        )
+    }
+}
+
+/// What ``dms list`` and ``dmsetup status`` report about a store.
+#[pyclass(get_all, frozen, module = "dms")]
+struct StoreStatus {
+    chunk_pages: u32,
+    chunk_bytes: u64,
+    total_chunks: u64,
+    used_chunks: u64,
+    data_chunks: u64,
+    metadata_pages: u64,
+    used_versions: u64,
+    max_versions: u64,
+    valid: bool,
+    full: bool,
+    generation: u64,
+    origins: Vec<OriginStatus>,
+}
+
+#[pymethods]
+impl StoreStatus {
+    fn __repr__(&self) -> String {
+        format!(
+            "StoreStatus(used_chunks={}/{}, versions={}, valid={}, full={})",
+            self.used_chunks,
+            self.total_chunks,
+            self.used_versions,
+            py_bool(self.valid),
+            py_bool(self.full)
+        )
+    }
+}
+
+/// The result of ``Store.check``.
+#[pyclass(get_all, frozen, module = "dms")]
+struct CheckReport {
+    clean: bool,
+    problems: Vec<String>,
+    exceptions: u64,
+    data_chunks: u64,
+    metadata_pages: u64,
+}
+
+#[pymethods]
+impl CheckReport {
+    fn __repr__(&self) -> String {
+        format!(
+            "CheckReport(clean={}, problems={}, exceptions={})",
+            py_bool(self.clean),
+            self.problems.len(),
+            self.exceptions
+        )
+    }
+}
+
+/// One version of an origin, opened for I/O. A context manager.
+#[pyclass(frozen, module = "dms")]
+struct Volume {
+    inner: Mutex<Option<Arc<engine::Volume>>>,
+    size: u64,
+    tag: u32,
+    origin_id: String,
+}
+
+impl Volume {
+    fn get(&self) -> PyResult<Arc<engine::Volume>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| closed_err("volume"))
+    }
+}
+
+fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
+    match data.extract::<PyBackedBytes>() {
+        Ok(b) => Ok(b),
+        Err(_) => PyMemoryView::from(data)?
+            .call_method0("tobytes")?
+            .extract::<PyBackedBytes>()
+            .map_err(Into::into),
+    }
+}
+
+#[pymethods]
+impl Volume {
+    /// Read ``length`` bytes at ``offset``.
+    fn read(&self, py: Python<'_>, offset: u64, length: usize) -> PyResult<Vec<u8>> {
+        let v = self.get()?;
+        py.detach(|| {
+            let mut buf = vec![0u8; length];
+            v.read_at(&mut buf, offset).map(|_| buf)
+        })
+        .map_err(err)
+    }
+
+    /// Write ``data`` (bytes, bytearray, memoryview or any buffer) at ``offset``.
+    /// Durable after ``flush``.
+    fn write(&self, py: Python<'_>, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let v = self.get()?;
+        let data = bytes_of(data)?;
+        py.detach(|| v.write_at(&data, offset)).map_err(err)
+    }
+
+    /// Make every completed write durable.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let v = self.get()?;
+        py.detach(|| v.flush()).map_err(err)
+    }
+
+    /// Discard ``length`` bytes at ``offset``: they read as zeros afterwards.
+    fn discard(&self, py: Python<'_>, offset: u64, length: u64) -> PyResult<()> {
+        let v = self.get()?;
+        py.detach(|| v.discard(offset, length)).map_err(err)
+    }
+
+    /// Size in bytes.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The tag this volume shows (0 = the origin).
+    #[getter]
+    fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    #[getter]
+    fn origin_id(&self) -> &str {
+        &self.origin_id
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Close the volume (idempotent).
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().get()?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (_exc_type = None, _exc_value = None, _traceback = None))]
+    fn __exit__(
+        &self,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
+        self.close();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Volume {} tag {} {}>",
+            self.origin_id,
+            self.tag,
+            if self.closed() { "closed" } else { "open" }
+        )
+    }
+}
+
+/// A COW device holding snapshots of one or more origins, opened in this
+/// process (no daemon). The device is locked while open. A context manager.
+#[pyclass(frozen, module = "dms")]
+struct Store {
+    inner: Mutex<Option<engine::Store>>,
+    path: PathBuf,
+}
+
+impl Store {
+    fn get(&self) -> PyResult<engine::Store> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| closed_err("store"))
+    }
+}
+
+#[pymethods]
+impl Store {
+    /// Format the COW device at ``path`` as an empty store and open it.
+    /// ``chunk_pages`` is the chunk size in 4 KiB pages (1, 2, 4 ... 64);
+    /// ``force`` overwrites a device that already holds a store.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, chunk_pages = 1, force = false))]
+    fn format(py: Python<'_>, path: PathBuf, chunk_pages: u32, force: bool) -> PyResult<Store> {
+        let dev = open_dev(&path)?;
+        let store = py
+            .detach(|| engine::Store::format(dev, &engine::FormatOptions { chunk_pages, force }))
+            .map_err(err)?;
+        Ok(Store {
+            inner: Mutex::new(Some(store)),
+            path,
+        })
+    }
+
+    /// Open the store on the COW device at ``path``.
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Store> {
+        let dev = open_dev(&path)?;
+        let store = py.detach(|| engine::Store::open(dev)).map_err(err)?;
+        Ok(Store {
+            inner: Mutex::new(Some(store)),
+            path,
+        })
+    }
+
+    /// The COW device's path.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// Bind a new origin device under ``origin_id`` (its first use).
+    fn bind(&self, py: Python<'_>, origin_id: &str, origin: PathBuf) -> PyResult<()> {
+        let s = self.get()?;
+        let dev = open_dev(&origin)?;
+        py.detach(|| s.bind(origin_id, dev)).map_err(err)
+    }
+
+    /// Give a bound origin its device after opening the store (resumes an
+    /// interrupted rollback).
+    fn attach(&self, py: Python<'_>, origin_id: &str, origin: PathBuf) -> PyResult<()> {
+        let s = self.get()?;
+        let dev = open_dev(&origin)?;
+        py.detach(|| s.attach(origin_id, dev)).map_err(err)
+    }
+
+    /// Remove an origin without snapshots from the store.
+    fn unbind(&self, py: Python<'_>, origin_id: &str) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.unbind(origin_id)).map_err(err)
+    }
+
+    /// Take a snapshot of the origin, or with ``tag`` of that snapshot.
+    /// Returns the new tag. Durable on return.
+    #[pyo3(signature = (origin_id, tag = None, memo = ""))]
+    fn snapshot(
+        &self,
+        py: Python<'_>,
+        origin_id: &str,
+        tag: Option<u32>,
+        memo: &str,
+    ) -> PyResult<u32> {
+        let s = self.get()?;
+        py.detach(|| match tag {
+            None => s.snapshot_origin(origin_id, memo),
+            Some(t) => s.snapshot_of(origin_id, t, memo),
+        })
+        .map_err(err)
+    }
+
+    /// Delete snapshot ``tag``; its space returns when ``clean`` runs.
+    fn delete(&self, py: Python<'_>, origin_id: &str, tag: u32) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.delete(origin_id, tag)).map_err(err)
+    }
+
+    /// Make the origin read as snapshot ``tag`` reads now; other snapshots
+    /// keep their content.
+    fn rollback(&self, py: Python<'_>, origin_id: &str, tag: u32) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.rollback(origin_id, tag)).map_err(err)
+    }
+
+    /// Return the space of deleted snapshots. Returns (versions removed, chunks freed).
+    fn clean(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        let s = self.get()?;
+        let r = py.detach(|| s.clean()).map_err(err)?;
+        Ok((r.versions_removed, r.chunks_freed))
+    }
+
+    /// Walk all metadata and the space map; raises CorruptError on a damaged block.
+    fn check(&self, py: Python<'_>) -> PyResult<CheckReport> {
+        let s = self.get()?;
+        let r = py.detach(|| s.check()).map_err(err)?;
+        Ok(CheckReport {
+            clean: r.is_clean(),
+            problems: r.problems,
+            exceptions: r.exceptions,
+            data_chunks: r.data_chunks,
+            metadata_pages: r.metadata_pages,
+        })
+    }
+
+    /// Make every completed write durable.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.flush()).map_err(err)
+    }
+
+    /// Open version ``tag`` of an origin (0 = the origin itself).
+    #[pyo3(signature = (origin_id, tag = 0))]
+    fn volume(&self, origin_id: &str, tag: u32) -> PyResult<Volume> {
+        let v = self.get()?.volume(origin_id, tag).map_err(err)?;
+        Ok(Volume {
+            size: v.size(),
+            tag,
+            origin_id: origin_id.to_string(),
+            inner: Mutex::new(Some(Arc::new(v))),
+        })
+    }
+
+    /// Ids of the bound origins.
+    fn origins(&self) -> PyResult<Vec<String>> {
+        self.get()?.origins().map_err(err)
+    }
+
+    /// Tags of an origin's snapshots, ascending.
+    fn tags(&self, origin_id: &str) -> PyResult<Vec<u32>> {
+        self.get()?.tags(origin_id).map_err(err)
+    }
+
+    /// The versions of an origin: the origin, its snapshots, and with
+    /// ``ghosts`` the internal untagged versions too.
+    #[pyo3(signature = (origin_id, *, ghosts = false))]
+    fn versions(&self, origin_id: &str, ghosts: bool) -> PyResult<Vec<Version>> {
+        let st = self.get()?.status().map_err(err)?;
+        let o = st
+            .origins
+            .iter()
+            .find(|o| o.id == origin_id)
+            .ok_or_else(|| err(engine::Error::UnknownOrigin(origin_id.to_string())))?;
+        let mut out: Vec<Version> = o
+            .list
+            .iter()
+            .filter(|v| ghosts || !v.ghost)
+            .map(|v| Version {
+                tag: v.tag,
+                version: v.version,
+                ghost: v.ghost,
+                parent_tag: v.parent_tag,
+                birthday: v.birthday,
+                chunks: v.exceptions,
+                memo: v.memo.clone(),
+            })
+            .collect();
+        out.sort_by_key(|v| (v.ghost, v.tag, v.version));
+        Ok(out)
+    }
+
+    /// What ``dms list`` and ``dmsetup status`` show, as a record.
+    fn status(&self) -> PyResult<StoreStatus> {
+        let st = self.get()?.status().map_err(err)?;
+        Ok(StoreStatus {
+            chunk_pages: st.chunk_pages,
+            chunk_bytes: st.chunk_bytes,
+            total_chunks: st.total_chunks,
+            used_chunks: st.used_chunks,
+            data_chunks: st.data_chunks,
+            metadata_pages: st.metadata_pages,
+            used_versions: st.used_versions,
+            max_versions: st.max_versions,
+            valid: st.valid,
+            full: st.full,
+            generation: st.generation,
+            origins: st
+                .origins
+                .iter()
+                .map(|o| OriginStatus {
+                    id: o.id.clone(),
+                    size: o.size,
+                    attached: o.attached,
+                    versions: o.versions,
+                    rollback: o.rollback,
+                    cleaning: o.cleaning,
+                    ghosts: o.ghosts,
+                })
+                .collect(),
+        })
+    }
+
+    /// Flush and close the store (idempotent). Volumes still open keep it
+    /// alive until they close.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = s {
+            py.detach(|| s.flush()).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().get()?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (_exc_type = None, _exc_value = None, _traceback = None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Store {} {}>",
+            self.path.display(),
+            if self.closed() { "closed" } else { "open" }
+        )
+    }
+}
+
+/// Compiled core of the ``dms`` package.
+#[pymodule]
+fn _dms(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("DmsError", py.get_type::<DmsError>())?;
+    m.add("CorruptError", py.get_type::<CorruptError>())?;
+    m.add("NotFoundError", py.get_type::<NotFoundError>())?;
+    m.add("AlreadyExistsError", py.get_type::<AlreadyExistsError>())?;
+    m.add("BusyError", py.get_type::<BusyError>())?;
+    m.add("LimitError", py.get_type::<LimitError>())?;
+    m.add("StoreFailedError", py.get_type::<StoreFailedError>())?;
+    m.add("UsageError", py.get_type::<UsageError>())?;
+    m.add("DaemonError", py.get_type::<DaemonError>())?;
+    m.add("IOFailure", io_failure(py)?)?;
+    m.add("NoSpaceError", no_space(py)?)?;
+    m.add("InvalidArgumentError", invalid(py)?)?;
+    m.add_class::<Store>()?;
+    m.add_class::<Volume>()?;
+    m.add_class::<Version>()?;
+    m.add_class::<OriginStatus>()?;
+    m.add_class::<StoreStatus>()?;
+    m.add_class::<CheckReport>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
