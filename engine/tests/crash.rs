@@ -121,11 +121,19 @@ fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Model>,
                     | Step::SnapOf { .. }
                     | Step::Delete { .. }
                     | Step::Rollback { .. }
+                    | Step::RollbackStart { .. }
             );
             return (durable, structural.then_some(after), pending);
         }
+                let was_pending = model.pending.is_some();
         *model = after;
-        if !matches!(step, Step::Write { .. } | Step::Zero { .. } | Step::Clean) {
+        // Finishing commits only when a rollback was running.
+        let flushes = match step {
+            Step::Write { .. } | Step::Zero { .. } | Step::Clean => false,
+            Step::Finish => was_pending,
+            _ => true,
+        };
+        if flushes {
             durable = model.clone();
             pending.clear();
         }
@@ -182,6 +190,15 @@ fn crash_case(chunk_pages: u32, ops: &[Op], stride_div: u64) -> Result<u64, Test
                     )));
                 }
             }
+        }
+        // A rollback left running finishes without changing what anyone reads.
+        store
+            .finish_rollback(ORIGIN)
+            .map_err(|e| TestCaseError::fail(format!("finish after crash {at}: {e}")))?;
+        let again = maybe.as_ref().map(|a| matches(&store, a, &pending));
+        if !matches!(again, Some(Ok(()))) {
+            matches(&store, &durable, &pending)
+                .map_err(|e| TestCaseError::fail(format!("after finishing, crash at {at}: {e}")))?;
         }
         // The recovered store keeps working and cleans up to a clean check.
         store

@@ -49,7 +49,9 @@ fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
         compare(&store, &model)
             .map_err(|e| TestCaseError::fail(format!("after step {i} {step:?}: {e}")))?;
     }
-    // Clean everything up and check the metadata walks clean.
+    // Finish any rollback, clean everything up, check the metadata.
+    store.finish_rollback(ORIGIN).unwrap();
+    compare(&store, &model).map_err(|e| TestCaseError::fail(format!("after finishing: {e}")))?;
     store.clean().unwrap();
     let report = store.check().unwrap();
     prop_assert!(report.is_clean(), "check: {:?}", report.problems);

@@ -108,6 +108,7 @@ impl Store {
             .collect();
         report.metadata.sort_unstable();
         let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut merged = 0u64;
         for (k, cow) in &ex.1 {
             report.exceptions += 1;
             *counts.entry((k.origin, k.version)).or_default() += 1;
@@ -133,11 +134,16 @@ impl Store {
                     }
                 }
             }
+            if *cow == crate::volume::MERGED {
+                // A rollback's "merged" marker owns no chunk.
+                merged += 1;
+                continue;
+            }
             for p in cow * cp..(cow + 1) * cp {
                 claim(&mut owner, &mut report, p, "data chunk");
             }
         }
-        report.data_chunks = report.exceptions;
+        report.data_chunks = report.exceptions - merged;
         if m.space.alloc.data_chunks != report.data_chunks {
             report.problems.push(format!(
                 "space map counts {} data chunks, the exception tree {}",

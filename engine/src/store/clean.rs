@@ -107,14 +107,16 @@ impl Store {
                 for (v, e, heir) in targets {
                     owners.remove(&v);
                     match heir {
-                        Some(h) if !owners.contains(&h) => {
+                        Some(h) if !owners.contains(&h) && e != crate::volume::MERGED => {
                             m.relabel(index, c, v, h)?;
                             owners.insert(h);
                         }
                         _ => {
                             m.remove_exception(index, c, v)?;
-                            m.space.alloc.free_data(e);
-                            report.chunks_freed += 1;
+                            if e != crate::volume::MERGED {
+                                report.chunks_freed += 1;
+                            }
+                            m.free_exception_chunk(e);
                         }
                     }
                 }

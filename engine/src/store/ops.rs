@@ -75,26 +75,21 @@ impl Store {
         self.flush()
     }
 
-    /// Give a bound origin its device (after opening the store). Resumes an
-    /// interrupted rollback.
+    /// Give a bound origin its device (after opening the store). A rollback
+    /// that was under way goes on reading and merging on demand; call
+    /// [`Store::finish_rollback`] to complete it.
     pub fn attach(&self, origin_id: &str, dev: Dev) -> Result<()> {
-        let resume = {
-            let mut m = self.inner.meta()?;
-            let index = m.origin(origin_id)?;
-            let o = m.origin_mut(index)?;
-            if dev.size() < o.rec.size {
-                return Err(Error::OriginShrunk {
-                    origin: origin_id.to_string(),
-                    bytes: dev.size(),
-                    recorded: o.rec.size,
-                });
-            }
-            o.dev = Some(dev);
-            o.rec.rollback.is_some()
-        };
-        if resume {
-            self.finish_rollback(origin_id)?;
+        let mut m = self.inner.meta()?;
+        let index = m.origin(origin_id)?;
+        let o = m.origin_mut(index)?;
+        if dev.size() < o.rec.size {
+            return Err(Error::OriginShrunk {
+                origin: origin_id.to_string(),
+                bytes: dev.size(),
+                recorded: o.rec.size,
+            });
         }
+        o.dev = Some(dev);
         Ok(())
     }
 
@@ -141,7 +136,7 @@ impl Store {
             }
             for (k, cow) in batch {
                 m.remove_exception(index, k.chunk, k.version)?;
-                m.space.alloc.free_data(cow);
+                m.free_exception_chunk(cow);
             }
         }
         {
@@ -189,6 +184,11 @@ impl Store {
                 Some(t) => Some(m.version_of(index, t)?),
                 None => None,
             };
+            if of_version.is_none() && m.origin_ref(index)?.rec.rollback.is_some() {
+                return Err(Error::Busy {
+                    what: format!("origin {origin_id} is being rolled back; snapshot it when the rollback ends"),
+                });
+            }
             new_snapshot(&mut m, index, of_version, memo)?
         };
         // The snapshot, and every write before it, is durable on return.

@@ -1,15 +1,21 @@
-//! Rollback of a snapshot into its origin.
+//! Rollback of a snapshot into its origin, online.
 //!
-//! Start: a hidden, pinned snapshot of the tag freezes what the origin must
-//! become, and the rollback state is committed. Then, chunk by chunk in
-//! ascending order: where the frozen copy reads COW data, the origin's
-//! current data is first copied out for the origin's child (if it has no
-//! copy of its own), that copy is committed, and only then is the origin
-//! overwritten. The cursor is committed after the origin writes are synced,
-//! so a restart redoes at most one batch, which is idempotent.
+//! Start: a hidden, pinned snapshot `S` of the tag freezes what the origin
+//! must become, and the rollback state is committed. From then on the origin
+//! *reads* as `S` wherever `S` reads COW data and the chunk is not merged
+//! yet; a *write* to such a chunk merges it first. A background scanner
+//! merges the rest in ascending order.
+//!
+//! Merging chunk `c`: copy the origin's current data out for the origin's
+//! child if it has no copy of its own, commit that, overwrite the origin with
+//! `S`'s data, sync the origin device, and only then record the progress:
+//! the scanner's cursor, or for a chunk merged ahead of the cursor a MERGED
+//! marker on `S`. So a recorded merge is always on the device, and a merge
+//! is never redone over newer writes. Redoing an unrecorded one after a
+//! crash is harmless: it writes the same data again.
 
 use super::ops::new_version;
-use super::Store;
+use super::{Inner, Store};
 use crate::error::{Error, Result};
 use crate::versions::record::{flags, RollbackState};
 use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
@@ -28,8 +34,9 @@ impl Store {
     }
 
     /// Start a rollback: freeze what `tag` reads now and record the rollback,
-    /// durably. [`Store::finish_rollback`] (or [`Store::attach`] after a
-    /// restart) carries it out.
+    /// durably. From this moment the origin reads as the tag did;
+    /// [`Store::finish_rollback`] merges the rest (in the background, if
+    /// the caller runs it on another thread).
     pub fn rollback_start(&self, origin_id: &str, tag: u32) -> Result<()> {
         if tag == 0 {
             return Err(Error::TagZero {
@@ -68,15 +75,81 @@ impl Store {
         self.flush()
     }
 
-    /// Carry a started rollback to its end (also after a restart).
+    /// The tag being rolled back into an origin, if any.
+    pub fn rollback_pending(&self, origin_id: &str) -> Result<Option<u32>> {
+        let m = self.inner.meta()?;
+        Ok(m.origin_ref(m.origin(origin_id)?)?
+            .rec
+            .rollback
+            .as_ref()
+            .map(|r| r.tag))
+    }
+
+    /// Merge every chunk not merged yet, then end the rollback (also after a
+    /// restart). Foreground I/O goes on meanwhile.
     pub fn finish_rollback(&self, origin_id: &str) -> Result<()> {
         let inner = &self.inner;
         let index = inner.meta()?.origin(origin_id)?;
-        let cb = inner.chunk_bytes;
         loop {
             let shape = inner.shape(index);
-            let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+            let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
+            let (chunks, last) = {
+                let mut m = inner.meta()?;
+                let o = m.origin_ref(index)?;
+                let Some(rb) = o.rec.rollback.clone() else {
+                    return Ok(());
+                };
+                let entries = m.exception_range(index, rb.cursor, BATCH)?;
+                if entries.is_empty() {
+                    let o = m.origin_mut(index)?;
+                    if let Some(s) = o.tree.get_mut(rb.source) {
+                        s.flags &= !flags::PINNED;
+                    }
+                    o.rec.rollback = None;
+                    m.dirty_versions.insert((index, rb.source));
+                    m.dirty_origins.insert(index);
+                    drop(m);
+                    return self.flush();
+                }
+                let mut chunks: BTreeSet<u64> = entries.iter().map(|(k, _)| k.chunk).collect();
+                if entries.len() == BATCH && chunks.len() > 1 {
+                    // The last chunk's group may be cut short; take it next time.
+                    chunks.pop_last();
+                }
+                let last = chunks.last().copied().unwrap_or(rb.cursor);
+                (chunks.into_iter().collect::<Vec<u64>>(), last)
+            };
+            let stripes: Vec<_> = inner
+                .stripe_set(index, chunks.iter().copied())
+                .into_iter()
+                .map(|i| {
+                    inner
+                        .stripe_at(i)
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                })
+                .collect();
+            inner.merge_for_rollback(index, &chunks, false)?;
             let mut m = inner.meta()?;
+            if let Some(r) = m.origin_mut(index)?.rec.rollback.as_mut() {
+                r.cursor = r.cursor.max(last + 1);
+            }
+            m.dirty_origins.insert(index);
+            drop(m);
+            drop(stripes);
+        }
+    }
+}
+
+impl Inner {
+    /// Merge those of `chunks` that a rollback of origin `index` has not
+    /// merged yet. The caller holds the chunks' stripes exclusively and the
+    /// origin's shape lock shared. With `mark`, record each merge with a
+    /// MERGED marker (chunks merged ahead of the scanner's cursor).
+    pub(crate) fn merge_for_rollback(&self, index: u32, chunks: &[u64], mark: bool) -> Result<()> {
+        let cb = self.chunk_bytes;
+        let (work, marks, source, dev, size, dirty) = {
+            let mut m = self.meta()?;
             let o = m.origin_ref(index)?;
             let Some(rb) = o.rec.rollback.clone() else {
                 return Ok(());
@@ -84,72 +157,77 @@ impl Store {
             let dev = o
                 .dev
                 .clone()
-                .ok_or_else(|| Error::OriginNotAttached(origin_id.to_string()))?;
-            let size = o.rec.size;
-            let dirty = o.dirty.clone();
-            let entries = m.exception_range(index, rb.cursor, BATCH)?;
-            if entries.is_empty() {
-                let o = m.origin_mut(index)?;
-                if let Some(s) = o.tree.get_mut(rb.source) {
-                    s.flags &= !flags::PINNED;
-                }
-                o.rec.rollback = None;
-                m.dirty_versions.insert((index, rb.source));
-                m.dirty_origins.insert(index);
-                drop(m);
-                return self.flush();
-            }
-            let mut chunks: BTreeSet<u64> = entries.iter().map(|(k, _)| k.chunk).collect();
-            if entries.len() == BATCH && chunks.len() > 1 {
-                // The last chunk's group may be cut short; take it next time.
-                chunks.pop_last();
-            }
-            let last = chunks.last().copied().unwrap_or(rb.cursor);
-            // Plan: which chunks to rewrite, which need a copy-out first.
+                .ok_or_else(|| Error::OriginNotAttached(o.rec.id.clone()))?;
+            let (size, dirty) = (o.rec.size, o.dirty.clone());
             let mut work = Vec::new();
-            for &c in &chunks {
+            // Every chunk handled here is settled from now on: merged, or
+            // already right (the source read the origin there).
+            let marks: Vec<u64> = chunks.iter().copied().filter(|&c| c >= rb.cursor).collect();
+            for &c in &marks {
                 let excs = m.exceptions(index, c)?;
                 let o = m.origin_ref(index)?;
                 let Src::Cow(e) = resolve(&o.tree, rb.source, &excs) else {
                     continue;
                 };
-                let heir = heir_target(&o.cleaning, o.tree.only_child(0), &excs);
-                let copy = match heir {
-                    Some(h) => Some((h, m.space.alloc.alloc_data()?)),
+                let copy = match heir_target(&o.cleaning, o.tree.only_child(0), &excs) {
+                    Some(h) => match m.space.alloc.alloc_data() {
+                        Ok(n) => Some((h, n)),
+                        Err(err) => {
+                            for (_, _, c) in &work {
+                                if let Some((_, n)) = c {
+                                    m.space.alloc.free_data(*n);
+                                }
+                            }
+                            return Err(err);
+                        }
+                    },
                     None => None,
                 };
                 work.push((c, e, copy));
             }
-            drop(m);
-            let mut buf = vec![0u8; cb as usize];
-            for &(c, _, copy) in &work {
-                if let Some((_, n)) = copy {
-                    read_origin_chunk(&dev, size, c, cb, &mut buf)?;
-                    inner.cow.write_at(&buf, n * cb)?;
+            (work, marks, rb.source, dev, size, dirty)
+        };
+        if work.is_empty() {
+            if mark && !marks.is_empty() {
+                let mut m = self.meta()?;
+                for &c in &marks {
+                    m.insert_merged(index, c, source)?;
                 }
             }
-            let txn = {
-                let mut m = inner.meta()?;
-                for &(c, _, copy) in &work {
-                    if let Some((h, n)) = copy {
-                        m.add_new_exception(index, c, h, n)?;
-                    }
-                }
-                m.txn
-            };
-            inner.commit_until(txn, true)?;
-            for &(c, e, _) in &work {
-                inner.cow.read_at(&mut buf, e * cb)?;
-                let n = size.saturating_sub(c * cb).min(cb) as usize;
-                dev.write_at(&buf[..n], c * cb)?;
-            }
-            dirty.store(true, Ordering::Release);
-            let mut m = inner.meta()?;
-            let o = m.origin_mut(index)?;
-            if let Some(r) = o.rec.rollback.as_mut() {
-                r.cursor = last + 1;
-            }
-            m.dirty_origins.insert(index);
+            return Ok(());
         }
+        let mut buf = vec![0u8; cb as usize];
+        // The origin's current data, for the origin's child, made durable first.
+        for &(c, _, copy) in &work {
+            if let Some((_, n)) = copy {
+                read_origin_chunk(&dev, size, c, cb, &mut buf)?;
+                self.cow.write_at(&buf, n * cb)?;
+            }
+        }
+        let txn = {
+            let mut m = self.meta()?;
+            for &(c, _, copy) in &work {
+                if let Some((h, n)) = copy {
+                    m.add_new_exception(index, c, h, n)?;
+                }
+            }
+            m.txn
+        };
+        self.commit_until(txn, false)?;
+        for &(c, e, _) in &work {
+            self.cow.read_at(&mut buf, e * cb)?;
+            let n = size.saturating_sub(c * cb).min(cb) as usize;
+            dev.write_at(&buf[..n], c * cb)?;
+        }
+        // Merged data is on the device before any record says it is.
+        dev.sync()?;
+        dirty.store(true, Ordering::Release);
+        if mark {
+            let mut m = self.meta()?;
+            for &c in &marks {
+                m.insert_merged(index, c, source)?;
+            }
+        }
+        Ok(())
     }
 }

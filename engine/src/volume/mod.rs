@@ -3,7 +3,7 @@
 
 mod plan;
 
-pub(crate) use plan::{heir_target, resolve, Src};
+pub(crate) use plan::{heir_target, resolve, Src, MERGED};
 
 use crate::error::{Error, Result};
 use crate::io::Dev;
@@ -173,7 +173,26 @@ impl Volume {
         for batch in all.chunks(BATCH_CHUNKS as usize) {
             let _stripes = self.stripes_read(batch);
             let ctx = self.ctx()?;
-            let srcs: Vec<Src> = if ctx.version == 0 {
+            let rolling = if ctx.version == 0 {
+                self.rollback_source()?
+            } else {
+                None
+            };
+            let srcs: Vec<Src> = if let Some((source, cursor)) = rolling {
+                // During a rollback the origin reads as the frozen source
+                // wherever that chunk is not merged yet.
+                let mut m = self.inner().meta()?;
+                let mut out = Vec::with_capacity(batch.len());
+                for p in batch {
+                    if p.chunk < cursor {
+                        out.push(Src::Origin);
+                        continue;
+                    }
+                    let excs = m.exceptions(self.origin, p.chunk)?;
+                    out.push(resolve(&m.origin_ref(self.origin)?.tree, source, &excs));
+                }
+                out
+            } else if ctx.version == 0 {
                 vec![Src::Origin; batch.len()]
             } else {
                 let mut m = self.inner().meta()?;
@@ -223,9 +242,32 @@ impl Volume {
         Ok(())
     }
 
+    /// (source version, cursor) of a rollback into this origin, if one runs.
+    fn rollback_source(&self) -> Result<Option<(u32, u64)>> {
+        let m = self.inner().meta()?;
+        Ok(m.origin_ref(self.origin)?
+            .rec
+            .rollback
+            .as_ref()
+            .map(|r| (r.source, r.cursor)))
+    }
+
     fn write_batch(&self, buf: &[u8], batch: &[Piece], cb: u64) -> Result<()> {
         let inner = self.inner();
         let ctx = self.ctx()?;
+        if ctx.version == 0 {
+            if let Some((_, cursor)) = self.rollback_source()? {
+                // A write to a chunk a rollback has not merged yet merges it first.
+                let pending: Vec<u64> = batch
+                    .iter()
+                    .map(|p| p.chunk)
+                    .filter(|&c| c >= cursor)
+                    .collect();
+                if !pending.is_empty() {
+                    inner.merge_for_rollback(self.origin, &pending, true)?;
+                }
+            }
+        }
         let plans = {
             let mut m = inner.meta()?;
             let durable = inner.durable();

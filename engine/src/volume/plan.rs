@@ -55,11 +55,16 @@ pub(crate) fn resolve(tree: &VersionTree, version: u32, excs: &[(u32, u64)]) -> 
     match tree.nearest(version, excs.iter().map(|e| e.0)) {
         Some(v) => excs
             .iter()
-            .find(|e| e.0 == v)
+            .find(|e| e.0 == v && e.1 != MERGED)
             .map_or(Src::Origin, |e| Src::Cow(e.1)),
         None => Src::Origin,
     }
 }
+
+/// The value of a rollback source's exception that says "this chunk is
+/// already merged into the origin" (not a COW chunk): the source then
+/// reads the origin there, so nothing merges it again.
+pub(crate) const MERGED: u64 = u64::MAX;
 
 /// Which version must receive a copy of the current data before the writer
 /// changes it: the writer's child, unless it (or, past ghosts the cleaner is

@@ -33,6 +33,12 @@ pub enum Op {
     Rollback {
         pick: usize,
     },
+    /// Start a rollback and leave it running (origin I/O goes on meanwhile).
+    RollbackBg {
+        pick: usize,
+    },
+    /// Finish a pending rollback.
+    Finish,
     Flush,
     Clean,
     Reopen,
@@ -47,7 +53,9 @@ pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
         3 => Just(Op::SnapOrigin),
         2 => any::<usize>().prop_map(|pick| Op::SnapOf { pick }),
         2 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
-        1 => any::<usize>().prop_map(|pick| Op::Rollback { pick }),
+                1 => any::<usize>().prop_map(|pick| Op::Rollback { pick }),
+        2 => any::<usize>().prop_map(|pick| Op::RollbackBg { pick }),
+        1 => Just(Op::Finish),
         1 => Just(Op::Flush),
         1 => Just(Op::Clean),
         1 => Just(Op::Reopen),
@@ -59,6 +67,8 @@ pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
 pub struct Model {
     pub versions: BTreeMap<u32, Vec<u8>>,
     pub next_tag: u32,
+    /// The tag of a rollback started and not finished.
+    pub pending: Option<u32>,
 }
 
 impl Model {
@@ -68,6 +78,7 @@ impl Model {
         Model {
             versions,
             next_tag: 1,
+            pending: None,
         }
     }
 
@@ -87,6 +98,19 @@ impl Model {
 
     /// Resolve an op's picks to concrete tags: what both sides then run.
     pub fn resolve(&self, op: &Op) -> Option<Step> {
+        if let Some(p) = self.pending {
+            // While a rollback runs: no second one, no snapshot of the origin,
+            // no deleting the tag being rolled back; those finish it instead.
+            match *op {
+                Op::Rollback { .. } | Op::RollbackBg { .. } | Op::SnapOrigin => {
+                    return Some(Step::Finish)
+                }
+                Op::Delete { pick } if self.pick_snapshot(pick) == Some(p) => {
+                    return Some(Step::Finish)
+                }
+                _ => {}
+            }
+        }
         Some(match *op {
             Op::Write {
                 pick,
@@ -118,6 +142,10 @@ impl Model {
             Op::Rollback { pick } => Step::Rollback {
                 tag: self.pick_snapshot(pick)?,
             },
+            Op::RollbackBg { pick } => Step::RollbackStart {
+                tag: self.pick_snapshot(pick)?,
+            },
+            Op::Finish => Step::Finish,
             Op::Flush => Step::Flush,
             Op::Clean => Step::Clean,
             Op::Reopen => Step::Reopen,
@@ -149,6 +177,12 @@ impl Model {
                 let c = self.versions[tag].clone();
                 self.versions.insert(0, c);
             }
+            Step::RollbackStart { tag } => {
+                let c = self.versions[tag].clone();
+                self.versions.insert(0, c);
+                self.pending = Some(*tag);
+            }
+            Step::Finish => self.pending = None,
             Step::Flush | Step::Clean | Step::Reopen => {}
         }
     }
@@ -177,6 +211,10 @@ pub enum Step {
     Rollback {
         tag: u32,
     },
+    RollbackStart {
+        tag: u32,
+    },
+    Finish,
     Flush,
     Clean,
     Reopen,
@@ -195,6 +233,8 @@ pub fn run(store: &Store, step: &Step) -> dms_engine::Result<()> {
         Step::SnapOf { tag } => store.snapshot_of(ORIGIN, *tag, "ss").map(|_| ()),
         Step::Delete { tag } => store.delete(ORIGIN, *tag),
         Step::Rollback { tag } => store.rollback(ORIGIN, *tag),
+        Step::RollbackStart { tag } => store.rollback_start(ORIGIN, *tag),
+        Step::Finish => store.finish_rollback(ORIGIN),
         Step::Flush => store.flush(),
         Step::Clean => store.clean().map(|_| ()),
         Step::Reopen => Ok(()),
