@@ -5,6 +5,7 @@ mod client;
 mod daemon;
 mod demo;
 mod paths;
+mod progress;
 mod proto;
 
 use anyhow::Result;
@@ -111,6 +112,13 @@ enum Command {
     },
     /// Wait until background work (cleaning, rollbacks) is done.
     Settle,
+    /// Check a store offline: every metadata block, the version trees, and
+    /// the allocation (no leaked or doubly used chunk). Exit 0 when clean.
+    Check {
+        cow_dev: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the snapshot life cycle on image files in DIR, without the daemon.
     Demo {
         #[arg(long, default_value = "dms-demo")]
@@ -295,7 +303,13 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             if background {
                 args.push("-b".into());
             }
-            send(&message(&dm_dev, args))
+            let progress = (!background && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .then(|| progress::spawn(dm_dev.clone()));
+            let r = send(&message(&dm_dev, args));
+            if let Some(p) = progress {
+                p.stop();
+            }
+            r
         }
         Command::List { dm_dev, json } => {
             let mut r = send(&Request::List { name: dm_dev })?;
@@ -340,11 +354,29 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             }),
             Dmsetup::RemoveAll { force } => send(&Request::RemoveAll { force }),
         },
-        Command::Shutdown { force } => match client::call(&Request::Shutdown { force }, false) {
-            Ok(r) => Ok(r),
-            Err(_) => Ok(Response::ok(String::new())),
-        },
+        Command::Shutdown { force } => {
+            let pid = std::fs::read_to_string(paths::run_dir().join("daemon.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            match client::call(&Request::Shutdown { force }, false) {
+                Ok(r) if r.code == 0 => {
+                    // Return once the daemon is gone and its devices are free.
+                    let start = std::time::Instant::now();
+                    // SAFETY: kill(pid, 0) only checks that the process exists.
+                    while pid.is_some_and(alive) {
+                        if start.elapsed() > std::time::Duration::from_secs(30) {
+                            return Err(Exit(1, "the daemon did not exit within 30 s".into()));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Ok(r)
+                }
+                Ok(r) => Ok(r),
+                Err(_) => Ok(Response::ok(String::new())),
+            }
+        }
         Command::Settle => send(&Request::Settle),
+        Command::Check { cow_dev, json } => check(&cow_dev, json),
         Command::Daemon { nbd_listen } => match daemon::run(nbd_listen) {
             Ok(()) => Ok(Response::ok(String::new())),
             Err(e) => Err(Exit(1, format!("{e:#}"))),
@@ -357,6 +389,69 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             Ok(()) => Ok(Response::ok(String::new())),
             Err(e) => Err(Exit(1, format!("{e:#}"))),
         },
+    }
+}
+
+/// Whether a process runs (a zombie, exited but not reaped, does not).
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// `dms check`: open the store here (it must not be in use) and walk it.
+fn check(cow_dev: &str, json: bool) -> Result<Response, Exit> {
+    let path = paths::device(cow_dev).map_err(|e| Exit(1, e))?;
+    let dev = dms_engine::io::FileDev::open(&path, true).map_err(|e| Exit(1, e.to_string()))?;
+    let store =
+        dms_engine::Store::open(std::sync::Arc::new(dev)).map_err(|e| Exit(1, e.to_string()))?;
+    let r = store.check().map_err(|e| Exit(1, e.to_string()))?;
+    let out = if json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "clean": r.is_clean(),
+            "problems": r.problems,
+            "exceptions": r.exceptions,
+            "data_chunks": r.data_chunks,
+            "metadata_pages": r.metadata_pages,
+            "exception_tree_depth": r.exception_tree_depth,
+        }))
+        .unwrap_or_default()
+            + "\n"
+    } else {
+        let mut s = format!(
+            "{}: {} exceptions, {} data chunks, {} metadata pages, exception tree depth {}\n",
+            path.display(),
+            r.exceptions,
+            r.data_chunks,
+            r.metadata_pages,
+            r.exception_tree_depth
+        );
+        for p in &r.problems {
+            s.push_str(&format!("problem: {p}\n"));
+        }
+        s.push_str(if r.is_clean() {
+            "clean\n"
+        } else {
+            "NOT CLEAN\n"
+        });
+        s
+    };
+    if r.is_clean() {
+        Ok(Response::ok(out))
+    } else {
+        let mut resp = Response::fail(
+            1,
+            format!("{}: {} problem(s) found", path.display(), r.problems.len()),
+        );
+        resp.output = out;
+        Ok(resp)
     }
 }
 

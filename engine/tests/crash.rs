@@ -125,7 +125,7 @@ fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Model>,
             );
             return (durable, structural.then_some(after), pending);
         }
-                let was_pending = model.pending.is_some();
+        let was_pending = model.pending.is_some();
         *model = after;
         // Finishing commits only when a rollback was running.
         let flushes = match step {

@@ -454,7 +454,12 @@ impl Store {
     fn attach(&self, py: Python<'_>, origin_id: &str, origin: PathBuf) -> PyResult<()> {
         let s = self.get()?;
         let dev = open_dev(&origin)?;
-        py.detach(|| s.attach(origin_id, dev)).map_err(err)
+        py.detach(|| {
+            s.attach(origin_id, dev)?;
+            // A rollback interrupted by a crash is carried to its end here.
+            s.finish_rollback(origin_id)
+        })
+        .map_err(err)
     }
 
     /// Remove an origin without snapshots from the store.

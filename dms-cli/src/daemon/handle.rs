@@ -118,6 +118,31 @@ fn create_args(
     create(d, name, &line, loop_dev, read_only, true)
 }
 
+/// Carry on, in the background, a rollback that a restart interrupted.
+fn resume_rollback(d: &Arc<Daemon>, st: &mut State, cow: &PathBuf, origin_id: &str) {
+    let key = (cow.clone(), origin_id.to_string());
+    if st.rolling.contains(&key) {
+        return;
+    }
+    let Some(store) = st.stores.get(cow).map(|e| e.store.clone()) else {
+        return;
+    };
+    if !matches!(store.rollback_pending(origin_id), Ok(Some(_))) {
+        return;
+    }
+    st.rolling.insert(key.clone());
+    let d = d.clone();
+    let origin_id = origin_id.to_string();
+    tracing::info!("resuming the rollback of {origin_id}");
+    std::thread::spawn(move || {
+        if let Err(e) = store.finish_rollback(&origin_id) {
+            tracing::error!("rollback of {origin_id} failed: {e}");
+        }
+        d.lock().rolling.remove(&key);
+        d.kick();
+    });
+}
+
 fn open_file(path: &PathBuf) -> Res<Dev> {
     Ok(Arc::new(FileDev::open(path, true)?))
 }
@@ -165,12 +190,6 @@ pub(crate) fn create(
             "the table gives {sectors} sectors but {} has {} sectors",
             origin_path.display(),
             origin_bytes / 512
-        ));
-    }
-    let tag = target.tag();
-    if tag == 0 && st.rolling.contains(&(cow_path.clone(), origin_id.clone())) {
-        return fail(format!(
-            "origin {origin_id} is being rolled back; wait until the rollback ends"
         ));
     }
     if let Target::Origin {
@@ -231,6 +250,7 @@ pub(crate) fn create(
         st.stores.remove(&cow_path);
     }
     let dev_file = res?;
+    resume_rollback(d, &mut st, &cow_path, &origin_id);
     if fresh {
         d.save_registry(&st)
             .map_err(|e| Fail::new(1, format!("{e:#}")))?;

@@ -209,8 +209,10 @@ pub fn render(data: &ListData) -> String {
         }
         match &o.rollbacking {
             Some(r) => out.push_str(&format!(
-                "rollbacking : yes (tag {}, {}/{} chunks)\n",
-                r.tag, r.done_chunks, r.total_chunks
+                "rollbacking : yes (tag {}, {} of {} chunks left)\n",
+                r.tag,
+                r.total_chunks - r.done_chunks,
+                r.total_chunks
             )),
             None => out.push_str("rollbacking : no\n"),
         }
@@ -274,7 +276,8 @@ pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
         let rollback = o
             .and_then(|o| o.rollback)
             .map_or("-".to_string(), |(t, done, total)| {
-                format!("{t}:{}/{total}", done.min(total))
+                // Chunks left, falling to 0 as the rollback goes on.
+                format!("{t}:{}/{total}", total.saturating_sub(done))
             });
         let line = format!(
             "0 {} dm-snap-mv {}/{} {} {}/{} {} {} {}",

@@ -290,11 +290,14 @@ impl Meta {
     /// Mark `chunk` as merged for a rollback whose source is `source`.
     pub fn insert_merged(&mut self, origin: u32, chunk: u64, source: u32) -> Result<()> {
         let io = loader(&self.cow, &self.sb);
-                let key = ExcKey::new(origin, chunk, source);
+        let key = ExcKey::new(origin, chunk, source);
         // A marker changes who reads what: in-place overwrites of this chunk
         // wait until it is durable, like for any exception change.
         self.chunk_txn.insert((origin, chunk), self.txn);
-        match self.exc.insert(&io, &mut self.space.alloc, key, crate::volume::MERGED)? {
+        match self
+            .exc
+            .insert(&io, &mut self.space.alloc, key, crate::volume::MERGED)?
+        {
             None => self.count(origin, source, 1),
             // The source's own copy is not needed once the chunk is merged.
             Some(old) => self.free_exception_chunk(old),
