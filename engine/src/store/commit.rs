@@ -54,6 +54,9 @@ impl Inner {
             let mut m = self.meta()?;
             let txn = m.txn;
             m.txn += 1;
+            // Markers recorded in this commit stand for merged origin data:
+            // the origins are synced before the superblock makes them durable.
+            let sync_origins = sync_origins || std::mem::take(&mut m.needs_origin_sync);
             let origins: Vec<_> = m
                 .origins
                 .values()
@@ -88,6 +91,7 @@ impl Inner {
             m.space.alloc.commit_done();
         }
         m.chunk_txn.retain(|_, t| *t > txn);
+        m.marker_txn.retain(|_, t| *t > txn);
         m.new_chunks.retain(|_, t| *t > txn);
         Ok(txn)
     }

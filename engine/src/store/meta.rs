@@ -91,6 +91,11 @@ pub(crate) struct Meta {
     /// COW chunk) relies on who has their own copy; it waits until that is
     /// durable, because after a crash the durable exceptions are what count.
     pub chunk_txn: HashMap<(u32, u64), u64>,
+    /// Chunks given a rollback's MERGED marker, with the transaction.
+    pub marker_txn: HashMap<(u32, u64), u64>,
+    /// Records of merged rollback data (markers, a rollback cursor) were
+    /// made since the last commit: that commit syncs the origins first.
+    pub needs_origin_sync: bool,
     /// COW chunks first used in a transaction not yet durable: the durable
     /// state does not reference them, so writing them in place is safe.
     pub new_chunks: HashMap<u64, u64>,
@@ -130,6 +135,8 @@ impl Meta {
             by_id,
             txn,
             chunk_txn: HashMap::new(),
+            marker_txn: HashMap::new(),
+            needs_origin_sync: false,
             new_chunks: HashMap::new(),
             dirty_versions: HashSet::new(),
             dirty_origins: HashSet::new(),
@@ -291,9 +298,13 @@ impl Meta {
     pub fn insert_merged(&mut self, origin: u32, chunk: u64, source: u32) -> Result<()> {
         let io = loader(&self.cow, &self.sb);
         let key = ExcKey::new(origin, chunk, source);
-        // A marker changes who reads what: in-place overwrites of this chunk
-        // wait until it is durable, like for any exception change.
-        self.chunk_txn.insert((origin, chunk), self.txn);
+        // A marker changes who reads what: in-place overwrites of a
+        // snapshot's chunk wait until it is durable. It protects no one's
+        // old origin data, so origin overwrites need not wait. The commit
+        // that makes it durable syncs the origins first: a durable marker
+        // always means merged data on the device.
+        self.marker_txn.insert((origin, chunk), self.txn);
+        self.needs_origin_sync = true;
         match self
             .exc
             .insert(&io, &mut self.space.alloc, key, crate::volume::MERGED)?
@@ -336,10 +347,10 @@ impl Meta {
         if cow.is_some_and(|c| self.new_chunks.get(&c).is_some_and(|&t| t > durable)) {
             return None;
         }
-        self.chunk_txn
-            .get(&(origin, chunk))
-            .copied()
-            .filter(|&t| t > durable)
+        let change = self.chunk_txn.get(&(origin, chunk)).copied();
+        // Markers matter to in-place writes of snapshot chunks only.
+        let marker = cow.and_then(|_| self.marker_txn.get(&(origin, chunk)).copied());
+        change.max(marker).filter(|&t| t > durable)
     }
 
     pub fn insert_exception(

@@ -90,6 +90,7 @@ impl Store {
     pub fn finish_rollback(&self, origin_id: &str) -> Result<()> {
         let inner = &self.inner;
         let index = inner.meta()?.origin(origin_id)?;
+        let mut batches = 0u64;
         loop {
             let shape = inner.shape(index);
             let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
@@ -135,8 +136,15 @@ impl Store {
                 r.cursor = r.cursor.max(last + 1);
             }
             m.dirty_origins.insert(index);
+            m.needs_origin_sync = true;
+            let txn = m.txn;
             drop(m);
             drop(stripes);
+            batches += 1;
+            // Commit now and then so a restart redoes little.
+            if batches % 32 == 0 {
+                inner.commit_until(txn, true)?;
+            }
         }
     }
 }
@@ -204,24 +212,27 @@ impl Inner {
                 self.cow.write_at(&buf, n * cb)?;
             }
         }
-        let txn = {
-            let mut m = self.meta()?;
-            for &(c, _, copy) in &work {
-                if let Some((h, n)) = copy {
-                    m.add_new_exception(index, c, h, n)?;
+        if work.iter().any(|w| w.2.is_some()) {
+            let txn = {
+                let mut m = self.meta()?;
+                for &(c, _, copy) in &work {
+                    if let Some((h, n)) = copy {
+                        m.add_new_exception(index, c, h, n)?;
+                    }
                 }
-            }
-            m.txn
-        };
-        self.commit_until(txn, false)?;
+                m.txn
+            };
+            self.commit_until(txn, false)?;
+        }
         for &(c, e, _) in &work {
             self.cow.read_at(&mut buf, e * cb)?;
             let n = size.saturating_sub(c * cb).min(cb) as usize;
             dev.write_at(&buf[..n], c * cb)?;
         }
-        // Merged data is on the device before any record says it is.
-        dev.sync()?;
         dirty.store(true, Ordering::Release);
+        // Merged data is on the device before any record of it is durable:
+        // the commit that carries a marker or the cursor syncs the origins
+        // before its superblock.
         if mark {
             let mut m = self.meta()?;
             for &c in &marks {
