@@ -150,14 +150,27 @@ impl Store {
 }
 
 impl Inner {
+    /// Mark chunks of a running rollback merged without merging their data:
+    /// for writes that replace the whole chunk. The caller holds the stripes.
+    pub(crate) fn mark_merged(&self, index: u32, chunks: &[u64]) -> Result<()> {
+        let mut m = self.meta()?;
+        let Some(rb) = m.origin_ref(index)?.rec.rollback.clone() else {
+            return Ok(());
+        };
+        for &c in chunks.iter().filter(|&&c| c >= rb.cursor) {
+            m.insert_merged(index, c, rb.source)?;
+        }
+        Ok(())
+    }
+
     /// Merge those of `chunks` that a rollback of origin `index` has not
     /// merged yet. The caller holds the chunks' stripes exclusively and the
     /// origin's shape lock shared. With `mark`, record each merge with a
     /// MERGED marker (chunks merged ahead of the scanner's cursor).
     pub(crate) fn merge_for_rollback(&self, index: u32, chunks: &[u64], mark: bool) -> Result<()> {
         let cb = self.chunk_bytes;
-        let (work, marks, source, dev, size, dirty) = {
-            let mut m = self.meta()?;
+        let (rb, dev, size, dirty) = {
+            let m = self.meta()?;
             let o = m.origin_ref(index)?;
             let Some(rb) = o.rec.rollback.clone() else {
                 return Ok(());
@@ -166,35 +179,38 @@ impl Inner {
                 .dev
                 .clone()
                 .ok_or_else(|| Error::OriginNotAttached(o.rec.id.clone()))?;
-            let (size, dirty) = (o.rec.size, o.dirty.clone());
-            let mut work = Vec::new();
-            // Every chunk handled here is settled from now on: merged, or
-            // already right (the source read the origin there).
-            let marks: Vec<u64> = chunks.iter().copied().filter(|&c| c >= rb.cursor).collect();
-            for &c in &marks {
-                let excs = m.exceptions(index, c)?;
-                let o = m.origin_ref(index)?;
-                let Src::Cow(e) = resolve(&o.tree, rb.source, &excs) else {
-                    continue;
-                };
-                let copy = match heir_target(&o.cleaning, o.tree.only_child(0), &excs) {
-                    Some(h) => match m.space.alloc.alloc_data() {
-                        Ok(n) => Some((h, n)),
-                        Err(err) => {
-                            for (_, _, c) in &work {
-                                if let Some((_, n)) = c {
-                                    m.space.alloc.free_data(*n);
-                                }
-                            }
-                            return Err(err);
-                        }
-                    },
-                    None => None,
-                };
-                work.push((c, e, copy));
-            }
-            (work, marks, rb.source, dev, size, dirty)
+            (rb, dev, o.rec.size, o.dirty.clone())
         };
+        let source = rb.source;
+        // Every chunk handled here is settled from now on: merged, or
+        // already right (the source read the origin there).
+        let marks: Vec<u64> = chunks.iter().copied().filter(|&c| c >= rb.cursor).collect();
+        let mut work = Vec::new();
+        for &c in &marks {
+            // One chunk per hold of the metadata lock, so foreground I/O
+            // interleaves with a long batch.
+            let mut m = self.meta()?;
+            let excs = m.exceptions(index, c)?;
+            let o = m.origin_ref(index)?;
+            let Src::Cow(e) = resolve(&o.tree, source, &excs) else {
+                continue;
+            };
+            let copy = match heir_target(&o.cleaning, o.tree.only_child(0), &excs) {
+                Some(h) => match m.space.alloc.alloc_data() {
+                    Ok(n) => Some((h, n)),
+                    Err(err) => {
+                        for (_, _, c) in &work {
+                            if let Some((_, n)) = c {
+                                m.space.alloc.free_data(*n);
+                            }
+                        }
+                        return Err(err);
+                    }
+                },
+                None => None,
+            };
+            work.push((c, e, copy));
+        }
         if work.is_empty() {
             if mark && !marks.is_empty() {
                 let mut m = self.meta()?;

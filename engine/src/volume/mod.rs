@@ -255,17 +255,24 @@ impl Volume {
     fn write_batch(&self, buf: &[u8], batch: &[Piece], cb: u64) -> Result<()> {
         let inner = self.inner();
         let ctx = self.ctx()?;
+        let mut full_chunks: Vec<u64> = Vec::new();
         if ctx.version == 0 {
             if let Some((_, cursor)) = self.rollback_source()? {
-                // A write to a chunk a rollback has not merged yet merges it first.
-                let pending: Vec<u64> = batch
+                // A write to a chunk a rollback has not merged yet merges it
+                // first; one that covers the whole chunk only marks it merged
+                // (the data would be overwritten anyway).
+                let (full, partial): (Vec<&Piece>, Vec<&Piece>) = batch
                     .iter()
-                    .map(|p| p.chunk)
-                    .filter(|&c| c >= cursor)
-                    .collect();
-                if !pending.is_empty() {
-                    inner.merge_for_rollback(self.origin, &pending, true)?;
+                    .filter(|p| p.chunk >= cursor)
+                    .partition(|p| p.len as u64 == cb);
+                if !partial.is_empty() {
+                    let chunks: Vec<u64> = partial.iter().map(|p| p.chunk).collect();
+                    inner.merge_for_rollback(self.origin, &chunks, true)?;
                 }
+                // Whole chunks are marked after the write below has reached
+                // the origin: a marker is only made durable together with
+                // the origin's data.
+                full_chunks = full.iter().map(|p| p.chunk).collect();
             }
         }
         let plans = {
@@ -339,6 +346,9 @@ impl Volume {
             first.chunk * cb + first.off as u64,
         )?;
         ctx.dirty.store(true, Ordering::Release);
+        if !full_chunks.is_empty() {
+            inner.mark_merged(self.origin, &full_chunks)?;
+        }
         Ok(())
     }
 
