@@ -403,3 +403,81 @@ fn a_killed_daemon_comes_back_with_every_snapshot() {
         "flushed data lost"
     );
 }
+
+#[test]
+fn check_dump_and_delta_offline_including_damaged_stores() {
+    if !require("check_dump_and_delta_offline_including_damaged_stores") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 8 * MIB);
+    let cow = env.image("c.img", 32 * MIB);
+    env.ok(&["create", "orig", &origin, &cow, "-bF"]);
+    let write = |off: u64, byte: u8, len: usize| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(env.mapper("orig"))
+            .unwrap();
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&vec![byte; len]).unwrap();
+        f.sync_all().unwrap();
+    };
+    write(0, 1, 8192);
+    env.ok(&["snapshot", "orig", "-m", "one"]);
+    write(40960, 2, 3 * 4096);
+    env.ok(&["snapshot", "orig", "-m", "two"]);
+    write(40960, 3, 4096);
+    // A daemon holds the store: the offline tools say so.
+    assert!(env.fails(&["check", &cow], 1).contains("in use"));
+    env.ok(&["shutdown"]);
+    let report = env.ok(&["check", &cow]);
+    assert!(
+        report.trim_end().ends_with("clean") && report.contains("4 exceptions"),
+        "{report}"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&env.ok(&["dump", &cow, "--json"])).unwrap();
+    let o = &dump["origins"][0];
+    assert_eq!(o["versions"].as_array().unwrap().len(), 3);
+    assert_eq!(o["exceptions"].as_array().unwrap().len(), 4);
+    let own2: serde_json::Value =
+        serde_json::from_str(&env.ok(&["dump", &cow, "--json", "--tag", "2"])).unwrap();
+    assert_eq!(
+        own2["origins"][0]["exceptions"].as_array().unwrap().len(),
+        1
+    );
+    let delta = env.ok(&["delta", &cow, "1", "2"]);
+    assert!(
+        delta.contains("3 chunk(s) differ") && delta.contains("chunks 10+3"),
+        "{delta}"
+    );
+    let delta0: serde_json::Value =
+        serde_json::from_str(&env.ok(&["delta", &cow, "2", "0", "--json"])).unwrap();
+    assert_eq!(delta0["runs"][0]["chunk"], 10);
+    assert_eq!(delta0["runs"][0]["chunks"], 1);
+    // Damage: a metadata page with a flipped byte is named by check and dump.
+    let pristine = std::fs::read(&cow).unwrap();
+    let mut named = 0;
+    for page in 2..12u64 {
+        let mut img = pristine.clone();
+        img[(page * 4096 + 100) as usize] ^= 0x10;
+        std::fs::write(&cow, &img).unwrap();
+        let out = env.dms(&["check", &cow]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.code() == Some(1) && err.contains(&format!("metadata block {page} ")) {
+            named += 1;
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert_eq!(env.dms(&["dump", &cow]).status.code(), Some(1));
+        }
+    }
+    assert!(named >= 3, "only {named} damaged pages were named");
+    // Both superblocks damaged: not a store.
+    let mut img = pristine.clone();
+    img[60] ^= 1;
+    img[4096 + 60] ^= 1;
+    std::fs::write(&cow, &img).unwrap();
+    assert!(env
+        .fails(&["check", &cow], 1)
+        .contains("does not hold a dms store"));
+    std::fs::write(&cow, &pristine).unwrap();
+    assert!(env.ok(&["check", &cow]).trim_end().ends_with("clean"));
+}

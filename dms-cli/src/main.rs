@@ -4,6 +4,7 @@
 mod client;
 mod daemon;
 mod demo;
+mod inspect;
 mod paths;
 mod progress;
 mod proto;
@@ -119,6 +120,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a store's origins, versions and exceptions (offline).
+    Dump {
+        cow_dev: String,
+        /// Only this origin.
+        #[arg(short = 'i', long = "origin")]
+        origin_id: Option<String>,
+        /// Only the exceptions this tag owns.
+        #[arg(long)]
+        tag: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The chunks that differ between two tags of an origin, from metadata
+    /// alone: what an incremental backup from <tag_a> to <tag_b> copies.
+    Delta {
+        cow_dev: String,
+        tag_a: u32,
+        tag_b: u32,
+        /// The origin (needed when the store holds several).
+        #[arg(short = 'i', long = "origin")]
+        origin_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the snapshot life cycle on image files in DIR, without the daemon.
     Demo {
         #[arg(long, default_value = "dms-demo")]
@@ -168,7 +193,7 @@ enum Dmsetup {
 }
 
 /// A failure with its exit code.
-struct Exit(u8, String);
+pub(crate) struct Exit(pub u8, pub String);
 
 fn send(req: &Request) -> Result<Response, Exit> {
     let start = !matches!(req, Request::Shutdown { .. });
@@ -377,6 +402,19 @@ fn run(cmd: Command) -> Result<Response, Exit> {
         }
         Command::Settle => send(&Request::Settle),
         Command::Check { cow_dev, json } => check(&cow_dev, json),
+        Command::Dump {
+            cow_dev,
+            origin_id,
+            tag,
+            json,
+        } => inspect::dump(&cow_dev, origin_id, tag, json),
+        Command::Delta {
+            cow_dev,
+            tag_a,
+            tag_b,
+            origin_id,
+            json,
+        } => inspect::delta(&cow_dev, tag_a, tag_b, origin_id, json),
         Command::Daemon { nbd_listen } => match daemon::run(nbd_listen) {
             Ok(()) => Ok(Response::ok(String::new())),
             Err(e) => Err(Exit(1, format!("{e:#}"))),

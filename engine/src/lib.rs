@@ -22,8 +22,8 @@ mod volume;
 pub use error::{Error, Result};
 pub use format::{PAGE_SIZE, SECTOR_SIZE};
 pub use store::{
-    CheckReport, CleanReport, FormatOptions, OriginStatus, Store, StoreStatus, VersionStatus,
-    MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
+    CheckReport, CleanReport, ExceptionEntry, FormatOptions, OriginStatus, Store, StoreStatus,
+    VersionStatus, MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
 };
 pub use versions::record::{MAX_MEMO, MAX_ORIGIN_ID};
 pub use volume::Volume;

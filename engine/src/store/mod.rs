@@ -15,6 +15,7 @@
 mod check;
 mod clean;
 mod commit;
+mod dump;
 mod meta;
 mod ops;
 mod rollback;
@@ -22,6 +23,7 @@ mod status;
 
 pub use check::CheckReport;
 pub use clean::CleanReport;
+pub use dump::ExceptionEntry;
 pub use status::{OriginStatus, StoreStatus, VersionStatus};
 
 pub(crate) use meta::{Meta, Origin};

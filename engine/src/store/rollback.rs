@@ -186,6 +186,9 @@ impl Inner {
         // already right (the source read the origin there).
         let marks: Vec<u64> = chunks.iter().copied().filter(|&c| c >= rb.cursor).collect();
         let mut work = Vec::new();
+        // The transaction whose changes to these chunks must be durable
+        // before the origin is overwritten (like any origin overwrite).
+        let mut wait: Option<u64> = None;
         for &c in &marks {
             // One chunk per hold of the metadata lock, so foreground I/O
             // interleaves with a long batch.
@@ -209,6 +212,9 @@ impl Inner {
                 },
                 None => None,
             };
+            if copy.is_none() {
+                wait = wait.max(m.overwrite_wait(index, c, None, self.durable()));
+            }
             work.push((c, e, copy));
         }
         if work.is_empty() {
@@ -238,6 +244,8 @@ impl Inner {
                 }
                 m.txn
             };
+            self.commit_until(txn, false)?;
+        } else if let Some(txn) = wait {
             self.commit_until(txn, false)?;
         }
         for &(c, e, _) in &work {

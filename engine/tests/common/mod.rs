@@ -2,6 +2,8 @@
 //! and the operations the property tests run against model and engine.
 #![allow(dead_code)]
 
+pub mod crashsim;
+
 use dms_engine::{Store, Volume};
 use proptest::prelude::*;
 use std::collections::BTreeMap;

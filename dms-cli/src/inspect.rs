@@ -1,0 +1,144 @@
+//! `dms dump` and `dms delta`: reading a store offline.
+
+use crate::paths;
+use crate::proto::Response;
+use crate::Exit;
+use dms_engine::Store;
+
+/// Open a store that no daemon holds.
+pub fn open(cow_dev: &str) -> Result<Store, Exit> {
+    let path = paths::device(cow_dev).map_err(|e| Exit(1, e))?;
+    let dev = dms_engine::io::FileDev::open(&path, true).map_err(|e| Exit(1, e.to_string()))?;
+    Store::open(std::sync::Arc::new(dev)).map_err(|e| Exit(1, e.to_string()))
+}
+
+fn the_origin(store: &Store, origin_id: Option<String>) -> Result<String, Exit> {
+    let origins = store.origins().map_err(|e| Exit(1, e.to_string()))?;
+    match origin_id {
+        Some(id) => Ok(id),
+        None if origins.len() == 1 => Ok(origins[0].clone()),
+        None => Err(Exit(
+            2,
+            format!(
+                "the store holds {} origins; name one with -i",
+                origins.len()
+            ),
+        )),
+    }
+}
+
+pub fn dump(
+    cow_dev: &str,
+    origin_id: Option<String>,
+    tag: Option<u32>,
+    json: bool,
+) -> Result<Response, Exit> {
+    let store = open(cow_dev)?;
+    let st = store.status().map_err(|e| Exit(1, e.to_string()))?;
+    let fail = |e: dms_engine::Error| Exit(1, e.to_string());
+    let mut out = String::new();
+    let mut doc = Vec::new();
+    for o in &st.origins {
+        if origin_id.as_ref().is_some_and(|id| *id != o.id) {
+            continue;
+        }
+        let excs = store.exceptions_of(&o.id, tag).map_err(fail)?;
+        if json {
+            doc.push(serde_json::json!({
+                "origin": o.id,
+                "size": o.size,
+                "versions": o.list.iter().map(|v| serde_json::json!({
+                    "version": v.version, "tag": v.tag, "ghost": v.ghost, "parent": v.parent,
+                    "birthday": v.birthday, "exceptions": v.exceptions, "memo": v.memo,
+                })).collect::<Vec<_>>(),
+                "exceptions": excs.iter().map(|e| serde_json::json!({
+                    "chunk": e.chunk, "version": e.version, "tag": e.tag, "cow_chunk": e.cow_chunk,
+                })).collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        out.push_str(&format!(
+            "origin {} ({} bytes, {} versions)\n",
+            o.id, o.size, o.versions
+        ));
+        for v in &o.list {
+            let parent = v.parent.map_or("-".to_string(), |p| p.to_string());
+            let tag = if v.ghost {
+                "ghost".to_string()
+            } else {
+                format!("tag {}", v.tag)
+            };
+            out.push_str(&format!(
+                "  version {} ({tag}) parent {parent} exceptions {} memo {:?}\n",
+                v.version, v.exceptions, v.memo
+            ));
+        }
+        for e in &excs {
+            let to = e
+                .cow_chunk
+                .map_or("merged".to_string(), |c| format!("cow {c}"));
+            out.push_str(&format!(
+                "  chunk {} version {} (tag {}) -> {to}\n",
+                e.chunk, e.version, e.tag
+            ));
+        }
+    }
+    if json {
+        out = serde_json::to_string_pretty(&serde_json::json!({
+            "chunk_pages": st.chunk_pages,
+            "total_chunks": st.total_chunks,
+            "used_chunks": st.used_chunks,
+            "generation": st.generation,
+            "origins": doc,
+        }))
+        .unwrap_or_default()
+            + "\n";
+    }
+    Ok(Response::ok(out))
+}
+
+pub fn delta(
+    cow_dev: &str,
+    a: u32,
+    b: u32,
+    origin_id: Option<String>,
+    json: bool,
+) -> Result<Response, Exit> {
+    let store = open(cow_dev)?;
+    let origin = the_origin(&store, origin_id)?;
+    let chunks = store
+        .delta(&origin, a, b)
+        .map_err(|e| Exit(1, e.to_string()))?;
+    let cb = store.chunk_bytes();
+    // Runs of neighbouring chunks.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for c in chunks {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == c => *len += 1,
+            _ => runs.push((c, 1)),
+        }
+    }
+    let out = if json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "origin": origin, "from": a, "to": b, "chunk_bytes": cb,
+            "runs": runs.iter().map(|(s, n)| serde_json::json!({"chunk": s, "chunks": n, "offset": s * cb, "bytes": n * cb})).collect::<Vec<_>>(),
+        }))
+        .unwrap_or_default()
+            + "\n"
+    } else {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        let mut s = format!(
+            "origin {origin}: tags {a} -> {b}: {total} chunk(s) differ ({} bytes)\n",
+            total * cb
+        );
+        for (start, n) in &runs {
+            s.push_str(&format!(
+                "chunks {start}+{n} (bytes {}+{})\n",
+                start * cb,
+                n * cb
+            ));
+        }
+        s
+    };
+    Ok(Response::ok(out))
+}

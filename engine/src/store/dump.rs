@@ -1,0 +1,115 @@
+//! Reading the metadata out: every exception of an origin (or of one tag),
+//! and the chunks that differ between two versions, from metadata alone.
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::volume::{resolve, Src, MERGED};
+
+/// One exception as `dms dump` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExceptionEntry {
+    pub chunk: u64,
+    /// Internal version id.
+    pub version: u32,
+    /// The version's tag, if it has one (0 = none: a ghost or a rollback source).
+    pub tag: u32,
+    /// The COW chunk holding the data; None for a rollback's merged marker.
+    pub cow_chunk: Option<u64>,
+}
+
+impl Store {
+    /// Exceptions of an origin in chunk order: all of them, or with `tag`
+    /// only those the tag's version owns.
+    pub fn exceptions_of(&self, origin_id: &str, tag: Option<u32>) -> Result<Vec<ExceptionEntry>> {
+        let mut m = self.inner.meta()?;
+        let index = m.origin(origin_id)?;
+        let only = match tag {
+            Some(t) => Some(m.version_of(index, t)?),
+            None => None,
+        };
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let batch = m.exception_range(index, from, 4096)?;
+            let Some(last) = batch.last().map(|(k, _)| k.chunk) else {
+                break;
+            };
+            let o = m.origin_ref(index)?;
+            for (k, v) in &batch {
+                if only.is_some_and(|x| x != k.version) {
+                    continue;
+                }
+                out.push(ExceptionEntry {
+                    chunk: k.chunk,
+                    version: k.version,
+                    tag: o.tree.get(k.version).map_or(0, |x| x.tag),
+                    cow_chunk: (*v != MERGED).then_some(*v),
+                });
+            }
+            if batch.len() < 4096 {
+                break;
+            }
+            // The last chunk may be cut short: read it again in full.
+            out.retain(|e| e.chunk < last);
+            from = last;
+            let rest = m.exceptions(index, last)?;
+            let o = m.origin_ref(index)?;
+            for (version, v) in rest {
+                if only.is_some_and(|x| x != version) {
+                    continue;
+                }
+                out.push(ExceptionEntry {
+                    chunk: last,
+                    version,
+                    tag: o.tree.get(version).map_or(0, |x| x.tag),
+                    cow_chunk: (v != MERGED).then_some(v),
+                });
+            }
+            from += 1;
+        }
+        Ok(out)
+    }
+
+    /// The chunks whose content may differ between tags `a` and `b` of an
+    /// origin, ascending, from metadata alone (no data is read): a chunk
+    /// differs unless both versions resolve it to the same place. This is
+    /// what an incremental backup from `a` to `b` must copy.
+    pub fn delta(&self, origin_id: &str, a: u32, b: u32) -> Result<Vec<u64>> {
+        let mut m = self.inner.meta()?;
+        let index = m.origin(origin_id)?;
+        let (va, vb) = (m.version_of(index, a)?, m.version_of(index, b)?);
+        if m.origin_ref(index)?.rec.rollback.is_some() && (a == 0 || b == 0) {
+            return Err(Error::Busy {
+                what: format!("origin {origin_id} is being rolled back"),
+            });
+        }
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let batch = m.exception_range(index, from, 4096)?;
+            let Some(last) = batch.last().map(|(k, _)| k.chunk) else {
+                break;
+            };
+            let mut chunks: Vec<u64> = batch.iter().map(|(k, _)| k.chunk).collect();
+            chunks.dedup();
+            for c in chunks {
+                let excs = m.exceptions(index, c)?;
+                let tree = &m.origin_ref(index)?.tree;
+                let (x, y) = (resolve(tree, va, &excs), resolve(tree, vb, &excs));
+                let same = match (x, y) {
+                    (Src::Origin, Src::Origin) => true,
+                    (Src::Cow(p), Src::Cow(q)) => p == q,
+                    _ => false,
+                };
+                if !same {
+                    out.push(c);
+                }
+            }
+            if batch.len() < 4096 {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,225 @@
+//! The crash harness shared by the crash tests and the crash campaign:
+//! run a workload on fault-injecting devices, crash at a chosen write or
+//! sync, rebuild the devices a restarted machine would find, reopen, check,
+//! and compare every version with the model.
+
+use super::*;
+use dms_engine::io::{Dev, FaultController, FaultDev};
+use dms_engine::{FormatOptions, Store};
+use proptest::test_runner::TestCaseError;
+use std::sync::Arc;
+
+pub const ORIGIN_BYTES: usize = 32 * 1024;
+pub const COW_BYTES: usize = 4 << 20;
+
+/// Writes since the last durable point: (tag, offset, bytes).
+pub type Pending = Vec<(u32, usize, Vec<u8>)>;
+
+/// Does the engine match `base`, allowing pending bytes to be old or new?
+pub fn matches(store: &Store, base: &Model, pending: &Pending) -> Result<(), String> {
+    let mut tags = store.tags(ORIGIN).map_err(|e| e.to_string())?;
+    tags.insert(0, 0);
+    if tags != base.tags() {
+        return Err(format!("tags {tags:?}, expected {:?}", base.tags()));
+    }
+    for (tag, want) in &base.versions {
+        let got = read_all(&store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?);
+        for (b, (&g, &w)) in got.iter().zip(want).enumerate() {
+            if g == w {
+                continue;
+            }
+            let ok = pending.iter().any(|(t, off, data)| {
+                t == tag && b >= *off && b < off + data.len() && data[b - off] == g
+            });
+            if !ok {
+                return Err(format!(
+                    "tag {tag} byte {b}: got {g}, expected {w} (or a pending write)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub struct Setup {
+    ctl: Arc<FaultController>,
+    origin: Arc<FaultDev>,
+    cow: Arc<FaultDev>,
+    store: Store,
+}
+
+pub fn setup(chunk_pages: u32, initial: &[u8]) -> Setup {
+    let ctl = FaultController::new();
+    let origin = Arc::new(FaultDev::new("origin", initial.to_vec(), ctl.clone()));
+    let cow = Arc::new(FaultDev::new("cow", vec![0u8; COW_BYTES], ctl.clone()));
+    let store = Store::format(
+        cow.clone(),
+        &FormatOptions {
+            chunk_pages,
+            force: false,
+        },
+    )
+    .unwrap();
+    let dev: Dev = origin.clone();
+    store.bind(ORIGIN, dev).unwrap();
+    Setup {
+        ctl,
+        origin,
+        cow,
+        store,
+    }
+}
+
+/// Run the workload; with `crash_at`, crash there. Returns the model at the
+/// last durable point, the model after the step in flight (if it may have
+/// become durable), and the writes since the last durable point.
+pub fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Model>, Pending) {
+    let mut durable = model.clone();
+    let mut pending: Pending = Vec::new();
+    for op in ops {
+        let Some(step) = model.resolve(op) else {
+            continue;
+        };
+        let mut after = model.clone();
+        after.apply(&step);
+        match &step {
+            Step::Write { tag, offset, data } => pending.push((*tag, *offset, data.clone())),
+            Step::Zero { tag, offset, len } => pending.push((*tag, *offset, vec![0u8; *len])),
+            _ => {}
+        }
+        let res = if let Step::Reopen = step {
+            s.store.flush().and_then(|_| {
+                let cow: Dev = s.cow.clone();
+                let store = Store::open(cow)?;
+                let dev: Dev = s.origin.clone();
+                store.attach(ORIGIN, dev)?;
+                s.store = store;
+                Ok(())
+            })
+        } else {
+            run(&s.store, &step)
+        };
+        if res.is_err() {
+            assert!(
+                s.ctl.crashed(),
+                "step {step:?} failed without a crash: {res:?}"
+            );
+            let structural = matches!(
+                step,
+                Step::SnapOrigin
+                    | Step::SnapOf { .. }
+                    | Step::Delete { .. }
+                    | Step::Rollback { .. }
+                    | Step::RollbackStart { .. }
+            );
+            return (durable, structural.then_some(after), pending);
+        }
+        let was_pending = model.pending.is_some();
+        *model = after;
+        // Finishing commits only when a rollback was running.
+        let flushes = match step {
+            Step::Write { .. } | Step::Zero { .. } | Step::Clean => false,
+            Step::Finish => was_pending,
+            _ => true,
+        };
+        if flushes {
+            durable = model.clone();
+            pending.clear();
+        }
+    }
+    (durable, None, pending)
+}
+
+/// Writes and syncs a workload makes (a dry run without a crash).
+pub fn count_ops(chunk_pages: u32, ops: &[Op]) -> u64 {
+    let initial = pattern(ORIGIN_BYTES, 0x3C);
+    let mut s = setup(chunk_pages, &initial);
+    let base_ops = s.ctl.ops();
+    let mut m = Model::new(initial);
+    drive(&mut s, ops, &mut m);
+    s.ctl.ops() - base_ops
+}
+
+/// Run the workload with a crash at its `at`-th write or sync, recover and
+/// verify. Ok(false) if the workload ended before that point.
+pub fn crash_at(chunk_pages: u32, ops: &[Op], at: u64, total: u64) -> Result<bool, TestCaseError> {
+    let initial = pattern(ORIGIN_BYTES, 0x3C);
+    let mut s = setup(chunk_pages, &initial);
+    s.ctl.crash_after(at);
+    let mut model = Model::new(initial.clone());
+    let (durable, maybe, pending) = drive(&mut s, ops, &mut model);
+    if !s.ctl.crashed() {
+        return Ok(false);
+    }
+    let seed = at.wrapping_mul(0x9E37_79B9) ^ u64::from(chunk_pages);
+    let origin_img = s.origin.crash_image(seed);
+    let cow_img = s.cow.crash_image(seed ^ 0xFFFF);
+    drop(s);
+    let ctl = FaultController::new();
+    let origin: Dev = Arc::new(FaultDev::new("origin", origin_img, ctl.clone()));
+    let cow: Dev = Arc::new(FaultDev::new("cow", cow_img, ctl));
+    let store =
+        Store::open(cow).map_err(|e| TestCaseError::fail(format!("crash at {at}: open: {e}")))?;
+    store
+        .attach(ORIGIN, origin)
+        .map_err(|e| TestCaseError::fail(format!("crash at {at}: attach: {e}")))?;
+    let report = store
+        .check()
+        .map_err(|e| TestCaseError::fail(format!("crash at {at}: check: {e}")))?;
+    if !report.is_clean() {
+        return Err(TestCaseError::fail(format!(
+            "crash at {at}: {:?}",
+            report.problems
+        )));
+    }
+    let first = maybe.as_ref().map(|a| matches(&store, a, &pending));
+    match first {
+        Some(Ok(())) => {}
+        _ => {
+            if let Err(e) = matches(&store, &durable, &pending) {
+                let other = first
+                    .map(|r| r.err().unwrap_or_default())
+                    .unwrap_or_default();
+                return Err(TestCaseError::fail(format!(
+                    "crash at op {at} of {total}: {e} {other}"
+                )));
+            }
+        }
+    }
+    // A rollback left running finishes without changing what anyone reads.
+    store
+        .finish_rollback(ORIGIN)
+        .map_err(|e| TestCaseError::fail(format!("finish after crash {at}: {e}")))?;
+    let again = maybe.as_ref().map(|a| matches(&store, a, &pending));
+    if !matches!(again, Some(Ok(()))) {
+        matches(&store, &durable, &pending)
+            .map_err(|e| TestCaseError::fail(format!("after finishing, crash at {at}: {e}")))?;
+    }
+    // The recovered store keeps working and cleans up to a clean check.
+    store
+        .clean()
+        .map_err(|e| TestCaseError::fail(format!("clean after crash {at}: {e}")))?;
+    let report = store.check().unwrap();
+    if !report.is_clean() {
+        return Err(TestCaseError::fail(format!(
+            "after clean, crash at {at}: {:?}",
+            report.problems
+        )));
+    }
+    Ok(true)
+}
+
+pub fn crash_case(chunk_pages: u32, ops: &[Op], stride_div: u64) -> Result<u64, TestCaseError> {
+    let total = count_ops(chunk_pages, ops);
+    let stride = (total / stride_div).max(1);
+    let mut crashes = 0u64;
+    let mut at = 1;
+    while at <= total {
+        if !crash_at(chunk_pages, ops, at, total)? {
+            break;
+        }
+        crashes += 1;
+        at += stride;
+    }
+    Ok(crashes)
+}
