@@ -458,7 +458,8 @@ fn check(cow_dev: &str, json: bool) -> Result<Response, Exit> {
             "exceptions": r.exceptions,
             "data_chunks": r.data_chunks,
             "metadata_pages": r.metadata_pages,
-            "exception_tree_depth": r.exception_tree_depth,
+                        "exception_tree_depth": r.exception_tree_depth,
+            "metadata": r.metadata,
         }))
         .unwrap_or_default()
             + "\n"

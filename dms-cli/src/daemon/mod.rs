@@ -95,7 +95,8 @@ impl Daemon {
 }
 
 fn serve(d: &Arc<Daemon>, stream: UnixStream) {
-    let mut reader = BufReader::new(&stream);
+    // One request line, bounded: a peer cannot make the daemon buffer more.
+    let mut reader = BufReader::new(std::io::Read::take(&stream, 1 << 20));
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() || line.is_empty() {
         return;
