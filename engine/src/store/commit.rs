@@ -57,12 +57,16 @@ impl Inner {
             // Markers recorded in this commit stand for merged origin data:
             // the origins are synced before the superblock makes them durable.
             let sync_origins = sync_origins || std::mem::take(&mut m.needs_origin_sync);
-            let origins: Vec<_> = m
-                .origins
-                .values()
-                .filter(|o| sync_origins && o.dirty.swap(false, Ordering::AcqRel))
-                .filter_map(|o| o.dev.clone())
-                .collect();
+            let mut origins = Vec::new();
+            if sync_origins {
+                for index in std::mem::take(&mut *lock(&self.dirty_origins)) {
+                    if let Some(o) = m.origins.get(&index) {
+                        if o.dirty.swap(false, Ordering::AcqRel) {
+                            origins.extend(o.dev.clone());
+                        }
+                    }
+                }
+            }
             if m.has_changes() {
                 let (blocks, sb) = m.prepare_commit()?;
                 (txn, blocks, Some(sb), origins)

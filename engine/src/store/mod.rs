@@ -83,6 +83,9 @@ pub(crate) struct Inner {
     shapes: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
     failed: Mutex<Option<String>>,
     pub(crate) chunk_bytes: u64,
+    /// Origins written since their last sync: a commit that syncs origins
+    /// visits only these, not every bound origin.
+    pub(crate) dirty_origins: Mutex<Vec<u32>>,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -220,6 +223,7 @@ impl Store {
                 shapes: Mutex::new(HashMap::new()),
                 failed: Mutex::new(None),
                 chunk_bytes,
+                dirty_origins: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -283,6 +287,13 @@ impl Inner {
 
     pub(crate) fn shape(&self, origin: u32) -> Arc<RwLock<()>> {
         lock(&self.shapes).entry(origin).or_default().clone()
+    }
+
+    /// Note that origin `index` has writes its next sync must cover.
+    pub(crate) fn mark_origin_dirty(&self, index: u32, flag: &std::sync::atomic::AtomicBool) {
+        if !flag.swap(true, Ordering::AcqRel) {
+            lock(&self.dirty_origins).push(index);
+        }
     }
 
     pub(crate) fn durable(&self) -> u64 {

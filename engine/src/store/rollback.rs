@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::versions::record::{flags, RollbackState};
 use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+
 use std::sync::PoisonError;
 
 const BATCH: usize = 1024;
@@ -253,7 +253,7 @@ impl Inner {
             let n = size.saturating_sub(c * cb).min(cb) as usize;
             dev.write_at(&buf[..n], c * cb)?;
         }
-        dirty.store(true, Ordering::Release);
+        self.mark_origin_dirty(index, &dirty);
         // Merged data is on the device before any record of it is durable:
         // the commit that carries a marker or the cursor syncs the origins
         // before its superblock.

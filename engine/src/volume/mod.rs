@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::io::Dev;
 use crate::store::{lock, Inner, Store};
 use plan::{plan_write, Plan};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, PoisonError, RwLockReadGuard, RwLockWriteGuard};
 
 /// Chunks handled under one set of stripe locks.
@@ -345,7 +345,7 @@ impl Volume {
             &buf[first.at..first.at + len],
             first.chunk * cb + first.off as u64,
         )?;
-        ctx.dirty.store(true, Ordering::Release);
+        inner.mark_origin_dirty(self.origin, &ctx.dirty);
         if !full_chunks.is_empty() {
             inner.mark_merged(self.origin, &full_chunks)?;
         }
