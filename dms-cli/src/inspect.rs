@@ -36,6 +36,14 @@ pub fn dump(
     let store = open(cow_dev)?;
     let st = store.status().map_err(|e| Exit(1, e.to_string()))?;
     let fail = |e: dms_engine::Error| Exit(1, e.to_string());
+    if let Some(id) = &origin_id {
+        if !st.origins.iter().any(|o| &o.id == id) {
+            return Err(Exit(
+                1,
+                dms_engine::Error::UnknownOrigin(id.clone()).to_string(),
+            ));
+        }
+    }
     let mut out = String::new();
     let mut doc = Vec::new();
     for o in &st.origins {
@@ -52,7 +60,8 @@ pub fn dump(
                     "birthday": v.birthday, "exceptions": v.exceptions, "memo": v.memo,
                 })).collect::<Vec<_>>(),
                 "exceptions": excs.iter().map(|e| serde_json::json!({
-                    "chunk": e.chunk, "version": e.version, "tag": e.tag, "cow_chunk": e.cow_chunk,
+                                        "chunk": e.chunk, "version": e.version,
+                    "tag": (e.tag != 0).then_some(e.tag), "cow_chunk": e.cow_chunk,
                 })).collect::<Vec<_>>(),
             }));
             continue;
@@ -77,9 +86,14 @@ pub fn dump(
             let to = e
                 .cow_chunk
                 .map_or("merged".to_string(), |c| format!("cow {c}"));
+            let who = if e.tag == 0 {
+                "ghost".to_string()
+            } else {
+                format!("tag {}", e.tag)
+            };
             out.push_str(&format!(
-                "  chunk {} version {} (tag {}) -> {to}\n",
-                e.chunk, e.version, e.tag
+                "  chunk {} version {} ({who}) -> {to}\n",
+                e.chunk, e.version
             ));
         }
     }
@@ -128,7 +142,7 @@ pub fn delta(
     } else {
         let total: u64 = runs.iter().map(|r| r.1).sum();
         let mut s = format!(
-            "origin {origin}: tags {a} -> {b}: {total} chunk(s) differ ({} bytes)\n",
+            "origin {origin}: tags {a} -> {b}: {total} chunk(s) may differ ({} bytes); the others are the same\n",
             total * cb
         );
         for (start, n) in &runs {

@@ -214,6 +214,15 @@ fn create_table(
     flags: (bool, bool, bool, Option<u32>, Option<String>),
 ) -> Result<String, Exit> {
     let (bind, format, force, chunk, id) = flags;
+    if tag.is_some() && (bind || format || force || chunk.is_some()) {
+        return Err(Exit(2, "-b, -f, -F and -c apply to an origin's dm_dev, not to a snapshot's (drop the tag or the flags)".into()));
+    }
+    if !bind && (format || force) {
+        return Err(Exit(
+            2,
+            "-f and -F format the COW device only together with -b".into(),
+        ));
+    }
     let mut args = match tag {
         Some(t) => vec![
             "cs".to_string(),

@@ -41,6 +41,12 @@ pub fn device(arg: &str) -> Result<PathBuf, String> {
         PathBuf::from(arg)
     };
     if !p.exists() {
+        if !arg.contains('/') {
+            return Err(format!(
+                "{arg}: no such file here, and no device {}",
+                p.display()
+            ));
+        }
         return Err(format!("{}: no such device or file", p.display()));
     }
     // Resolve the directory part only: the final component is opened with
@@ -72,6 +78,14 @@ pub fn device(arg: &str) -> Result<PathBuf, String> {
 
 /// Valid dm_dev names: what a file name under mapper/ can be.
 pub fn check_name(name: &str) -> Result<(), String> {
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) || name.starts_with('-') {
+        return Err(format!(
+            "invalid dm_dev name {name:?}: no spaces, control characters or leading '-'"
+        ));
+    }
+    if name.len() > 127 {
+        return Err("invalid dm_dev name: at most 127 bytes".to_string());
+    }
     if name.is_empty()
         || name.len() > 127
         || name.contains('/')

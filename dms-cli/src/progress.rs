@@ -56,7 +56,8 @@ pub fn spawn(dm_dev: String) -> Progress {
             }
         }
         if drawn {
-            eprintln!();
+            let bar: String = "#".repeat(40);
+            eprintln!("\rrollback [{bar}] 100% (done)                    ");
         }
     });
     Progress { stop, thread }

@@ -370,6 +370,8 @@ fn lazy_unmount(dir: &Path) {
 impl Mapper {
     /// Mount at `dir`, replacing a mount left behind by a killed daemon.
     pub fn mount(dir: &Path) -> std::io::Result<Mapper> {
+        // Loop devices left on the files of a killed daemon only return EIO.
+        super::loopdev::detach_stale(dir);
         lazy_unmount(dir);
         std::fs::create_dir_all(dir)?;
         let shared = Arc::new(Shared {

@@ -219,7 +219,7 @@ pub fn render(data: &ListData) -> String {
         out.push_str("YYYY/MM/DD HH:MM:SS Tag R Chunks DM_Dev Memo\n");
         for r in &o.snapshots {
             out.push_str(&format!(
-                "{} {} {} {} {} \"{}\"\n",
+                "{} {} {} {} {} {:?}\n",
                 r.date,
                 r.tag,
                 if r.rollback { "R" } else { "." },

@@ -3,9 +3,13 @@
 use std::path::Path;
 use std::process::Command;
 
-pub fn attach(file: &Path) -> Result<String, String> {
-    let out = Command::new("losetup")
-        .args(["--find", "--show"])
+pub fn attach(file: &Path, read_only: bool) -> Result<String, String> {
+    let mut cmd = Command::new("losetup");
+    cmd.args(["--find", "--show"]);
+    if read_only {
+        cmd.arg("--read-only");
+    }
+    let out = cmd
         .arg(file)
         .output()
         .map_err(|e| format!("running losetup: {e}"))?;
@@ -99,6 +103,34 @@ impl Drop for Frozen {
             unsafe { libc::ioctl(std::os::unix::io::AsRawFd::as_raw_fd(&self.dir), FITHAW, 0) };
         if rc != 0 {
             tracing::error!("thawing {}: {}", self.path, std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// Detach loop devices whose backing file lies in `dir` (the mapper
+/// directory of a daemon that died); mounted ones are left, with a warning.
+pub fn detach_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = Path::new(b.trim());
+        if backing.parent() != Some(dir) {
+            continue;
+        }
+        let dev = format!("/dev/{name}");
+        match mounted_at(&dev) {
+            Some(m) => tracing::warn!(
+                "{dev} (a file of the previous daemon) is still mounted on {m}; unmount it"
+            ),
+            None => match detach(&dev) {
+                Ok(()) => tracing::info!("detached {dev}, left by the previous daemon"),
+                Err(e) => tracing::warn!("cannot detach {dev}: {e}"),
+            },
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The daemon: owns the open stores, exposes dm_devs, answers the control
 //! socket, keeps the registry, and cleans in the background.
 
+mod devices;
 mod fuse;
 mod handle;
 mod list;
@@ -197,7 +198,7 @@ pub fn run(nbd_listen: Option<String>) -> Result<()> {
         stop: Arc::new(AtomicBool::new(false)),
         work: (Mutex::new(0), Condvar::new()),
     });
-    handle::restore(&d);
+    devices::restore(&d);
     let exports: Arc<dyn nbd::Exports> = Arc::new(DaemonExports(Arc::downgrade(&d)));
     let nbd_sock = run.join("nbd.sock");
     let _ = std::fs::remove_file(&nbd_sock);
@@ -253,8 +254,9 @@ pub fn run(nbd_listen: Option<String>) -> Result<()> {
     }
     d.kick();
     let _ = cleaner.join();
-    handle::close_all(&d);
+    devices::close_all(&d);
     d.mapper.unmount();
+    let _ = std::fs::remove_file(run.join("daemon.pid"));
     tracing::info!("dms daemon stopped");
     Ok(())
 }

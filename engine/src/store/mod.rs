@@ -187,9 +187,20 @@ impl Store {
             }
         }
         let Some(sb) = best else {
+            let mut blank = true;
+            for slot in 0..SUPERBLOCK_SLOTS {
+                let mut b = vec![0u8; PAGE_SIZE];
+                cow.read_at(&mut b, slot * PAGE_SIZE as u64)?;
+                blank &= b.iter().all(|&x| x == 0);
+            }
+            let reason = if blank {
+                "it is not formatted (format it with -b -f)".to_string()
+            } else {
+                errors.join("; ")
+            };
             return Err(Error::NotAStore {
                 device: cow.name().to_string(),
-                reason: errors.join("; "),
+                reason,
             });
         };
         let pages = cow.size() / PAGE_SIZE as u64;

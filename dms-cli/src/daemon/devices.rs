@@ -1,0 +1,457 @@
+//! The life of a dm_dev: create (open or format the store, bind or attach
+//! the origin, expose the file, attach a loop device), remove, and the
+//! registry that brings them back after a restart.
+
+use super::handle::{fail, usage, Fail, Res};
+use super::{loopdev, registry, Daemon, DmDev, State, StoreEntry};
+use crate::paths;
+use crate::proto::Response;
+use dms_engine::io::{Dev, FileDev};
+use dms_engine::table::{self, Format, Target};
+use dms_engine::{FormatOptions, Store};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// `create` from target arguments: the length is the origin's size.
+pub(crate) fn create_args(
+    d: &Arc<Daemon>,
+    name: &str,
+    args: &[String],
+    loop_dev: bool,
+    read_only: bool,
+) -> Res<Response> {
+    let target = table::parse_target(args).map_err(|e| Fail::new(2, e.to_string()))?;
+    let origin = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let cow = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let sectors = paths::device_size(&origin).or_else(fail)? / 512;
+    let t = table::with_devices(
+        &target,
+        &origin.display().to_string(),
+        &cow.display().to_string(),
+    );
+    let line = format!("0 {sectors} dm-snap-mv {}", table::format_target(&t));
+    create(d, name, &line, loop_dev, read_only, true)
+}
+
+/// Carry on, in the background, a rollback that a restart interrupted.
+pub(crate) fn resume_rollback(d: &Arc<Daemon>, st: &mut State, cow: &PathBuf, origin_id: &str) {
+    let key = (cow.clone(), origin_id.to_string());
+    if st.rolling.contains(&key) {
+        return;
+    }
+    let Some(store) = st.stores.get(cow).map(|e| e.store.clone()) else {
+        return;
+    };
+    if !matches!(store.rollback_pending(origin_id), Ok(Some(_))) {
+        return;
+    }
+    st.rolling.insert(key.clone());
+    let d = d.clone();
+    let origin_id = origin_id.to_string();
+    tracing::info!("resuming the rollback of {origin_id}");
+    std::thread::spawn(move || {
+        if let Err(e) = store.finish_rollback(&origin_id) {
+            tracing::error!("rollback of {origin_id} failed: {e}");
+        }
+        d.lock().rolling.remove(&key);
+        d.kick();
+    });
+}
+
+pub(crate) fn open_file(path: &PathBuf) -> Res<Dev> {
+    Ok(Arc::new(FileDev::open(path, true)?))
+}
+
+/// Create a dm_dev. `fresh` is false when restoring from the registry.
+pub(crate) fn create(
+    d: &Arc<Daemon>,
+    name: &str,
+    line: &str,
+    loop_dev: bool,
+    read_only: bool,
+    fresh: bool,
+) -> Res<Response> {
+    paths::check_name(name).or_else(usage)?;
+    let (sectors, target) = table::parse_table(line).map_err(|e| Fail::new(2, e.to_string()))?;
+    let mut st = d.lock();
+    if st.devs.contains_key(name) {
+        return Err(Fail::kind(
+            format!("dm_dev {name} already exists"),
+            "exists",
+        ));
+    }
+    let origin_path = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let cow_path = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let mapper = paths::mapper_dir(&d.run);
+    for p in [&origin_path, &cow_path] {
+        if p.starts_with(&mapper) {
+            return fail(format!(
+                "{} is a dm_dev of this daemon; a dm_dev cannot stand on another",
+                p.display()
+            ));
+        }
+    }
+    if origin_path == cow_path {
+        return fail(format!(
+            "{} cannot be both the origin and the COW device",
+            origin_path.display()
+        ));
+    }
+    let origin_id = match &target {
+        Target::Origin {
+            origin_id: Some(id),
+            ..
+        }
+        | Target::Snapshot {
+            origin_id: Some(id),
+            ..
+        } => id.clone(),
+        _ => origin_path.display().to_string(),
+    };
+    let origin_bytes = paths::device_size(&origin_path).or_else(fail)?;
+    if sectors != origin_bytes / 512 {
+        return fail(format!(
+            "the table gives {sectors} sectors but {} has {} sectors",
+            origin_path.display(),
+            origin_bytes / 512
+        ));
+    }
+    if let Target::Origin {
+        format: Some(_), ..
+    } = &target
+    {
+        if let Some(users) = users_of(&st, &cow_path) {
+            return fail(format!(
+                "COW device {} is in use by {users}; it cannot be formatted",
+                cow_path.display()
+            ));
+        }
+    }
+    for (other, dev) in &st.devs {
+        if dev.origin_path == origin_path && dev.cow != cow_path {
+            return fail(format!(
+                "{} is the origin of {other} on another COW device",
+                origin_path.display()
+            ));
+        }
+    }
+    // Open (or format) the store.
+    let new_store = !st.stores.contains_key(&cow_path);
+    if new_store {
+        let cow = open_file(&cow_path)?;
+        let store = match &target {
+            Target::Origin {
+                format: Some(f),
+                chunk_pages,
+                ..
+            } => Store::format(
+                cow,
+                &FormatOptions {
+                    chunk_pages: chunk_pages.unwrap_or(1),
+                    force: *f == Format::Force,
+                },
+            )?,
+            _ => Store::open(cow)?,
+        };
+        st.stores.insert(
+            cow_path.clone(),
+            StoreEntry {
+                store,
+                origins: Default::default(),
+            },
+        );
+    }
+    let res = attach_and_expose(
+        d,
+        &mut st,
+        name,
+        &target,
+        sectors,
+        (&cow_path, &origin_path, &origin_id),
+        (loop_dev, read_only),
+    );
+    if res.is_err() && new_store {
+        st.stores.remove(&cow_path);
+    }
+    let dev_file = res?;
+    resume_rollback(d, &mut st, &cow_path, &origin_id);
+    if fresh {
+        d.save_registry(&st)
+            .map_err(|e| Fail::new(1, format!("{e:#}")))?;
+    }
+    let loop_path = st.devs.get(name).and_then(|x| x.loop_dev.clone());
+    let mut out = String::new();
+    if let Some(l) = &loop_path {
+        out = format!("{l}\n");
+    }
+    Ok(Response {
+        output: out,
+        data: Some(serde_json::json!({ "name": name, "path": dev_file, "loop": loop_path })),
+        ..Default::default()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attach_and_expose(
+    d: &Arc<Daemon>,
+    st: &mut State,
+    name: &str,
+    target: &Target,
+    sectors: u64,
+    (cow_path, origin_path, origin_id): (&PathBuf, &PathBuf, &str),
+    (loop_dev, read_only): (bool, bool),
+) -> Res<String> {
+    let entry = st
+        .stores
+        .get_mut(cow_path)
+        .ok_or_else(|| Fail::new(1, "store vanished"))?;
+    let store = entry.store.clone();
+    let bind = matches!(target, Target::Origin { bind: true, .. });
+    if bind {
+        if store.origins()?.iter().any(|o| o == origin_id) {
+            return fail(format!(
+                "origin {origin_id} is already bound to {}; create without -b",
+                cow_path.display()
+            ));
+        }
+        store.bind(origin_id, open_file(origin_path)?)?;
+        entry
+            .origins
+            .insert(origin_id.to_string(), origin_path.clone());
+    } else {
+        match entry.origins.get(origin_id) {
+            Some(p) if p != origin_path => {
+                return fail(format!(
+                    "origin {origin_id} is attached from {}, not {}",
+                    p.display(),
+                    origin_path.display()
+                ))
+            }
+            Some(_) => {}
+            None => {
+                if !store.origins()?.iter().any(|o| o == origin_id) {
+                    return fail(format!(
+                        "origin {origin_id} is not bound to {}; create the origin with -b first",
+                        cow_path.display()
+                    ));
+                }
+                store.attach(origin_id, open_file(origin_path)?)?;
+                entry
+                    .origins
+                    .insert(origin_id.to_string(), origin_path.clone());
+            }
+        }
+    }
+    let volume = Arc::new(store.volume(origin_id, target.tag())?);
+    let path = d
+        .mapper
+        .add(name, volume.clone(), read_only)
+        .map_err(|e| Fail::new(1, format!("exposing {name}: {e}")))?;
+    let loop_path = if loop_dev {
+        match loopdev::attach(&path, read_only) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = d.mapper.remove(name);
+                return fail(format!(
+                    "attaching a loop device to {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    st.devs.insert(
+        name.to_string(),
+        DmDev {
+            target: strip_once(target),
+            cow: cow_path.clone(),
+            origin_path: origin_path.clone(),
+            origin_id: origin_id.to_string(),
+            sectors,
+            loop_dev: loop_path,
+            volume,
+            read_only,
+            nbd_clients: Default::default(),
+            alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
+    );
+    Ok(path.display().to_string())
+}
+
+/// The target as the registry keeps it: -b/-f/-F/-c act only once.
+pub(crate) fn strip_once(t: &Target) -> Target {
+    match t {
+        Target::Origin {
+            origin_dev,
+            cow_dev,
+            origin_id,
+            ..
+        } => Target::Origin {
+            origin_dev: origin_dev.clone(),
+            cow_dev: cow_dev.clone(),
+            origin_id: origin_id.clone(),
+            bind: false,
+            format: None,
+            chunk_pages: None,
+        },
+        other => other.clone(),
+    }
+}
+
+pub(crate) fn users_of(st: &State, cow: &PathBuf) -> Option<String> {
+    let names: Vec<&str> = st
+        .devs
+        .iter()
+        .filter(|(_, d)| &d.cow == cow)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// Why a dm_dev cannot be removed now, if it cannot.
+pub(crate) fn busy(d: &Daemon, name: &str, dev: &DmDev) -> Option<String> {
+    let file = d.mapper.path(name);
+    for l in loopdev::backed_by(&file) {
+        if let Some(m) = loopdev::mounted_at(&l) {
+            return Some(format!("dm_dev {name} is busy: {l} is mounted on {m}"));
+        }
+    }
+    let _ = dev;
+    let clients = dev.nbd_clients.load(Ordering::SeqCst);
+    if clients > 0 {
+        return Some(format!(
+            "dm_dev {name} is busy: {clients} NBD client(s) connected"
+        ));
+    }
+    let held = d.mapper.open_count(name);
+    let ours = usize::from(st_loop(dev));
+    if held > ours {
+        return Some(format!(
+            "dm_dev {name} is busy: {} open file handle(s)",
+            held - ours
+        ));
+    }
+    None
+}
+
+pub(crate) fn st_loop(dev: &DmDev) -> bool {
+    dev.loop_dev.is_some()
+}
+
+/// Freeze the filesystems mounted on the dm_devs that show `tag` of an
+/// origin, so that a snapshot or rollback sees what they have written.
+pub(crate) fn freeze_tag(
+    d: &Daemon,
+    st: &State,
+    cow: &PathBuf,
+    origin_id: &str,
+    tag: u32,
+) -> Res<Vec<loopdev::Frozen>> {
+    let mut frozen = Vec::new();
+    for (n, x) in &st.devs {
+        if &x.cow == cow && x.origin_id == origin_id && x.target.tag() == tag {
+            for m in loopdev::mounts_of(&d.mapper.path(n)) {
+                frozen.push(loopdev::freeze(&m).or_else(fail)?);
+            }
+        }
+    }
+    Ok(frozen)
+}
+
+pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res<()> {
+    let Some(dev) = st.devs.get(name) else {
+        return Err(Fail::kind(
+            format!("dm_dev {name} does not exist"),
+            "not_found",
+        ));
+    };
+    if !force {
+        if let Some(why) = busy(d, name, dev) {
+            return Err(Fail::kind(why, "busy"));
+        }
+    }
+    if let Some(l) = &dev.loop_dev {
+        loopdev::detach(l).map_err(|e| Fail::new(1, format!("detaching {l}: {e}")))?;
+    }
+    d.mapper
+        .remove(name)
+        .map_err(|e| Fail::new(1, format!("removing {name}: {e}")))?;
+    let Some(dev) = st.devs.remove(name) else {
+        return Ok(());
+    };
+    dev.alive.store(false, Ordering::SeqCst);
+    dev.volume.flush()?;
+    let cow = dev.cow.clone();
+    drop(dev);
+    d.save_registry(st)
+        .map_err(|e| Fail::new(1, format!("{e:#}")))?;
+    // Close the store once nothing uses it, unless work is running on it.
+    if users_of(st, &cow).is_none() && !st.rolling.iter().any(|(c, _)| *c == cow) {
+        if let Some(e) = st.stores.get(&cow) {
+            if !e.store.cleaning_pending().unwrap_or(false) {
+                e.store.flush()?;
+                st.stores.remove(&cow);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
+    let mut st = d.lock();
+    let names: Vec<String> = st.devs.keys().cloned().collect();
+    if !force {
+        for n in &names {
+            if let Some(why) = st.devs.get(n).and_then(|dev| busy(d, n, dev)) {
+                return Err(Fail::kind(why, "busy"));
+            }
+        }
+    }
+    for n in names {
+        remove(d, &mut st, &n, force)?;
+    }
+    Ok(Response::ok(String::new()))
+}
+
+/// Bring back the dm_devs of the registry.
+pub(crate) fn restore(d: &Arc<Daemon>) {
+    let reg = match registry::load(&paths::registry(&d.run)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot read the registry: {e}");
+            return;
+        }
+    };
+    for e in reg.devices {
+        match create(d, &e.name, &e.table, e.loop_dev, e.read_only, false) {
+            Ok(_) => tracing::info!("restored {}", e.name),
+            Err(f) => tracing::error!("cannot restore {}: {}", e.name, f.msg),
+        }
+    }
+    let st = d.lock();
+    if let Err(e) = d.save_registry(&st) {
+        tracing::error!("{e:#}");
+    }
+}
+
+/// Flush and close everything (shutdown).
+pub(crate) fn close_all(d: &Daemon) {
+    let mut st = d.lock();
+    let names: Vec<String> = st.devs.keys().cloned().collect();
+    for n in names {
+        if let Some(dev) = st.devs.get(&n) {
+            if let Some(l) = &dev.loop_dev {
+                let _ = loopdev::detach(l);
+            }
+        }
+        let _ = d.mapper.remove(&n);
+        if let Some(dev) = st.devs.remove(&n) {
+            let _ = dev.volume.flush();
+        }
+    }
+    for (_, e) in st.stores.drain() {
+        let _ = e.store.flush();
+    }
+}
