@@ -305,3 +305,50 @@ fn misbehaving_clients_do_not_hurt_others() {
     good.write_all(&b).unwrap();
     assert!(closed(&mut good));
 }
+
+#[test]
+fn nbd_over_tcp_only_when_asked() {
+    if !require("nbd_over_tcp_only_when_asked") || !tools_present("nbd_over_tcp_only_when_asked") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 4 * MIB);
+    let cow = env.image("c.img", 16 * MIB);
+    // The daemon started by `dms` listens on no TCP port.
+    env.ok(&["create", "orig", &origin, &cow, "-bF"]);
+    let pid = env.daemon_pid();
+    let ports = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inode_lines: Vec<&str> = ports.lines().filter(|l| l.contains(" 0A ")).collect();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let socket_inodes: Vec<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|p| p.to_string_lossy().strip_prefix("socket:[").map(|s| s.trim_end_matches(']').to_string()))
+        .collect();
+    for l in &inode_lines {
+        let inode = l.split_whitespace().nth(9).unwrap_or("");
+        assert!(!socket_inodes.iter().any(|s| s == inode), "the daemon listens on TCP: {l}");
+    }
+    env.ok(&["shutdown"]);
+    // Asked for, it serves the same exports on TCP.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut daemon = Command::new(bin())
+        .args(["daemon", "--nbd-listen", &format!("127.0.0.1:{port}")])
+        .env("DMS_RUN_DIR", env.run.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = env.run.path().join("control.sock");
+    for _ in 0..200 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let info = run(Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{port}/orig")));
+    assert!(info.contains("export-size: 4194304"), "{info}");
+    run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x5a 0 64k", "-c", "read -P 0x5a 0 64k"]).arg(format!(
+        "nbd://127.0.0.1:{port}/orig"
+    )));
+    env.ok(&["shutdown"]);
+    let _ = daemon.wait();
+}
