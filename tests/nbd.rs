@@ -322,11 +322,18 @@ fn nbd_over_tcp_only_when_asked() {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
     let socket_inodes: Vec<String> = fds
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|p| p.to_string_lossy().strip_prefix("socket:[").map(|s| s.trim_end_matches(']').to_string()))
+        .filter_map(|p| {
+            p.to_string_lossy()
+                .strip_prefix("socket:[")
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
         .collect();
     for l in &inode_lines {
         let inode = l.split_whitespace().nth(9).unwrap_or("");
-        assert!(!socket_inodes.iter().any(|s| s == inode), "the daemon listens on TCP: {l}");
+        assert!(
+            !socket_inodes.iter().any(|s| s == inode),
+            "the daemon listens on TCP: {l}"
+        );
     }
     env.ok(&["shutdown"]);
     // Asked for, it serves the same exports on TCP.
@@ -346,9 +353,16 @@ fn nbd_over_tcp_only_when_asked() {
     }
     let info = run(Command::new("nbdinfo").arg(format!("nbd://127.0.0.1:{port}/orig")));
     assert!(info.contains("export-size: 4194304"), "{info}");
-    run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x5a 0 64k", "-c", "read -P 0x5a 0 64k"]).arg(format!(
-        "nbd://127.0.0.1:{port}/orig"
-    )));
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 64k",
+            "-c",
+            "read -P 0x5a 0 64k",
+        ])
+        .arg(format!("nbd://127.0.0.1:{port}/orig")));
     env.ok(&["shutdown"]);
     let _ = daemon.wait();
 }

@@ -254,7 +254,7 @@ fn main() {
         report.versions_removed,
         t.elapsed().as_secs_f64() * 1e3
     );
-        let t = Instant::now();
+    let t = Instant::now();
     let check = store.check().unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert!(check.is_clean(), "{:?}", check.problems);
@@ -268,7 +268,8 @@ fn main() {
     let cow_path = dir.path().join("cow.img");
     drop((o, oa, store, store_a));
     let t = Instant::now();
-    let reopened = Store::open(std::sync::Arc::new(FileDev::open(&cow_path, true).unwrap())).unwrap();
+    let reopened =
+        Store::open(std::sync::Arc::new(FileDev::open(&cow_path, true).unwrap())).unwrap();
     let opened = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let cold = reopened.check().unwrap();

@@ -172,33 +172,3 @@ impl Codec for SpaceCodec {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exception_keys_round_trip() {
-        let keys = [
-            ExcKey::new(0, 0, 0),
-            ExcKey::new(0, 0, 5),
-            ExcKey::new(0, 3, 1),
-            ExcKey::new(2, 0, 0),
-            ExcKey::new(2, u64::MAX, u32::MAX),
-        ];
-        let mut out = Vec::new();
-        let mut prev = None;
-        for k in &keys {
-            ExceptionCodec::put_key(prev, k, &mut out);
-            prev = Some(k);
-        }
-        let mut r = Reader::new(&out, 0, "t");
-        let mut prev = None;
-        for k in &keys {
-            let got = ExceptionCodec::get_key(prev.as_ref(), &mut r).unwrap();
-            assert_eq!(&got, k);
-            prev = Some(got);
-        }
-        assert!(r.at_end());
-    }
-}

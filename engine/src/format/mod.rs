@@ -153,3 +153,6 @@ pub fn open(block: &[u8], kind: Kind, address: u64) -> Result<Opened<'_>> {
         payload: &block[HEADER_SIZE..HEADER_SIZE + len],
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,46 @@
+use super::*;
+
+#[test]
+fn chain_of_origin_snapshots_runs_newest_to_oldest() {
+    let mut t = VersionTree::new(0);
+    let mut next = 1;
+    let mut ch = vec![];
+    let a = t
+        .snapshot_origin(1, 0, "a".into(), &mut next, &mut ch)
+        .unwrap();
+    let b = t
+        .snapshot_origin(2, 0, "b".into(), &mut next, &mut ch)
+        .unwrap();
+    assert_eq!(t.only_child(0), Some(b));
+    assert_eq!(t.only_child(b), Some(a));
+    assert_eq!(t.nearest(a, [0, b].into_iter()), Some(b));
+    assert_eq!(t.nearest(a, [a, b].into_iter()), Some(a));
+}
+
+#[test]
+fn snapshot_of_a_parent_makes_a_ghost() {
+    let mut t = VersionTree::new(0);
+    let mut next = 1;
+    let mut ch = vec![];
+    let a = t
+        .snapshot_origin(1, 0, "".into(), &mut next, &mut ch)
+        .unwrap();
+    let b = t
+        .snapshot_of(a, 2, 0, "".into(), &mut next, &mut ch)
+        .unwrap();
+    assert_eq!(t.only_child(a), Some(b));
+    let c = t
+        .snapshot_of(a, 3, 0, "".into(), &mut next, &mut ch)
+        .unwrap();
+    let a2 = t.by_tag(1).unwrap();
+    assert_ne!(a2, a);
+    assert!(t.get(a).unwrap().is_ghost());
+    assert_eq!(t.get(a).unwrap().children, vec![b, a2, c]);
+    // Delete two of the three: the ghost then merges into the survivor.
+    t.untag(2);
+    t.untag(3);
+    let plan = t.plan_cleaning(false);
+    assert_eq!(plan.get(&b), Some(&None));
+    assert_eq!(plan.get(&c), Some(&None));
+    assert_eq!(plan.get(&a), Some(&Some(a2)));
+}
