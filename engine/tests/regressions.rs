@@ -303,3 +303,29 @@ fn a_store_holds_65536_origins() {
     assert_eq!(read_all(&st.volume(&last, t).unwrap()), vec![0u8; 4096]);
     assert!(st.check().unwrap().is_clean());
 }
+
+/// A million versions in one store (100 origins of 10,000 snapshots each).
+/// Opt in: `cargo test --release -p dms-engine --test regressions -- --ignored a_store_holds_a_million_versions`
+#[test]
+#[ignore = "builds 1,000,000 versions: about two minutes in release"]
+fn a_store_holds_a_million_versions() {
+    let (cow, st) = store(1 << 30, 1);
+    let per_origin = 10_000u32;
+    for o in 0..100u32 {
+        let id = format!("o{o}");
+        st.bind(&id, Arc::new(MemDev::new("o", 64 * 1024))).unwrap();
+        for _ in 0..per_origin {
+            st.snapshot_origin(&id, "").unwrap();
+        }
+    }
+    let status = st.status().unwrap();
+    assert_eq!(status.used_versions, 100 * (u64::from(per_origin) + 1));
+    assert!(status.used_versions > 1_000_000);
+    // Every version survives a reopen and the metadata checks clean.
+    drop(st);
+    let cow: Dev = cow;
+    let st = Store::open(cow).unwrap();
+    assert_eq!(st.status().unwrap().used_versions, 100 * (u64::from(per_origin) + 1));
+    assert_eq!(st.tags("o99").unwrap().len(), per_origin as usize);
+    assert!(st.check().unwrap().is_clean());
+}
