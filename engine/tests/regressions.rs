@@ -325,7 +325,10 @@ fn a_store_holds_a_million_versions() {
     drop(st);
     let cow: Dev = cow;
     let st = Store::open(cow).unwrap();
-    assert_eq!(st.status().unwrap().used_versions, 100 * (u64::from(per_origin) + 1));
+    assert_eq!(
+        st.status().unwrap().used_versions,
+        100 * (u64::from(per_origin) + 1)
+    );
     assert_eq!(st.tags("o99").unwrap().len(), per_origin as usize);
     assert!(st.check().unwrap().is_clean());
 }
