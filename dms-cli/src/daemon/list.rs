@@ -1,7 +1,7 @@
 //! `dms list`, `dmsetup status` and `dmsetup table`, as text and as data.
 
 use super::handle::Fail;
-use super::{Daemon, State};
+use super::{Daemon, DmDev, State};
 use crate::paths;
 use crate::proto::Response;
 use dms_engine::StoreStatus;
@@ -253,21 +253,45 @@ fn names<'a>(st: &'a State, only: Option<&'a str>) -> Result<Vec<&'a str>, Fail>
     }
 }
 
-/// `dmsetup status`: `0 <sectors> dm-snap-mv <used>/<total> <metadata> <versions>/<max> <state> <cleaning> <rollback>`,
-/// chunk figures in chunks; the last two are `-` when idle, else the
-/// versions left to clean and `<tag>:<done>/<total>`.
-pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
+/// One line per dm_dev as dmsetup prints them: prefixed with the name when
+/// all devices are listed; `line` returns None to skip a device.
+fn per_device(
+    d: &Daemon,
+    only: Option<&str>,
+    line: impl Fn(&State, &DmDev) -> Result<Option<String>, Fail>,
+) -> Result<Response, Fail> {
     let st = d.lock();
     let mut out = String::new();
     let list = names(&st, only)?;
     for n in &list {
-        let dev = &st.devs[*n];
-        let s = st
+        let Some(l) = line(&st, &st.devs[*n])? else {
+            continue;
+        };
+        if only.is_some() {
+            out.push_str(&format!("{l}\n"));
+        } else {
+            out.push_str(&format!("{n}: {l}\n"));
+        }
+    }
+    if list.is_empty() {
+        out.push_str("No devices found\n");
+    }
+    Ok(Response::ok(out))
+}
+
+/// `dmsetup status`: `0 <sectors> dm-snap-mv <used>/<total> <metadata> <versions>/<max> <state> <cleaning> <rollback>`,
+/// chunk figures in chunks; the last two are `-` when idle, else the
+/// versions left to clean and `<tag>:<left>/<total>` chunks left to merge.
+pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
+    per_device(d, only, |st, dev| {
+        let Some(s) = st
             .stores
             .get(&dev.cow)
             .map(|e| e.store.status())
-            .transpose()?;
-        let Some(s) = s else { continue };
+            .transpose()?
+        else {
+            return Ok(None);
+        };
         let o = s.origins.iter().find(|o| o.id == dev.origin_id);
         let meta_chunks = s.metadata_pages.div_ceil(u64::from(s.chunk_pages));
         let cleaning = o
@@ -279,7 +303,7 @@ pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
                 // Chunks left, falling to 0 as the rollback goes on.
                 format!("{t}:{}/{total}", total.saturating_sub(done))
             });
-        let line = format!(
+        Ok(Some(format!(
             "0 {} dm-snap-mv {}/{} {} {}/{} {} {} {}",
             dev.sectors,
             s.used_chunks,
@@ -290,38 +314,16 @@ pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
             cow_status(&s),
             cleaning,
             rollback
-        );
-        if only.is_some() {
-            out.push_str(&format!("{line}\n"));
-        } else {
-            out.push_str(&format!("{n}: {line}\n"));
-        }
-    }
-    if list.is_empty() {
-        out.push_str("No devices found\n");
-    }
-    Ok(Response::ok(out))
+        )))
+    })
 }
 
 pub fn table(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
-    let st = d.lock();
-    let mut out = String::new();
-    let list = names(&st, only)?;
-    for n in &list {
-        let dev = &st.devs[*n];
-        let line = format!(
+    per_device(d, only, |_, dev| {
+        Ok(Some(format!(
             "0 {} dm-snap-mv {}",
             dev.sectors,
             dms_engine::table::format_target(&dev.target)
-        );
-        if only.is_some() {
-            out.push_str(&format!("{line}\n"));
-        } else {
-            out.push_str(&format!("{n}: {line}\n"));
-        }
-    }
-    if list.is_empty() {
-        out.push_str("No devices found\n");
-    }
-    Ok(Response::ok(out))
+        )))
+    })
 }
