@@ -211,3 +211,43 @@ def test_seed_usage_example_embedded(images):
         raw = f.read(16384)
     assert raw[orig_mark : orig_mark + 4] == b"orig" and raw[after_mark : after_mark + 4] == b"aftr"
     assert raw[snap1_mark : snap1_mark + 4] == b"snp1" and raw[snap2_mark : snap2_mark + 4] == b"snp2"
+
+
+def test_a_failed_commit_fails_the_store(tmp_path, images):
+    """A COW device whose filesystem fills up: the write that hits it is an
+    IOFailure (an OSError), a commit that cannot write its metadata fails the
+    store, and every call after that is StoreFailedError until it is reopened."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        cow = str(small / "cow.img")
+        with open(cow, "wb") as f:
+            f.truncate(64 * MIB)  # sparse: the filesystem runs out long before the file does
+        st = dms.Store.format(cow)
+        st.bind("o", images("o.img", 16 * MIB))
+        st.snapshot("o")
+        with pytest.raises(dms.StoreFailedError):
+            with st.volume("o") as v:
+                for k in range(4096):
+                    try:
+                        v.write(k * 4096, b"x" * 4096)
+                    except dms.IOFailure as e:
+                        # A data write that hits the full filesystem.
+                        assert isinstance(e, OSError)
+                    if k % 64 == 63:
+                        st.flush()
+        with pytest.raises(dms.StoreFailedError):
+            st.snapshot("o")
+        st_status = st.status()
+        assert st_status.valid is False
+    finally:
+        try:
+            st.close()
+        except Exception:
+            pass
+        subprocess.run(["umount", "-l", str(small)], check=False)
