@@ -28,44 +28,20 @@ impl Store {
             None => None,
         };
         let mut out = Vec::new();
-        let mut from = 0u64;
-        loop {
-            let batch = m.exception_range(index, from, 4096)?;
-            let Some(last) = batch.last().map(|(k, _)| k.chunk) else {
-                break;
-            };
-            let o = m.origin_ref(index)?;
-            for (k, v) in &batch {
-                if only.is_some_and(|x| x != k.version) {
-                    continue;
-                }
-                out.push(ExceptionEntry {
-                    chunk: k.chunk,
-                    version: k.version,
-                    tag: o.tree.get(k.version).map_or(0, |x| x.tag),
-                    cow_chunk: (*v != MERGED).then_some(*v),
-                });
-            }
-            if batch.len() < 4096 {
-                break;
-            }
-            // The last chunk may be cut short: read it again in full.
-            out.retain(|e| e.chunk < last);
-            from = last;
-            let rest = m.exceptions(index, last)?;
-            let o = m.origin_ref(index)?;
-            for (version, v) in rest {
+        for c in chunks_with_exceptions(&mut m, index)? {
+            let excs = m.exceptions(index, c)?;
+            let tree = &m.origin_ref(index)?.tree;
+            for (version, v) in excs {
                 if only.is_some_and(|x| x != version) {
                     continue;
                 }
                 out.push(ExceptionEntry {
-                    chunk: last,
+                    chunk: c,
                     version,
-                    tag: o.tree.get(version).map_or(0, |x| x.tag),
+                    tag: tree.get(version).map_or(0, |x| x.tag),
                     cow_chunk: (v != MERGED).then_some(v),
                 });
             }
-            from += 1;
         }
         Ok(out)
     }
@@ -84,32 +60,37 @@ impl Store {
             });
         }
         let mut out = Vec::new();
-        let mut from = 0u64;
-        loop {
-            let batch = m.exception_range(index, from, 4096)?;
-            let Some(last) = batch.last().map(|(k, _)| k.chunk) else {
-                break;
+        for c in chunks_with_exceptions(&mut m, index)? {
+            let excs = m.exceptions(index, c)?;
+            let tree = &m.origin_ref(index)?.tree;
+            let same = match (resolve(tree, va, &excs), resolve(tree, vb, &excs)) {
+                (Src::Origin, Src::Origin) => true,
+                (Src::Cow(p), Src::Cow(q)) => p == q,
+                _ => false,
             };
-            let mut chunks: Vec<u64> = batch.iter().map(|(k, _)| k.chunk).collect();
-            chunks.dedup();
-            for c in chunks {
-                let excs = m.exceptions(index, c)?;
-                let tree = &m.origin_ref(index)?.tree;
-                let (x, y) = (resolve(tree, va, &excs), resolve(tree, vb, &excs));
-                let same = match (x, y) {
-                    (Src::Origin, Src::Origin) => true,
-                    (Src::Cow(p), Src::Cow(q)) => p == q,
-                    _ => false,
-                };
-                if !same {
-                    out.push(c);
-                }
+            if !same {
+                out.push(c);
             }
-            if batch.len() < 4096 {
-                break;
-            }
-            from = last + 1;
         }
         Ok(out)
     }
+}
+
+/// The chunks of an origin that have any exception, ascending.
+fn chunks_with_exceptions(m: &mut super::Meta, index: u32) -> Result<Vec<u64>> {
+    let mut chunks = Vec::new();
+    let mut from = 0u64;
+    loop {
+        let batch = m.exception_range(index, from, 4096)?;
+        let Some(last) = batch.last().map(|(k, _)| k.chunk) else {
+            break;
+        };
+        chunks.extend(batch.iter().map(|(k, _)| k.chunk));
+        chunks.dedup();
+        if batch.len() < 4096 {
+            break;
+        }
+        from = last + 1;
+    }
+    Ok(chunks)
 }
