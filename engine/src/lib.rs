@@ -16,6 +16,7 @@ pub mod io;
 mod space;
 mod store;
 pub mod table;
+pub mod testing;
 mod versions;
 mod volume;
 

@@ -182,6 +182,11 @@ pub fn parse_target(args: &[String]) -> Result<Target, ParseError> {
     if id.as_deref() == Some("") {
         return err("-i needs a non-empty origin id");
     }
+    if let Some(v) = id.as_deref().filter(|v| v.starts_with('-')) {
+        // `-i -b` is a forgotten id far more often than an id; and an id
+        // that looks like an option could not be printed back unambiguously.
+        return err(format!("invalid origin id {v:?}: it cannot start with '-'"));
+    }
     match cmd.as_str() {
         "co" => {
             let [origin_dev, cow_dev] = <[String; 2]>::try_from(pos).map_err(|p| {
@@ -366,10 +371,11 @@ pub fn quote(s: &str) -> String {
             .any(|c| c.is_whitespace() || c == '"' || c == '\'')
     {
         s.to_string()
-    } else if !s.contains('\'') {
-        format!("'{s}'")
     } else {
-        format!("\"{s}\"")
+        // Single quotes keep everything but themselves; a single quote is
+        // written as `'"'"'` (close, a double-quoted one, reopen), which
+        // `split_words` joins back into the one word.
+        format!("'{}'", s.replace('\'', "'\"'\"'"))
     }
 }
 

@@ -2,8 +2,9 @@
 //! the previous key of the same node, so runs of neighbouring keys cost a
 //! byte or two each.
 
+use super::Loader;
 use crate::error::Result;
-use crate::format::{varint, varint::Reader, Kind};
+use crate::format::{self, varint, varint::Reader, Kind};
 use std::fmt::Debug;
 
 /// Packing rules for one kind of tree.
@@ -18,6 +19,11 @@ pub trait Codec: Sized + 'static {
     fn get_key(prev: Option<&Self::Key>, r: &mut Reader) -> Result<Self::Key>;
     fn put_value(prev: Option<&Self::Value>, value: &Self::Value, out: &mut Vec<u8>);
     fn get_value(prev: Option<&Self::Value>, r: &mut Reader) -> Result<Self::Value>;
+    /// Whether a decoded leaf value can be used on this device (a pointer
+    /// read from disk is bounded before anything follows it).
+    fn check_value(_value: &Self::Value, _io: &Loader) -> std::result::Result<(), &'static str> {
+        Ok(())
+    }
 }
 
 /// Key of the exception tree: "for `chunk` of `origin`, `version` has its own
@@ -131,6 +137,19 @@ impl Codec for ExceptionCodec {
             None => r.get()?,
         })
     }
+
+    fn check_value(chunk: &u64, io: &Loader) -> std::result::Result<(), &'static str> {
+        // A COW chunk lies past the superblocks and inside the device; the
+        // one other value is a rollback's MERGED marker.
+        let pages = u64::from(io.chunk_pages);
+        match chunk.checked_add(1).and_then(|end| end.checked_mul(pages)) {
+            _ if *chunk == crate::volume::MERGED => Ok(()),
+            Some(end) if end <= io.page_count && chunk * pages >= format::SUPERBLOCK_SLOTS => {
+                Ok(())
+            }
+            _ => Err("exception points outside the device's data chunks"),
+        }
+    }
 }
 
 /// The space tree: bitmap block index -> (page holding it, free pages in it).
@@ -170,5 +189,15 @@ impl Codec for SpaceCodec {
             page: r.get()?,
             free: r.get_u32()?,
         })
+    }
+
+    fn check_value(v: &SpaceEntry, io: &Loader) -> std::result::Result<(), &'static str> {
+        if v.page < format::SUPERBLOCK_SLOTS || v.page >= io.page_count {
+            return Err("bitmap page out of range");
+        }
+        if u64::from(v.free) > crate::space::PAGES_PER_BITMAP {
+            return Err("free count larger than a bitmap block covers");
+        }
+        Ok(())
     }
 }

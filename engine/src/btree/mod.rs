@@ -38,6 +38,8 @@ pub struct Loader<'a> {
     pub max_generation: u64,
     /// Pages on the device; child pointers must fall below.
     pub page_count: u64,
+    /// Pages per data chunk; exceptions must point at whole chunks inside.
+    pub chunk_pages: u32,
 }
 
 impl Loader<'_> {
@@ -161,6 +163,7 @@ impl<C: Codec> Node<C> {
                         return Err(r.err("keys out of order"));
                     }
                 }
+                C::check_value(&v, loader).map_err(|why| r.err(why))?;
                 entries.push((k, v));
             }
             Node::Leaf(entries)

@@ -66,9 +66,10 @@ fn matches_a_btreemap_through_commits_and_reloads() {
                 dev: &dev,
                 max_generation: round,
                 page_count: 1 << 20,
+                chunk_pages: 1,
             };
             if r % 5 < 3 {
-                let v = r >> 40;
+                let v = (r >> 45) + 2;
                 assert_eq!(
                     tree.insert(&io, &mut alloc, k, v).unwrap(),
                     model.insert(k, v)
@@ -88,6 +89,7 @@ fn matches_a_btreemap_through_commits_and_reloads() {
             dev: &dev,
             max_generation: round + 1,
             page_count: 1 << 20,
+            chunk_pages: 1,
         };
         let mut c = Collect(vec![], vec![]);
         tree.walk(&io, &mut c).unwrap();
@@ -109,6 +111,7 @@ fn matches_a_btreemap_through_commits_and_reloads() {
         dev: &dev,
         max_generation: 100,
         page_count: 1 << 20,
+        chunk_pages: 1,
     };
     for k in keys {
         assert!(tree.remove(&io, &mut alloc, &k).unwrap().is_some());
@@ -131,9 +134,10 @@ fn a_flipped_byte_is_a_typed_error() {
         dev: &dev,
         max_generation: 1,
         page_count: 4096,
+        chunk_pages: 1,
     };
     for i in 0..3000u64 {
-        tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), i * 7)
+        tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), (i * 7) % 4000 + 2)
             .unwrap();
     }
     for (page, block) in tree.take_dirty(1) {

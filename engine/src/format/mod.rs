@@ -81,7 +81,7 @@ pub const PAYLOAD_SIZE: usize = PAGE_SIZE - HEADER_SIZE;
 
 const CHECKSUM_CONTEXT: &[u8] = b"dms metadata block v1";
 
-fn checksum(block: &[u8]) -> [u8; 16] {
+pub(crate) fn checksum(block: &[u8]) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(CHECKSUM_CONTEXT);
     h.update(&block[16..]);

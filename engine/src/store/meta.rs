@@ -110,6 +110,7 @@ pub(crate) fn loader<'a>(cow: &'a Dev, sb: &Superblock) -> Loader<'a> {
         dev: &**cow,
         max_generation: sb.generation,
         page_count: sb.page_count,
+        chunk_pages: sb.chunk_pages,
     }
 }
 

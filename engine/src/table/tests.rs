@@ -108,4 +108,14 @@ fn quoting() {
     assert!(split_words("a 'b").is_err());
     assert_eq!(quote("x y"), "'x y'");
     assert_eq!(quote(""), "''");
+    // An origin id that looks like an option is refused, not misread.
+    for bad in ["co a b -i -b", "co a b -i-cA", "cs a b 1 -i -x"] {
+        let e = parse_target(&w(bad)).unwrap_err();
+        assert!(e.0.contains("cannot start with '-'"), "{bad}: {e}");
+    }
+    // A word with both kinds of quote survives the trip through a line.
+    for word in [r#"it's "x""#, "'", r#"""#, r#"'"'"#, "a' b"] {
+        let line = format!("co {} b", quote(word));
+        assert_eq!(split_words(&line).unwrap(), vec!["co", word, "b"], "{line}");
+    }
 }
