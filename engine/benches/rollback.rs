@@ -27,6 +27,16 @@ fn fill(v: &Volume, byte: u8) {
     }
 }
 
+/// Fill the origin with `byte`, snapshot it, fill it with `byte + 1`: every
+/// chunk then differs between the origin and the returned tag.
+fn prepare(store: &Store, o: &Volume, byte: u8) -> u32 {
+    fill(o, byte);
+    let tag = store.snapshot_origin(ORIGIN, "bench").unwrap();
+    fill(o, byte + 1);
+    store.flush().unwrap();
+    tag
+}
+
 /// Random 4 KiB writes for `secs` seconds (or until `until` is set); IOPS.
 fn write_iops(v: &Volume, rng: &mut impl Rng, secs: f64, until: Option<&AtomicBool>) -> (f64, u64) {
     let buf = vec![0x77u8; 4096];
@@ -96,27 +106,26 @@ fn main() {
     .unwrap();
     store.bind(ORIGIN, origin).unwrap();
     let o = store.volume(ORIGIN, 0).unwrap();
-    fill(&o, 0xA0);
-    let t1 = store.snapshot_origin(ORIGIN, "A").unwrap();
-    fill(&o, 0xB0);
-    store.flush().unwrap();
-
-    // Foreground rollback of the whole origin.
-    let t = Instant::now();
-    store.rollback(ORIGIN, t1).unwrap();
-    let s = t.elapsed().as_secs_f64();
-    println!(
-        "rollback of {mib} MiB (every chunk differs): {:.2} s, {:.0} MiB/s",
-        s,
-        mib as f64 / s
-    );
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    // Foreground rollbacks of the whole origin, one thread and several.
+    for w in [1, workers] {
+        let tag = prepare(&store, &o, 0xA0);
+        store.set_rollback_workers(w);
+        let t = Instant::now();
+        store.rollback(ORIGIN, tag).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "rollback of {mib} MiB (every chunk differs), {w} thread(s): {:.2} s, {:.0} MiB/s",
+            s,
+            mib as f64 / s
+        );
+        store.delete(ORIGIN, tag).unwrap();
+        store.clean().unwrap();
+    }
 
     // Foreground writes without and with a background rollback.
     let (plain, _) = write_iops(&o, &mut rng, 3.0, None);
-    fill(&o, 0xC0);
-    let t2 = store.snapshot_origin(ORIGIN, "C").unwrap();
-    fill(&o, 0xD0);
-    store.flush().unwrap();
+    let t2 = prepare(&store, &o, 0xC0);
     // Rewrites after the fill need no copy-out: compare like with like.
     let (base, _) = write_iops(&o, &mut rng, 3.0, None);
     store.rollback_start(ORIGIN, t2).unwrap();
@@ -134,8 +143,27 @@ fn main() {
     let secs = bg.join().unwrap();
     println!("origin 4 KiB random writes, no rollback running: {plain:.0} IOPS (rewrites, no copy-out: {base:.0} IOPS)");
     println!(
-        "origin 4 KiB random writes during a background rollback: {during:.0} IOPS ({n} writes; the rollback took {secs:.2} s, {:.0} MiB/s)",
+        "origin 4 KiB random writes during a background rollback ({workers} thread(s)): {during:.0} IOPS, {:.0}% of the rewrites ({n} writes; the rollback took {secs:.2} s, {:.0} MiB/s)",
+        100.0 * during / base,
         mib as f64 / secs
+    );
+    // Foreground writes while the cleaner frees a deleted snapshot's chunks.
+    store.delete(ORIGIN, t2).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let bg = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = store.clean().unwrap();
+            done.store(true, Ordering::SeqCst);
+            (t.elapsed().as_secs_f64(), r.chunks_freed)
+        })
+    };
+    let (during, n) = write_iops(&o, &mut rng, 60.0, Some(&done));
+    let (secs, freed) = bg.join().unwrap();
+    println!(
+        "origin 4 KiB random writes during background cleaning: {during:.0} IOPS, {:.0}% of the rewrites ({n} writes; the cleaner freed {freed} chunks in {secs:.2} s)",
+        100.0 * during / base
     );
     let report = store.check().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);

@@ -191,3 +191,113 @@ fn overlapping_writers_and_readers_chunk_1() {
 fn overlapping_writers_and_readers_chunk_4() {
     run(4);
 }
+
+/// A background rollback merging with several threads while writers change
+/// the origin (partial chunks, which merge first, and whole chunks, which
+/// only mark) and readers watch two snapshots: the writes land, the rest of
+/// the origin is the snapshot's content, the snapshots never change.
+#[test]
+fn a_parallel_rollback_under_origin_writers_and_snapshot_readers() {
+    const SIZE: usize = 16 << 20;
+    const CB: usize = 4096;
+    let a = pattern(SIZE, 0x11);
+    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &a));
+    let cow: Dev = Arc::new(MemDev::new("cow", 64 << 20));
+    let store = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+    store.set_rollback_workers(4);
+    store.bind(ORIGIN, origin.clone()).unwrap();
+    let o = store.volume(ORIGIN, 0).unwrap();
+    let t1 = store.snapshot_origin(ORIGIN, "A").unwrap();
+    let b = pattern(SIZE, 0x22);
+    o.write_at(&b, 0).unwrap();
+    let t2 = store.snapshot_origin(ORIGIN, "B").unwrap();
+    // The origin differs from both snapshots on every other chunk.
+    for c in (0..SIZE / CB).step_by(2) {
+        o.write_at(&[0xcc; CB], (c * CB) as u64).unwrap();
+    }
+    store.rollback_start(ORIGIN, t1).unwrap();
+    let bg = {
+        let store = store.clone();
+        std::thread::spawn(move || store.finish_rollback(ORIGIN))
+    };
+    let mut writers = Vec::new();
+    for t in 0..3usize {
+        let store = store.clone();
+        writers.push(std::thread::spawn(move || {
+            let o = store.volume(ORIGIN, 0).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+            let mut mine: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut during = 0;
+            for i in 0..2000 {
+                // Thread t owns the chunks c with c % 3 == t.
+                let c = rng.gen_range(0..SIZE / CB / 3) * 3 + t;
+                let (off, len) = if i % 4 == 0 {
+                    (0, CB)
+                } else {
+                    let off = rng.gen_range(0..CB - 1);
+                    (off, rng.gen_range(1..=CB - off))
+                };
+                let data = vec![(i as u8) | 1; len];
+                let at = c * CB + off;
+                during += usize::from(store.rollback_pending(ORIGIN).unwrap().is_some());
+                o.write_at(&data, at as u64).unwrap();
+                mine.push((at, data));
+            }
+            (mine, during)
+        }));
+    }
+    let mut readers = Vec::new();
+    for (tag, want) in [(t1, a.clone()), (t2, b.clone())] {
+        let store = store.clone();
+        readers.push(std::thread::spawn(move || {
+            let v = store.volume(ORIGIN, tag).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(tag) + 50);
+            for _ in 0..300 {
+                let off = rng.gen_range(0..SIZE - 65536);
+                let mut buf = vec![0u8; rng.gen_range(1..65536)];
+                v.read_at(&mut buf, off as u64).unwrap();
+                assert!(
+                    buf == want[off..off + buf.len()],
+                    "tag {tag} changed at {off}"
+                );
+            }
+        }));
+    }
+    let mut want = a.clone();
+    let mut during = 0;
+    for w in writers {
+        let (mine, n) = w.join().unwrap();
+        for (at, data) in mine {
+            want[at..at + data.len()].copy_from_slice(&data);
+        }
+        during += n;
+    }
+    assert!(during > 100, "only {during} writes met the rollback");
+    for r in readers {
+        r.join().unwrap();
+    }
+    bg.join().unwrap().unwrap();
+    assert_eq!(store.rollback_pending(ORIGIN).unwrap(), None);
+    let check = |store: &Store| {
+        assert!(
+            read_all(&store.volume(ORIGIN, 0).unwrap()) == want,
+            "origin"
+        );
+        assert!(
+            read_all(&store.volume(ORIGIN, t1).unwrap()) == a,
+            "tag {t1}"
+        );
+        assert!(
+            read_all(&store.volume(ORIGIN, t2).unwrap()) == b,
+            "tag {t2}"
+        );
+        let report = store.check().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+    };
+    check(&store);
+    drop(o);
+    drop(store);
+    let store = Store::open(cow).unwrap();
+    store.attach(ORIGIN, origin).unwrap();
+    check(&store);
+}

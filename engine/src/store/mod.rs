@@ -33,7 +33,7 @@ use crate::format::{Superblock, PAGE_SIZE, SUPERBLOCK_SLOTS};
 use crate::io::Dev;
 use crate::space::SpaceMap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Smallest and largest chunk size, in 4 KiB pages.
@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     /// Origins written since their last sync: a commit that syncs origins
     /// visits only these, not every bound origin.
     pub(crate) dirty_origins: Mutex<Vec<u32>>,
+    /// Threads a rollback merges with (see [`Store::set_rollback_workers`]).
+    pub(crate) rollback_workers: AtomicUsize,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -235,8 +237,17 @@ impl Store {
                 failed: Mutex::new(None),
                 chunk_bytes,
                 dirty_origins: Mutex::new(Vec::new()),
+                rollback_workers: AtomicUsize::new(default_rollback_workers()),
             }),
         }
+    }
+
+    /// How many threads a rollback merges with (at least 1). The default
+    /// is the number of CPUs, at most 4; `DMS_ROLLBACK_WORKERS` overrides it.
+    pub fn set_rollback_workers(&self, n: usize) {
+        self.inner
+            .rollback_workers
+            .store(n.max(1), Ordering::Relaxed);
     }
 
     /// Chunk size in bytes.
@@ -248,6 +259,14 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
+}
+
+fn default_rollback_workers() -> usize {
+    std::env::var("DMS_ROLLBACK_WORKERS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+        .max(1)
 }
 
 impl Inner {

@@ -15,15 +15,19 @@
 //! crash is harmless: it writes the same data again.
 
 use super::ops::new_version;
-use super::{Inner, Store};
+use super::{lock, Inner, Store};
 use crate::error::{Error, Result};
 use crate::versions::record::{flags, RollbackState};
 use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
 use std::collections::BTreeSet;
 
-use std::sync::PoisonError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
+/// Exceptions the scanner reads per batch; its cursor moves per batch.
 const BATCH: usize = 1024;
+/// Chunks merged under one set of stripe locks.
+const GROUP: usize = 32;
 
 impl Store {
     /// Make the origin read as snapshot `tag` reads now; every other version
@@ -120,17 +124,7 @@ impl Store {
                 let last = chunks.last().copied().unwrap_or(rb.cursor);
                 (chunks.into_iter().collect::<Vec<u64>>(), last)
             };
-            let stripes: Vec<_> = inner
-                .stripe_set(index, chunks.iter().copied())
-                .into_iter()
-                .map(|i| {
-                    inner
-                        .stripe_at(i)
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                })
-                .collect();
-            inner.merge_for_rollback(index, &chunks, false)?;
+            inner.merge_in_parallel(index, &chunks)?;
             let mut m = inner.meta()?;
             if let Some(r) = m.origin_mut(index)?.rec.rollback.as_mut() {
                 r.cursor = r.cursor.max(last + 1);
@@ -139,7 +133,6 @@ impl Store {
             m.needs_origin_sync = true;
             let txn = m.txn;
             drop(m);
-            drop(stripes);
             batches += 1;
             // Commit now and then so a restart redoes little.
             if batches % 32 == 0 {
@@ -150,6 +143,58 @@ impl Store {
 }
 
 impl Inner {
+    /// Merge a scanner batch: small groups of chunks, each under its own
+    /// stripe locks (so foreground I/O to other chunks goes on), by up to
+    /// `rollback_workers` threads at once. The caller holds the origin's
+    /// shape lock shared.
+    fn merge_in_parallel(&self, index: u32, chunks: &[u64]) -> Result<()> {
+        let groups: Vec<&[u64]> = chunks.chunks(GROUP).collect();
+        let next = AtomicUsize::new(0);
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(group) = groups.get(i) else {
+                return;
+            };
+            if lock(&failed).is_some() {
+                return;
+            }
+            let stripes: Vec<_> = self
+                .stripe_set(index, group.iter().copied())
+                .into_iter()
+                .map(|i| {
+                    self.stripe_at(i)
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                })
+                .collect();
+            let res = self.merge_for_rollback(index, group, false);
+            drop(stripes);
+            if let Err(e) = res {
+                lock(&failed).get_or_insert(e);
+                return;
+            }
+        };
+        let workers = self
+            .rollback_workers
+            .load(Ordering::Relaxed)
+            .clamp(1, groups.len().max(1));
+        if workers == 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 1..workers {
+                    s.spawn(work);
+                }
+                work();
+            });
+        }
+        match failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Mark chunks of a running rollback merged without merging their data:
     /// for writes that replace the whole chunk. The caller holds the stripes.
     pub(crate) fn mark_merged(&self, index: u32, chunks: &[u64]) -> Result<()> {
