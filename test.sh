@@ -27,6 +27,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --release -p dms-cli
 export DMS_BIN="$PWD/target/release/dms"
 cargo test --workspace
+# The model test again with rollbacks merged in one-chunk groups by four
+# threads, so that its small origins go through the parallel merge too.
+DMS_ROLLBACK_GROUP=1 DMS_ROLLBACK_WORKERS=4 DMS_MODEL_CASES=300 \
+    cargo test -p dms-engine --test model
+# The fuzz targets still compile (fuzz/run.sh runs them with cargo fuzz).
+cargo check -q --manifest-path fuzz/Cargo.toml --bins
 # The Python module, built with maturin into a venv, and its tests.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade maturin pytest typing_extensions

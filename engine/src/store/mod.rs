@@ -88,6 +88,10 @@ pub(crate) struct Inner {
     pub(crate) dirty_origins: Mutex<Vec<u32>>,
     /// Threads a rollback merges with (see [`Store::set_rollback_workers`]).
     pub(crate) rollback_workers: AtomicUsize,
+    /// Chunks a rollback merges under one set of stripe locks (32;
+    /// `DMS_ROLLBACK_GROUP` sets it smaller to test the parallel merge
+    /// with small origins).
+    pub(crate) rollback_group: usize,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -238,6 +242,7 @@ impl Store {
                 chunk_bytes,
                 dirty_origins: Mutex::new(Vec::new()),
                 rollback_workers: AtomicUsize::new(default_rollback_workers()),
+                rollback_group: env_usize("DMS_ROLLBACK_GROUP").unwrap_or(32).clamp(1, 1024),
             }),
         }
     }
@@ -261,10 +266,14 @@ impl Store {
     }
 }
 
-fn default_rollback_workers() -> usize {
-    std::env::var("DMS_ROLLBACK_WORKERS")
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
+}
+
+fn default_rollback_workers() -> usize {
+    env_usize("DMS_ROLLBACK_WORKERS")
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
         .max(1)
 }

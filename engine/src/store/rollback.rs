@@ -26,8 +26,6 @@ use std::sync::{Mutex, PoisonError};
 
 /// Exceptions the scanner reads per batch; its cursor moves per batch.
 const BATCH: usize = 1024;
-/// Chunks merged under one set of stripe locks.
-const GROUP: usize = 32;
 
 impl Store {
     /// Make the origin read as snapshot `tag` reads now; every other version
@@ -148,7 +146,7 @@ impl Inner {
     /// `rollback_workers` threads at once. The caller holds the origin's
     /// shape lock shared.
     fn merge_in_parallel(&self, index: u32, chunks: &[u64]) -> Result<()> {
-        let groups: Vec<&[u64]> = chunks.chunks(GROUP).collect();
+        let groups: Vec<&[u64]> = chunks.chunks(self.rollback_group).collect();
         let next = AtomicUsize::new(0);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
         let work = || loop {
