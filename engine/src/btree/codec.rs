@@ -15,6 +15,9 @@ pub trait Codec: Sized + 'static {
     const KIND: Kind;
     /// Upper bound on the encoded bytes of one entry, leaf or internal.
     const MAX_ENTRY: usize;
+    /// Lower bound on the encoded bytes of one entry, leaf or internal
+    /// (every key and every value or child pointer is at least one varint).
+    const MIN_ENTRY: usize = 2;
     fn put_key(prev: Option<&Self::Key>, key: &Self::Key, out: &mut Vec<u8>);
     fn get_key(prev: Option<&Self::Key>, r: &mut Reader) -> Result<Self::Key>;
     fn put_value(prev: Option<&Self::Value>, value: &Self::Value, out: &mut Vec<u8>);
@@ -54,6 +57,8 @@ impl Codec for ExceptionCodec {
     type Value = u64;
     const KIND: Kind = Kind::ExceptionNode;
     const MAX_ENTRY: usize = 5 + 10 + 5 + 10;
+    // Three varints of key and one of value or child.
+    const MIN_ENTRY: usize = 4;
 
     fn put_key(prev: Option<&ExcKey>, k: &ExcKey, out: &mut Vec<u8>) {
         match prev {

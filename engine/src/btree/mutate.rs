@@ -276,7 +276,12 @@ impl<C: Codec> Tree<C> {
             }
             return Ok(());
         }
-        if len < 2 || child_node.encoded_len() >= PAYLOAD_SIZE / 4 {
+        // A node with many entries is surely big enough: no need to encode
+        // it (this runs on every removal).
+        if len < 2
+            || child_node.len() * C::MIN_ENTRY >= PAYLOAD_SIZE / 4
+            || child_node.encoded_len() >= PAYLOAD_SIZE / 4
+        {
             return Ok(());
         }
         let (a, b) = if i + 1 < len { (i, i + 1) } else { (i - 1, i) };

@@ -26,6 +26,7 @@ pub struct CleanReport {
 impl Store {
     /// Clean every origin until nothing is left to clean.
     pub fn clean(&self) -> Result<CleanReport> {
+        let _bg = super::Background::enter();
         let mut report = CleanReport::default();
         let origins: Vec<u32> = self.inner.meta()?.origins.keys().copied().collect();
         for index in origins {

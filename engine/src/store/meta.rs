@@ -392,7 +392,11 @@ impl Meta {
             &mut self.space.alloc,
             &ExcKey::new(origin, chunk, version),
         )?;
-        self.chunk_txn.insert((origin, chunk), self.txn);
+        // No entry in `chunk_txn`: a removal only makes versions read more
+        // from their ancestors, so the durable state, which still has the
+        // exception, relies on the origin's or a snapshot's data no more
+        // than the new one does, and an overwrite need not wait for it.
+        // (A relabel's insert does record the chunk.)
         if let Some(o) = self.origins.get_mut(&origin) {
             o.owned.forget(version, chunk);
         }

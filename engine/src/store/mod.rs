@@ -32,9 +32,10 @@ use crate::error::{Error, Result};
 use crate::format::{Superblock, PAGE_SIZE, SUPERBLOCK_SLOTS};
 use crate::io::Dev;
 use crate::space::SpaceMap;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
 
 /// Smallest and largest chunk size, in 4 KiB pages.
 pub const MIN_CHUNK_PAGES: u32 = 1;
@@ -92,6 +93,8 @@ pub(crate) struct Inner {
     /// `DMS_ROLLBACK_GROUP` sets it smaller to test the parallel merge
     /// with small origins).
     pub(crate) rollback_group: usize,
+    /// Foreground threads waiting for the metadata lock.
+    fg_waiting: AtomicUsize,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -242,6 +245,7 @@ impl Store {
                 chunk_bytes,
                 dirty_origins: Mutex::new(Vec::new()),
                 rollback_workers: AtomicUsize::new(default_rollback_workers()),
+                fg_waiting: AtomicUsize::new(0),
                 rollback_group: env_usize("DMS_ROLLBACK_GROUP").unwrap_or(32).clamp(1, 1024),
             }),
         }
@@ -263,6 +267,26 @@ impl Store {
     /// Make every completed write, on every origin and snapshot, durable.
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+}
+
+thread_local! {
+    /// Whether this thread runs a background job (see [`Inner::meta`]).
+    static BACKGROUND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as running a background job until dropped.
+pub(crate) struct Background(bool);
+
+impl Background {
+    pub(crate) fn enter() -> Background {
+        Background(BACKGROUND.with(|b| b.replace(true)))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        BACKGROUND.with(|b| b.set(self.0));
     }
 }
 
@@ -295,9 +319,32 @@ impl Inner {
     }
 
     /// Lock the metadata, refusing if the store has failed.
+    /// The metadata lock. Background jobs (rollback merges, cleaning) let
+    /// foreground I/O that is waiting for it go first: the lock is not
+    /// fair, and a job that takes it once per chunk would otherwise win it
+    /// back again and again while a writer waits.
     pub(crate) fn meta(&self) -> Result<MutexGuard<'_, Meta>> {
         self.check_failed()?;
-        Ok(lock(&self.meta))
+        if BACKGROUND.with(Cell::get) {
+            // Bounded, so that a busy foreground slows a job but never
+            // stops it.
+            for _ in 0..1000 {
+                if self.fg_waiting.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            return Ok(lock(&self.meta));
+        }
+        match self.meta.try_lock() {
+            Ok(g) => return Ok(g),
+            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        self.fg_waiting.fetch_add(1, Ordering::AcqRel);
+        let g = lock(&self.meta);
+        self.fg_waiting.fetch_sub(1, Ordering::AcqRel);
+        Ok(g)
     }
 
     fn stripe_index(origin: u32, chunk: u64) -> usize {

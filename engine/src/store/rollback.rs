@@ -15,7 +15,7 @@
 //! crash is harmless: it writes the same data again.
 
 use super::ops::new_version;
-use super::{lock, Inner, Store};
+use super::{lock, Background, Inner, Store};
 use crate::error::{Error, Result};
 use crate::versions::record::{flags, RollbackState};
 use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
@@ -90,6 +90,7 @@ impl Store {
     /// Merge every chunk not merged yet, then end the rollback (also after a
     /// restart). Foreground I/O goes on meanwhile.
     pub fn finish_rollback(&self, origin_id: &str) -> Result<()> {
+        let _bg = Background::enter();
         let inner = &self.inner;
         let index = inner.meta()?.origin(origin_id)?;
         let mut batches = 0u64;
@@ -182,7 +183,10 @@ impl Inner {
         } else {
             std::thread::scope(|s| {
                 for _ in 1..workers {
-                    s.spawn(work);
+                    s.spawn(move || {
+                        let _bg = Background::enter();
+                        work()
+                    });
                 }
                 work();
             });
