@@ -24,6 +24,9 @@ use crate::io::BlockDev;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// A metadata block's bytes, made when called.
+pub type Encode = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 /// Where a tree gets new pages and returns old ones.
 pub trait MetaAlloc {
     fn alloc_meta(&mut self) -> Result<u64>;
@@ -233,25 +236,31 @@ impl<C: Codec> Tree<C> {
         Ok(node)
     }
 
-    /// Encode every dirty node for generation `generation`; afterwards they
-    /// are clean (committed) and the next change shadows them again.
-    pub fn take_dirty(&mut self, generation: u64) -> Vec<(u64, Vec<u8>)> {
-        let mut out = Vec::with_capacity(self.dirty.len());
+    /// Every dirty node for generation `generation`, to be encoded later
+    /// (outside the metadata lock: each holds its own reference to the
+    /// node, which later changes copy); afterwards the nodes are clean
+    /// (committed) and the next change shadows them again.
+    pub fn take_dirty(&mut self, generation: u64) -> Vec<(u64, Encode)> {
+        let mut out: Vec<(u64, Encode)> = Vec::with_capacity(self.dirty.len());
         self.sizes.clear();
         for page in self.dirty.drain() {
-            let Some(node) = self.cache.get(&page) else {
+            let Some(node) = self.cache.get(&page).cloned() else {
                 continue;
             };
-            let payload = node.encode();
-            let block = format::seal(
-                C::KIND,
-                node.level(),
-                node.len() as u16,
+            out.push((
                 page,
-                generation,
-                &payload,
-            );
-            out.push((page, block));
+                Box::new(move || {
+                    let payload = node.encode();
+                    format::seal(
+                        C::KIND,
+                        node.level(),
+                        node.len() as u16,
+                        page,
+                        generation,
+                        &payload,
+                    )
+                }),
+            ));
         }
         out
     }

@@ -78,7 +78,8 @@ fn matches_a_btreemap_through_commits_and_reloads() {
                 assert_eq!(tree.remove(&io, &mut alloc, &k).unwrap(), model.remove(&k));
             }
         }
-        for (page, block) in tree.take_dirty(round + 1) {
+        for (page, encode) in tree.take_dirty(round + 1) {
+            let block = encode();
             dev.write_at(&block, page * 4096).unwrap();
         }
         alloc.free.append(&mut alloc.pending);
@@ -140,7 +141,8 @@ fn a_flipped_byte_is_a_typed_error() {
         tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), (i * 7) % 4000 + 2)
             .unwrap();
     }
-    for (page, block) in tree.take_dirty(1) {
+    for (page, encode) in tree.take_dirty(1) {
+        let block = encode();
         dev.write_at(&block, page * 4096).unwrap();
     }
     let root = tree.root();

@@ -18,7 +18,7 @@ mod alloc;
 pub use alloc::Allocator;
 
 use crate::btree::codec::{SpaceCodec, SpaceEntry};
-use crate::btree::{Loader, Tree};
+use crate::btree::{Encode, Loader, Tree};
 use crate::error::{Error, Result};
 use crate::format::{self, Kind, PAYLOAD_SIZE};
 use std::collections::HashMap;
@@ -100,7 +100,7 @@ impl SpaceMap {
     /// Settle allocation for a commit at `generation` and encode what changed:
     /// every dirty bitmap block gets a fresh page, the index records it, and
     /// that may dirty more blocks, until nothing moves.
-    pub fn prepare_commit(&mut self, io: &Loader, generation: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub fn prepare_commit(&mut self, io: &Loader, generation: u64) -> Result<Vec<(u64, Encode)>> {
         loop {
             let mut changed = false;
             for i in self.alloc.dirty_blocks() {
@@ -128,7 +128,12 @@ impl SpaceMap {
                 break;
             }
         }
-        let mut out = self.alloc.encode_dirty(generation);
+        let mut out: Vec<(u64, Encode)> = self
+            .alloc
+            .encode_dirty(generation)
+            .into_iter()
+            .map(|(page, block)| (page, Box::new(move || block) as Encode))
+            .collect();
         out.extend(self.tree.take_dirty(generation));
         self.alloc.start_commit();
         Ok(out)

@@ -74,8 +74,9 @@ impl Inner {
                 (txn, Vec::new(), None, origins)
             }
         };
-        for (page, block) in &blocks {
-            self.cow.write_at(block, page * PAGE_SIZE as u64)?;
+        // Encoded here, without the metadata lock.
+        for (page, encode) in blocks {
+            self.cow.write_at(&encode(), page * PAGE_SIZE as u64)?;
         }
         // Data chunks, nodes and origin writes are durable before the
         // superblock that makes them reachable.

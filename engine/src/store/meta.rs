@@ -51,8 +51,8 @@ impl OwnedSet {
     }
 }
 
-/// Encoded metadata pages: (page, bytes).
-pub(crate) type EncodedPages = Vec<(u64, Vec<u8>)>;
+/// Metadata pages of a commit: (page, how to make its bytes).
+pub(crate) type EncodedPages = Vec<(u64, crate::btree::Encode)>;
 
 /// One bound origin in memory.
 pub(crate) struct Origin {
