@@ -147,7 +147,9 @@ fn main() {
         100.0 * during / base,
         mib as f64 / secs
     );
-    // Foreground writes while the cleaner frees a deleted snapshot's chunks.
+    // Foreground writes while the cleaner frees a deleted snapshot's chunks,
+    // against the same writes just before.
+    let (base, _) = write_iops(&o, &mut rng, 3.0, None);
     store.delete(ORIGIN, t2).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let bg = {
@@ -162,7 +164,7 @@ fn main() {
     let (during, n) = write_iops(&o, &mut rng, 60.0, Some(&done));
     let (secs, freed) = bg.join().unwrap();
     println!(
-        "origin 4 KiB random writes during background cleaning: {during:.0} IOPS, {:.0}% of the rewrites ({n} writes; the cleaner freed {freed} chunks in {secs:.2} s)",
+        "origin 4 KiB random writes during background cleaning: {during:.0} IOPS, {:.0}% of the {base:.0} just before ({n} writes; the cleaner freed {freed} chunks in {secs:.2} s)",
         100.0 * during / base
     );
     let report = store.check().unwrap();

@@ -70,6 +70,7 @@ impl Store {
                 m.dirty_origins.insert(index);
             }
         }
+        let mut pacer = super::Pacer::new(inner);
         loop {
             let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
             let (chunks, cursor) = {
@@ -86,6 +87,7 @@ impl Store {
                 break;
             }
             for &c in &chunks {
+                pacer.tick();
                 let _stripe = inner
                     .stripe(index, c)
                     .write()

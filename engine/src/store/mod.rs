@@ -36,6 +36,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
+use std::time::{Duration, Instant};
 
 /// Smallest and largest chunk size, in 4 KiB pages.
 pub const MIN_CHUNK_PAGES: u32 = 1;
@@ -95,6 +96,8 @@ pub(crate) struct Inner {
     pub(crate) rollback_group: usize,
     /// Foreground threads waiting for the metadata lock.
     fg_waiting: AtomicUsize,
+    /// Foreground reads and writes started (see [`Pacer`]).
+    fg_ops: AtomicU64,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -246,6 +249,7 @@ impl Store {
                 dirty_origins: Mutex::new(Vec::new()),
                 rollback_workers: AtomicUsize::new(default_rollback_workers()),
                 fg_waiting: AtomicUsize::new(0),
+                fg_ops: AtomicU64::new(0),
                 rollback_group: env_usize("DMS_ROLLBACK_GROUP").unwrap_or(32).clamp(1, 1024),
             }),
         }
@@ -290,6 +294,46 @@ impl Drop for Background {
     }
 }
 
+/// Paces a background job: after each stretch of work in which foreground
+/// I/O went on, the job pauses for twice as long as the stretch took, so
+/// that foreground I/O has the device, the CPUs and the locks to itself two
+/// thirds of the time. A job alone runs at full speed.
+pub(crate) struct Pacer<'a> {
+    inner: &'a Inner,
+    since: Instant,
+    seen: u64,
+}
+
+/// Work between two looks at the foreground.
+const PACE_STRETCH: Duration = Duration::from_millis(2);
+/// Pause per unit of work while foreground I/O goes on: the job runs a
+/// third of the time.
+const PACE_YIELD: u32 = 2;
+
+impl<'a> Pacer<'a> {
+    pub(crate) fn new(inner: &'a Inner) -> Pacer<'a> {
+        Pacer {
+            inner,
+            since: Instant::now(),
+            seen: inner.fg_ops.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Call between units of work, holding no stripe or metadata lock.
+    pub(crate) fn tick(&mut self) {
+        let worked = self.since.elapsed();
+        if worked < PACE_STRETCH {
+            return;
+        }
+        let ops = self.inner.fg_ops.load(Ordering::Relaxed);
+        if ops != self.seen {
+            std::thread::sleep((worked * PACE_YIELD).min(PACE_STRETCH * 8));
+        }
+        self.seen = self.inner.fg_ops.load(Ordering::Relaxed);
+        self.since = Instant::now();
+    }
+}
+
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name)
         .ok()
@@ -303,6 +347,11 @@ fn default_rollback_workers() -> usize {
 }
 
 impl Inner {
+    /// A foreground read or write starts (background jobs pace themselves).
+    pub(crate) fn note_foreground(&self) {
+        self.fg_ops.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn check_failed(&self) -> Result<()> {
         match &*lock(&self.failed) {
             Some(why) => Err(Error::Failed(why.clone())),

@@ -15,7 +15,7 @@
 //! crash is harmless: it writes the same data again.
 
 use super::ops::new_version;
-use super::{lock, Background, Inner, Store};
+use super::{lock, Background, Inner, Pacer, Store};
 use crate::error::{Error, Result};
 use crate::versions::record::{flags, RollbackState};
 use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
@@ -150,28 +150,32 @@ impl Inner {
         let groups: Vec<&[u64]> = chunks.chunks(self.rollback_group).collect();
         let next = AtomicUsize::new(0);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(group) = groups.get(i) else {
-                return;
-            };
-            if lock(&failed).is_some() {
-                return;
-            }
-            let stripes: Vec<_> = self
-                .stripe_set(index, group.iter().copied())
-                .into_iter()
-                .map(|i| {
-                    self.stripe_at(i)
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                })
-                .collect();
-            let res = self.merge_for_rollback(index, group, false);
-            drop(stripes);
-            if let Err(e) = res {
-                lock(&failed).get_or_insert(e);
-                return;
+        let work = || {
+            let mut pacer = Pacer::new(self);
+            loop {
+                pacer.tick();
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(group) = groups.get(i) else {
+                    return;
+                };
+                if lock(&failed).is_some() {
+                    return;
+                }
+                let stripes: Vec<_> = self
+                    .stripe_set(index, group.iter().copied())
+                    .into_iter()
+                    .map(|i| {
+                        self.stripe_at(i)
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                    })
+                    .collect();
+                let res = self.merge_for_rollback(index, group, false);
+                drop(stripes);
+                if let Err(e) = res {
+                    lock(&failed).get_or_insert(e);
+                    return;
+                }
             }
         };
         let workers = self

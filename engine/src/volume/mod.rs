@@ -166,6 +166,7 @@ impl Volume {
     /// Read `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
+        self.inner().note_foreground();
         let cb = self.inner().chunk_bytes;
         let shape = self.inner().shape(self.origin);
         let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
@@ -231,6 +232,7 @@ impl Volume {
     /// Write `buf` at `offset`. Durable after the next flush.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
+        self.inner().note_foreground();
         let cb = self.inner().chunk_bytes;
         let shape = self.inner().shape(self.origin);
         let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
