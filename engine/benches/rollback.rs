@@ -123,6 +123,25 @@ fn main() {
         store.clean().unwrap();
     }
 
+    // A rollback that must first copy every chunk out for the origin's
+    // newest snapshot (taken after the overwrite, so it owns no copies).
+    {
+        let tag = prepare(&store, &o, 0xE0);
+        let newest = store.snapshot_origin(ORIGIN, "newest").unwrap();
+        let t = Instant::now();
+        store.rollback(ORIGIN, tag).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "rollback of {mib} MiB with a copy-out of every chunk for the newest snapshot, {workers} thread(s): {:.2} s, {:.0} MiB/s",
+            s,
+            mib as f64 / s
+        );
+        for t in [tag, newest] {
+            store.delete(ORIGIN, t).unwrap();
+        }
+        store.clean().unwrap();
+    }
+
     // Foreground writes without and with a background rollback.
     let (plain, _) = write_iops(&o, &mut rng, 3.0, None);
     let t2 = prepare(&store, &o, 0xC0);

@@ -14,7 +14,9 @@ use crate::versions::record::flags;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::PoisonError;
 
-const BATCH: usize = 2048;
+/// Exceptions per batch: about a millisecond of work, after which the
+/// shape lock is let go and the cleaner may pause.
+const BATCH: usize = 256;
 
 /// What a cleaning run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,6 +74,9 @@ impl Store {
         }
         let mut pacer = super::Pacer::new(inner);
         loop {
+            // Between batches, holding no lock: pause if foreground I/O
+            // went on.
+            pacer.tick();
             let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
             let (chunks, cursor) = {
                 let mut m = inner.meta()?;
@@ -87,7 +92,6 @@ impl Store {
                 break;
             }
             for &c in &chunks {
-                pacer.tick();
                 let _stripe = inner
                     .stripe(index, c)
                     .write()

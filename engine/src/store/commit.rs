@@ -51,7 +51,10 @@ impl Inner {
     /// One commit; returns the transaction number made durable.
     fn commit_once(&self, sync_origins: bool) -> Result<u64> {
         let (txn, blocks, sb, origins) = {
-            let mut m = self.meta()?;
+            // The plain lock, not `meta()`: a background thread running the
+            // commit runs it for everyone waiting.
+            self.check_failed()?;
+            let mut m = lock(&self.meta);
             let txn = m.txn;
             m.txn += 1;
             // Markers recorded in this commit stand for merged origin data:

@@ -319,7 +319,9 @@ impl<'a> Pacer<'a> {
         }
     }
 
-    /// Call between units of work, holding no stripe or metadata lock.
+    /// Call between units of work, holding no lock at all: not even an
+    /// origin's shape lock, which snapshot and delete wait for (and, once
+    /// they wait, so does all I/O to that origin).
     pub(crate) fn tick(&mut self) {
         let worked = self.since.elapsed();
         if worked < PACE_STRETCH {

@@ -14,6 +14,7 @@
 //! is never redone over newer writes. Redoing an unrecorded one after a
 //! crash is harmless: it writes the same data again.
 
+use super::meta::Meta;
 use super::ops::new_version;
 use super::{lock, Background, Inner, Pacer, Store};
 use crate::error::{Error, Result};
@@ -94,7 +95,11 @@ impl Store {
         let inner = &self.inner;
         let index = inner.meta()?.origin(origin_id)?;
         let mut batches = 0u64;
+        let mut pacer = Pacer::new(inner);
         loop {
+            // Between batches, holding no lock: pause if foreground I/O
+            // went on.
+            pacer.tick();
             let shape = inner.shape(index);
             let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
             let (chunks, last) = {
@@ -148,19 +153,22 @@ impl Inner {
     /// shape lock shared.
     fn merge_in_parallel(&self, index: u32, chunks: &[u64]) -> Result<()> {
         let groups: Vec<&[u64]> = chunks.chunks(self.rollback_group).collect();
-        let next = AtomicUsize::new(0);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
-        let work = || {
-            let mut pacer = Pacer::new(self);
-            loop {
-                pacer.tick();
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(group) = groups.get(i) else {
+        // Pass 1 merges what needs no commit and makes the copy-outs of the
+        // rest; one commit covers them all; pass 2 merges the rest.
+        let deferred: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+        let wait: Mutex<Option<u64>> = Mutex::new(None);
+        let pass = |list: &[usize], defer: bool| {
+            let next = AtomicUsize::new(0);
+            let work = || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&g) = list.get(k) else {
                     return;
                 };
                 if lock(&failed).is_some() {
                     return;
                 }
+                let group = groups[g];
                 let stripes: Vec<_> = self
                     .stripe_set(index, group.iter().copied())
                     .into_iter()
@@ -170,30 +178,48 @@ impl Inner {
                             .unwrap_or_else(PoisonError::into_inner)
                     })
                     .collect();
-                let res = self.merge_for_rollback(index, group, false);
+                let res = self.merge_for_rollback(index, group, false, defer);
                 drop(stripes);
-                if let Err(e) = res {
-                    lock(&failed).get_or_insert(e);
-                    return;
+                match res {
+                    Ok(Some(txn)) => {
+                        lock(&deferred).push(g);
+                        let mut w = lock(&wait);
+                        *w = (*w).max(Some(txn));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        lock(&failed).get_or_insert(e);
+                        return;
+                    }
                 }
+            };
+            let workers = self
+                .rollback_workers
+                .load(Ordering::Relaxed)
+                .clamp(1, list.len().max(1));
+            if workers == 1 {
+                work();
+            } else {
+                std::thread::scope(|s| {
+                    for _ in 1..workers {
+                        s.spawn(move || {
+                            let _bg = Background::enter();
+                            work()
+                        });
+                    }
+                    work();
+                });
             }
         };
-        let workers = self
-            .rollback_workers
-            .load(Ordering::Relaxed)
-            .clamp(1, groups.len().max(1));
-        if workers == 1 {
-            work();
-        } else {
-            std::thread::scope(|s| {
-                for _ in 1..workers {
-                    s.spawn(move || {
-                        let _bg = Background::enter();
-                        work()
-                    });
-                }
-                work();
-            });
+        let all: Vec<usize> = (0..groups.len()).collect();
+        pass(&all, true);
+        let txn = *lock(&wait);
+        let ok = lock(&failed).is_none();
+        if let (true, Some(txn)) = (ok, txn) {
+            self.commit_until(txn, false)?;
+            let mut again = std::mem::take(&mut *lock(&deferred));
+            again.sort_unstable();
+            pass(&again, false);
         }
         match failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
             Some(e) => Err(e),
@@ -218,13 +244,24 @@ impl Inner {
     /// merged yet. The caller holds the chunks' stripes exclusively and the
     /// origin's shape lock shared. With `mark`, record each merge with a
     /// MERGED marker (chunks merged ahead of the scanner's cursor).
-    pub(crate) fn merge_for_rollback(&self, index: u32, chunks: &[u64], mark: bool) -> Result<()> {
+    ///
+    /// With `defer`, chunks whose merge must wait for a commit (a copy-out
+    /// for the origin's child just made, or an exception change not yet
+    /// durable) are left unmerged and the transaction to wait for is
+    /// returned: the scanner commits once for all its groups and calls again.
+    pub(crate) fn merge_for_rollback(
+        &self,
+        index: u32,
+        chunks: &[u64],
+        mark: bool,
+        defer: bool,
+    ) -> Result<Option<u64>> {
         let cb = self.chunk_bytes;
         let (rb, dev, size, dirty) = {
             let m = self.meta()?;
             let o = m.origin_ref(index)?;
             let Some(rb) = o.rec.rollback.clone() else {
-                return Ok(());
+                return Ok(None);
             };
             let dev = o
                 .dev
@@ -236,37 +273,35 @@ impl Inner {
         // Every chunk handled here is settled from now on: merged, or
         // already right (the source read the origin there).
         let marks: Vec<u64> = chunks.iter().copied().filter(|&c| c >= rb.cursor).collect();
-        let mut work = Vec::new();
+        // (chunk, source's COW chunk, copy-out for the origin's child).
+        let mut work: Vec<(u64, u64, Option<(u32, u64)>)> = Vec::new();
         // The transaction whose changes to these chunks must be durable
         // before the origin is overwritten (like any origin overwrite).
         let mut wait: Option<u64> = None;
-        for &c in &marks {
-            // One chunk per hold of the metadata lock, so foreground I/O
-            // interleaves with a long batch.
+        {
             let mut m = self.meta()?;
-            let excs = m.exceptions(index, c)?;
-            let o = m.origin_ref(index)?;
-            let Src::Cow(e) = resolve(&o.tree, source, &excs) else {
-                continue;
-            };
-            let copy = match heir_target(&o.cleaning, o.tree.only_child(0), &excs) {
-                Some(h) => match m.space.alloc.alloc_data() {
-                    Ok(n) => Some((h, n)),
-                    Err(err) => {
-                        for (_, _, c) in &work {
-                            if let Some((_, n)) = c {
-                                m.space.alloc.free_data(*n);
-                            }
-                        }
-                        return Err(err);
+            let planned = (|| -> Result<()> {
+                for &c in &marks {
+                    let excs = m.exceptions(index, c)?;
+                    let o = m.origin_ref(index)?;
+                    let Src::Cow(e) = resolve(&o.tree, source, &excs) else {
+                        continue;
+                    };
+                    let copy = match heir_target(&o.cleaning, o.tree.only_child(0), &excs) {
+                        Some(h) => Some((h, m.space.alloc.alloc_data()?)),
+                        None => None,
+                    };
+                    if copy.is_none() {
+                        wait = wait.max(m.overwrite_wait(index, c, None, self.durable()));
                     }
-                },
-                None => None,
-            };
-            if copy.is_none() {
-                wait = wait.max(m.overwrite_wait(index, c, None, self.durable()));
+                    work.push((c, e, copy));
+                }
+                Ok(())
+            })();
+            if let Err(err) = planned {
+                release(&mut m, &work);
+                return Err(err);
             }
-            work.push((c, e, copy));
         }
         if work.is_empty() {
             if mark && !marks.is_empty() {
@@ -275,14 +310,18 @@ impl Inner {
                     m.insert_merged(index, c, source)?;
                 }
             }
-            return Ok(());
+            return Ok(None);
         }
         let mut buf = vec![0u8; cb as usize];
         // The origin's current data, for the origin's child, made durable first.
         for &(c, _, copy) in &work {
             if let Some((_, n)) = copy {
-                read_origin_chunk(&dev, size, c, cb, &mut buf)?;
-                self.cow.write_at(&buf, n * cb)?;
+                let copied = read_origin_chunk(&dev, size, c, cb, &mut buf)
+                    .and_then(|()| self.cow.write_at(&buf, n * cb));
+                if let Err(err) = copied {
+                    release(&mut *self.meta()?, &work);
+                    return Err(err);
+                }
             }
         }
         if work.iter().any(|w| w.2.is_some()) {
@@ -295,8 +334,12 @@ impl Inner {
                 }
                 m.txn
             };
-            self.commit_until(txn, false)?;
-        } else if let Some(txn) = wait {
+            wait = Some(txn);
+        }
+        if let Some(txn) = wait {
+            if defer {
+                return Ok(Some(txn));
+            }
             self.commit_until(txn, false)?;
         }
         for &(c, e, _) in &work {
@@ -314,6 +357,15 @@ impl Inner {
                 m.insert_merged(index, c, source)?;
             }
         }
-        Ok(())
+        Ok(None)
+    }
+}
+
+/// Give back the data chunks reserved for copy-outs that were not recorded.
+fn release(m: &mut Meta, work: &[(u64, u64, Option<(u32, u64)>)]) {
+    for &(_, _, copy) in work {
+        if let Some((_, n)) = copy {
+            m.space.alloc.free_data(n);
+        }
     }
 }

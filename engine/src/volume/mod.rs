@@ -269,7 +269,7 @@ impl Volume {
                     .partition(|p| p.len as u64 == cb);
                 if !partial.is_empty() {
                     let chunks: Vec<u64> = partial.iter().map(|p| p.chunk).collect();
-                    inner.merge_for_rollback(self.origin, &chunks, true)?;
+                    inner.merge_for_rollback(self.origin, &chunks, true, false)?;
                 }
                 // Whole chunks are marked after the write below has reached
                 // the origin: a marker is only made durable together with
