@@ -273,8 +273,7 @@ impl Inner {
         // Every chunk handled here is settled from now on: merged, or
         // already right (the source read the origin there).
         let marks: Vec<u64> = chunks.iter().copied().filter(|&c| c >= rb.cursor).collect();
-        // (chunk, source's COW chunk, copy-out for the origin's child).
-        let mut work: Vec<(u64, u64, Option<(u32, u64)>)> = Vec::new();
+        let mut work: Vec<Merge> = Vec::new();
         // The transaction whose changes to these chunks must be durable
         // before the origin is overwritten (like any origin overwrite).
         let mut wait: Option<u64> = None;
@@ -361,8 +360,12 @@ impl Inner {
     }
 }
 
+/// One chunk to merge: (chunk, the source's COW chunk, a copy-out for the
+/// origin's child as (heir version, reserved COW chunk)).
+type Merge = (u64, u64, Option<(u32, u64)>);
+
 /// Give back the data chunks reserved for copy-outs that were not recorded.
-fn release(m: &mut Meta, work: &[(u64, u64, Option<(u32, u64)>)]) {
+fn release(m: &mut Meta, work: &[Merge]) {
     for &(_, _, copy) in work {
         if let Some((_, n)) = copy {
             m.space.alloc.free_data(n);
