@@ -182,11 +182,7 @@ fn raw_dmsetup_strings_share_the_parser() {
     let f: Vec<&str> = status.split_whitespace().collect();
     assert_eq!(&f[..3], ["0", sectors.as_str(), "dm-snap-mv"], "{status}");
     assert!(
-        f[3].contains('/')
-            && f[5] == "3/4294967294"
-            && f[6] == "valid"
-            && f[7] == "-"
-            && f[8] == "-",
+        f[3].contains('/') && f[5] == "3/16777216" && f[6] == "valid" && f[7] == "-" && f[8] == "-",
         "{status}"
     );
     let list = env.ok(&["list", "o"]);

@@ -198,3 +198,15 @@ fn workout_on(cow: Arc<MemDev>, devs: &[Dev]) -> Result<()> {
     store.clean()?;
     store.flush()
 }
+
+pub use crate::versions::MAX_VERSION_ID;
+
+/// Set an origin's version counter, as if that many versions had been
+/// made: to test running out of versions without making 2^28 of them.
+pub fn set_version_counter(store: &Store, origin_id: &str, next_version: u32) -> Result<()> {
+    let mut m = store.inner.meta()?;
+    let index = m.origin(origin_id)?;
+    m.origin_mut(index)?.rec.next_version = next_version;
+    m.dirty_origins.insert(index);
+    Ok(())
+}

@@ -283,6 +283,62 @@ fn running_out_of_space_in_the_middle_of_a_snapshot_changes_nothing() {
 }
 
 #[test]
+fn running_out_of_versions_in_the_middle_of_a_snapshot_changes_nothing() {
+    use dms_engine::testing::{set_version_counter, MAX_VERSION_ID};
+    let (cow, st) = store(8 * MIB, 1);
+    let dev = origin(MIB, 4);
+    st.bind(ORIGIN, dev.clone()).unwrap();
+    let a = st.snapshot_origin(ORIGIN, "a").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    o.write_at(&[1; 10000], 0).unwrap();
+    let b = st.snapshot_of(ORIGIN, a, "b").unwrap();
+    st.volume(ORIGIN, a)
+        .unwrap()
+        .write_at(&[2; 5000], 70000)
+        .unwrap();
+    let contents = |st: &Store| -> Vec<(u32, Vec<u8>)> {
+        std::iter::once(0)
+            .chain(st.tags(ORIGIN).unwrap())
+            .map(|t| (t, read_all(&st.volume(ORIGIN, t).unwrap())))
+            .collect()
+    };
+    let before = contents(&st);
+    // One version id left. A snapshot of `a`, which already has a child,
+    // needs two (the new version, and a new leaf keeping `a`'s tag while
+    // `a` becomes a ghost): the second runs out.
+    set_version_counter(&st, ORIGIN, MAX_VERSION_ID - 1).unwrap();
+    match st.snapshot_of(ORIGIN, a, "c") {
+        Err(Error::LimitReached(what)) => assert!(what.contains("versions"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(contents(&st), before);
+    assert!(st.check().unwrap().is_clean());
+    // The last id still makes a snapshot that needs one; then none is left.
+    let c = st.snapshot_origin(ORIGIN, "c").unwrap();
+    assert!(matches!(
+        st.snapshot_origin(ORIGIN, "d"),
+        Err(Error::LimitReached(_))
+    ));
+    assert!(matches!(
+        st.snapshot_of(ORIGIN, b, "d"),
+        Err(Error::LimitReached(_))
+    ));
+    let mut after = before.clone();
+    after.push((c, before[0].1.clone()));
+    assert_eq!(contents(&st), after);
+    // Writes go on, and all of it survives a reopen.
+    o.write_at(&[5; 4096], 8192).unwrap();
+    let after = contents(&st);
+    drop(o);
+    st.flush().unwrap();
+    drop(st);
+    let st = Store::open(cow).unwrap();
+    st.attach(ORIGIN, dev).unwrap();
+    assert_eq!(contents(&st), after);
+    assert!(st.check().unwrap().is_clean());
+}
+
+#[test]
 fn a_store_holds_65536_origins() {
     let (_, st) = store(512 * MIB, 1);
     let n = std::env::var("DMS_MANY_ORIGINS")

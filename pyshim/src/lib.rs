@@ -351,6 +351,7 @@ impl Store {
                     size: o.size,
                     attached: o.attached,
                     versions: o.versions,
+                    max_versions: o.max_versions,
                     rollback: o.rollback,
                     cleaning: o.cleaning,
                     ghosts: o.ghosts,

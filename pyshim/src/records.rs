@@ -54,6 +54,8 @@ pub(crate) struct OriginStatus {
     pub(crate) size: u64,
     pub(crate) attached: bool,
     pub(crate) versions: u64,
+    /// The most versions this origin can still have.
+    pub(crate) max_versions: u64,
     /// (tag, next chunk, chunks) of a rollback in progress.
     pub(crate) rollback: Option<(u32, u64, u64)>,
     /// Next chunk of a cleaning pass in progress.

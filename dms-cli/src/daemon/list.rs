@@ -148,7 +148,7 @@ fn gather(st: &State, only: Option<&str>) -> Result<ListData, Fail> {
                 cow_numbers: paths::dev_numbers(cow),
                 chunk_pages: status.chunk_pages,
                 used_versions: o.versions,
-                max_versions: status.max_versions,
+                max_versions: o.max_versions,
                 used_chunks: status.used_chunks,
                 total_chunks: status.total_chunks,
                 cow_status: cow_status(&status).into(),
@@ -310,7 +310,7 @@ pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
             s.total_chunks,
             meta_chunks,
             o.map_or(0, |o| o.versions),
-            s.max_versions,
+            o.map_or(s.max_versions, |o| o.max_versions),
             cow_status(&s),
             cleaning,
             rollback

@@ -193,7 +193,7 @@ impl Meta {
                     format!("origin {index} beyond the counter"),
                 ));
             }
-            let tree = VersionTree::from_records(rec.birthday, versions, block)?;
+            let tree = VersionTree::from_records(rec.birthday, versions, rec.next_version, block)?;
             let cleaning = if rec.clean_cursor.is_some() {
                 tree.cleaning()
             } else {

@@ -2,6 +2,7 @@
 
 use super::Store;
 use crate::error::Result;
+use crate::versions::MAX_VERSION_ID;
 use crate::versions::NONE;
 
 /// One version of an origin.
@@ -30,6 +31,9 @@ pub struct OriginStatus {
     pub attached: bool,
     /// Versions, ghosts included.
     pub versions: u64,
+    /// The most versions this origin can still have: the ids of deleted
+    /// versions are not reused.
+    pub max_versions: u64,
     /// (tag, next chunk, chunks of the origin) of a rollback in progress.
     pub rollback: Option<(u32, u64, u64)>,
     /// Next chunk of a cleaning pass in progress.
@@ -51,7 +55,7 @@ pub struct StoreStatus {
     pub data_chunks: u64,
     pub metadata_pages: u64,
     pub used_versions: u64,
-    /// Versions one origin can have.
+    /// Version ids one origin can hand out over its life.
     pub max_versions: u64,
     /// False once the store failed (an I/O error during commit).
     pub valid: bool,
@@ -115,12 +119,16 @@ impl Store {
                 });
             }
             used_versions += o.tree.len() as u64;
+            // Version ids are not reused: those of deleted versions are gone.
+            let dead = u64::from(o.rec.next_version).saturating_sub(o.tree.len() as u64);
+            let max_versions = u64::from(MAX_VERSION_ID).saturating_sub(dead);
             let chunks = o.chunks(self.inner.chunk_bytes);
             origins.push(OriginStatus {
                 id: o.rec.id.clone(),
                 size: o.rec.size,
                 attached: o.dev.is_some(),
                 versions: o.tree.len() as u64,
+                max_versions,
                 rollback: o.rec.rollback.as_ref().map(|r| (r.tag, r.cursor, chunks)),
                 cleaning: o.rec.clean_cursor,
                 ghosts: plan.len() as u64,
@@ -135,7 +143,7 @@ impl Store {
             data_chunks: alloc.data_chunks,
             metadata_pages: used_pages.saturating_sub(alloc.data_chunks * cp),
             used_versions,
-            max_versions: u64::from(u32::MAX - 1),
+            max_versions: u64::from(MAX_VERSION_ID),
             valid,
             full: alloc.is_full(),
             generation: m.sb.generation,

@@ -23,6 +23,11 @@ use std::collections::{HashMap, HashSet};
 
 /// No parent (version 0).
 pub const NONE: u32 = u32::MAX;
+/// Version ids an origin can hand out over its life (ids are not reused):
+/// 2^24 (16,777,216; a snapshot a minute for 31 years), so that the
+/// in-memory version table, 16 bytes per id up to the highest, stays within
+/// 256 MiB even for a crafted catalog.
+pub const MAX_VERSION_ID: u32 = 1 << 24;
 
 /// One version in memory.
 #[derive(Clone, Debug)]
@@ -68,7 +73,9 @@ impl Version {
 /// The versions of one origin.
 #[derive(Clone, Debug)]
 pub struct VersionTree {
-    slots: Vec<Option<Version>>,
+    /// By version id; boxed, so an id costs 8 bytes here (and 8 in
+    /// `labels`) until it is used.
+    slots: Vec<Option<Box<Version>>>,
     /// (pre, post) per version id, kept apart so that resolving a read
     /// touches one small array, not the version records.
     labels: Vec<(u32, u32)>,
@@ -80,7 +87,12 @@ impl VersionTree {
     /// A tree holding only version 0.
     pub fn new(birthday: u64) -> VersionTree {
         let mut t = VersionTree {
-            slots: vec![Some(Version::new(NONE, 0, birthday, String::new()))],
+            slots: vec![Some(Box::new(Version::new(
+                NONE,
+                0,
+                birthday,
+                String::new(),
+            )))],
             labels: vec![(0, 0)],
             tags: HashMap::new(),
             count: 1,
@@ -94,13 +106,23 @@ impl VersionTree {
     pub fn from_records(
         birthday: u64,
         records: Vec<(u32, VersionRecord)>,
+        next_version: u32,
         block: u64,
     ) -> Result<VersionTree> {
         let bad = |why: String| Error::corrupt(block, "catalog tree node", why);
+        if next_version > MAX_VERSION_ID {
+            return Err(bad(format!("version counter {next_version} out of range")));
+        }
         let mut t = VersionTree::new(birthday);
         for (id, r) in records {
             if id == 0 {
                 return Err(bad("a version record under id 0".into()));
+            }
+            // Bounded before it sizes anything.
+            if id >= next_version {
+                return Err(bad(format!(
+                    "version {id} beyond the origin's counter {next_version}"
+                )));
             }
             let idx = id as usize;
             if t.slots.len() <= idx {
@@ -109,7 +131,7 @@ impl VersionTree {
             let mut v = Version::new(r.parent, r.tag, r.birthday, r.memo);
             v.flags = r.flags;
             v.exceptions = r.exceptions;
-            t.slots[idx] = Some(v);
+            t.slots[idx] = Some(Box::new(v));
             t.count += 1;
             if r.tag != 0 && t.tags.insert(r.tag, id).is_some() {
                 return Err(bad(format!("tag {} used twice", r.tag)));
@@ -147,11 +169,13 @@ impl VersionTree {
     }
 
     pub fn get(&self, id: u32) -> Option<&Version> {
-        self.slots.get(id as usize).and_then(|s| s.as_ref())
+        self.slots.get(id as usize).and_then(|s| s.as_deref())
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Version> {
-        self.slots.get_mut(id as usize).and_then(|s| s.as_mut())
+        self.slots
+            .get_mut(id as usize)
+            .and_then(|s| s.as_deref_mut())
     }
 
     fn must(&self, id: u32) -> &Version {
@@ -215,7 +239,7 @@ impl VersionTree {
 
     fn alloc_id(&mut self, next_version: &mut u32) -> Result<u32> {
         let id = *next_version;
-        if id == NONE {
+        if id >= MAX_VERSION_ID {
             return Err(Error::LimitReached("versions of this origin"));
         }
         *next_version += 1;
@@ -227,7 +251,7 @@ impl VersionTree {
     }
 
     fn place(&mut self, id: u32, v: Version) {
-        self.slots[id as usize] = Some(v);
+        self.slots[id as usize] = Some(Box::new(v));
         self.count += 1;
     }
 
