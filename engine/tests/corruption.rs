@@ -209,6 +209,28 @@ mod resealed {
         }
     }
 
+    /// Found by the proptest above: a page count whose byte size overflows
+    /// 64 bits panicked (in a build with overflow checks) while the error
+    /// about a too small device was being worded.
+    #[test]
+    fn a_superblock_claiming_an_impossible_size_is_refused() {
+        let s = sample();
+        for value in [u64::MAX, 1 << 60, (u64::MAX >> 12) + 1, 2, 0] {
+            let mut cow = s.cow.clone();
+            for slot in 0..2usize {
+                let at = slot * 4096 + 48 + 16;
+                cow[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                reseal(&mut cow[slot * 4096..(slot + 1) * 4096]);
+            }
+            match catch_unwind(AssertUnwindSafe(|| workout(&cow, &s.origins))) {
+                Ok(Err(Error::NotAStore { reason, .. })) => {
+                    assert!(reason.contains("page count"), "{value}: {reason}")
+                }
+                other => panic!("page count {value}: {:?}", other.map_err(|_| "panic")),
+            }
+        }
+    }
+
     #[test]
     fn the_sample_store_survives_the_workout_undamaged() {
         let s = sample();

@@ -98,6 +98,16 @@ impl Superblock {
             return Err(bad("invalid chunk size"));
         }
         let page_count = body.page_count.get();
+        // Bounded before use: byte offsets of pages must fit in 64 bits.
+        if page_count <= SUPERBLOCK_SLOTS || page_count > u64::MAX / crate::format::PAGE_SIZE as u64
+        {
+            return Err(bad("page count out of range"));
+        }
+        if body.data_chunks.get() > page_count / u64::from(chunk_pages)
+            || body.meta_pages.get() > page_count
+        {
+            return Err(bad("chunk or page counts larger than the device"));
+        }
         for root in [
             body.exception_root.get(),
             body.catalog_root.get(),

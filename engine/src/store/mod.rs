@@ -220,7 +220,7 @@ impl Store {
             return Err(Error::DeviceTooSmall {
                 device: cow.name().to_string(),
                 bytes: cow.size(),
-                needed: sb.page_count * PAGE_SIZE as u64,
+                needed: sb.page_count.saturating_mul(PAGE_SIZE as u64),
             });
         }
         let meta = Meta::load(cow.clone(), sb)?;
