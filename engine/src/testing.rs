@@ -4,8 +4,10 @@
 //! the decoders behind the checksum (what a buggy writer or a hostile
 //! image could hand them), a test edits a block and then seals it again.
 
-use crate::format::{self, BlockHeader, HEADER_SIZE, PAGE_SIZE};
-use zerocopy::FromBytes;
+use crate::format::{self, PAGE_SIZE};
+use crate::io::{BlockDev, Dev, MemDev};
+use crate::{Error, FormatOptions, Result, Store};
+use std::sync::Arc;
 
 /// Recompute the checksum of an edited metadata block in place, so that
 /// only the decoders can tell what is wrong with it. Does nothing to a
@@ -17,27 +19,6 @@ pub fn reseal(block: &mut [u8]) {
     let sum = format::checksum(block);
     block[..16].copy_from_slice(&sum);
 }
-
-/// The header fields of a metadata block as (kind tag, level, count,
-/// address, generation, payload length), or None for a short slice.
-pub fn header(block: &[u8]) -> Option<(u32, u16, u16, u64, u64, u32)> {
-    if block.len() < HEADER_SIZE {
-        return None;
-    }
-    let (h, _) = BlockHeader::read_from_prefix(block).ok()?;
-    Some((
-        h.kind.get(),
-        h.level.get(),
-        h.count.get(),
-        h.address.get(),
-        h.generation.get(),
-        h.payload_len.get(),
-    ))
-}
-
-use crate::io::{BlockDev, Dev, MemDev};
-use crate::{Error, FormatOptions, Result, Store};
-use std::sync::Arc;
 
 /// The origin ids of [`sample_store`].
 pub const SAMPLE_ORIGINS: [&str; 2] = ["first", "second"];
@@ -55,7 +36,7 @@ pub struct Sample {
 }
 
 /// Build the [`Sample`] store (deterministic; a few hundred milliseconds).
-pub fn sample_store() -> Sample {
+pub fn sample_store() -> Result<Sample> {
     let sizes = [1usize << 20, 384 << 10];
     let origins: Vec<Arc<MemDev>> = sizes
         .iter()
@@ -74,41 +55,34 @@ pub fn sample_store() -> Sample {
             chunk_pages: 1,
             force: false,
         },
-    )
-    .expect("format the sample");
+    )?;
     for (id, dev) in SAMPLE_ORIGINS.iter().zip(&origins) {
         let dev: Dev = dev.clone();
-        store.bind(id, dev).expect("bind");
+        store.bind(id, dev)?;
     }
-    let first = store.volume(SAMPLE_ORIGINS[0], 0).expect("origin");
+    let first = store.volume(SAMPLE_ORIGINS[0], 0)?;
     for round in 0..5u8 {
-        store
-            .snapshot_origin(SAMPLE_ORIGINS[0], &format!("round {round}"))
-            .expect("snapshot");
+        store.snapshot_origin(SAMPLE_ORIGINS[0], &format!("round {round}"))?;
         for i in 0..256u64 {
             let at = (i * 3 + u64::from(round)) * 4096 % (1 << 20);
-            first.write_at(&[round ^ 0x5a; 100], at).expect("write");
+            first.write_at(&[round ^ 0x5a; 100], at)?;
         }
     }
-    store
-        .snapshot_of(SAMPLE_ORIGINS[0], 2, "child")
-        .expect("ss");
+    store.snapshot_of(SAMPLE_ORIGINS[0], 2, "child")?;
     // Tag 2 has a child: deleting it leaves a ghost.
-    store.delete(SAMPLE_ORIGINS[0], 2).expect("delete");
-    let second = store.volume(SAMPLE_ORIGINS[1], 0).expect("origin");
-    store.snapshot_origin(SAMPLE_ORIGINS[1], "b").expect("so");
+    store.delete(SAMPLE_ORIGINS[0], 2)?;
+    let second = store.volume(SAMPLE_ORIGINS[1], 0)?;
+    store.snapshot_origin(SAMPLE_ORIGINS[1], "b")?;
     for i in 0..40u64 {
-        second.write_at(&[7; 4096], i * 8192).expect("write");
+        second.write_at(&[7; 4096], i * 8192)?;
     }
-    let t = store.snapshot_origin(SAMPLE_ORIGINS[1], "c").expect("so");
-    second.write_at(&[9; 8192], 4096).expect("write");
-    store.delete(SAMPLE_ORIGINS[1], t).expect("delete");
-    store
-        .rollback_start(SAMPLE_ORIGINS[1], 1)
-        .expect("rollback");
-    second.write_at(&[3; 512], 100).expect("write");
-    store.flush().expect("flush");
-    let report = store.check().expect("check");
+    let t = store.snapshot_origin(SAMPLE_ORIGINS[1], "c")?;
+    second.write_at(&[9; 8192], 4096)?;
+    store.delete(SAMPLE_ORIGINS[1], t)?;
+    store.rollback_start(SAMPLE_ORIGINS[1], 1)?;
+    second.write_at(&[3; 512], 100)?;
+    store.flush()?;
+    let report = store.check()?;
     assert!(report.is_clean(), "{:?}", report.problems);
     assert!(
         report.exception_tree_depth >= 2,
@@ -118,11 +92,11 @@ pub fn sample_store() -> Sample {
     drop(store);
     let mut metadata = vec![0, 1];
     metadata.extend(&report.metadata);
-    Sample {
+    Ok(Sample {
         cow: cow.to_bytes(),
         origins: origins.iter().map(|d| d.to_bytes()).collect(),
         metadata,
-    }
+    })
 }
 
 /// Everything a user can do to a store, on a COW image that may be

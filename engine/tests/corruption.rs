@@ -142,7 +142,7 @@ mod resealed {
 
     fn sample() -> &'static Sample {
         static S: OnceLock<Sample> = OnceLock::new();
-        S.get_or_init(sample_store)
+        S.get_or_init(|| sample_store().unwrap())
     }
 
     fn cases() -> u32 {

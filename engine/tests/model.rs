@@ -4,10 +4,7 @@
 mod common;
 
 use common::*;
-use dms_engine::io::{Dev, MemDev};
-use dms_engine::{FormatOptions, Store};
 use proptest::prelude::*;
-use std::sync::Arc;
 
 const ORIGIN_BYTES: usize = 64 * 1024;
 const COW_BYTES: u64 = 8 << 20;
@@ -20,54 +17,7 @@ fn cases() -> u32 {
 }
 
 fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
-    let initial = pattern(ORIGIN_BYTES, 0xA5);
-    let origin = Arc::new(MemDev::from_bytes("origin", &initial));
-    let cow = Arc::new(MemDev::new("cow", COW_BYTES));
-    let origin_dev: Dev = origin.clone();
-    let mut store = Store::format(
-        cow.clone(),
-        &FormatOptions {
-            chunk_pages,
-            force: false,
-        },
-    )
-    .unwrap();
-    store.bind(ORIGIN, origin_dev.clone()).unwrap();
-    let mut model = Model::new(initial);
-    for (i, op) in ops.iter().enumerate() {
-        let Some(step) = model.resolve(op) else {
-            continue;
-        };
-        if let Step::Reopen = step {
-            store.flush().unwrap();
-            drop(store);
-            store = Store::open(cow.clone()).unwrap();
-            store.attach(ORIGIN, origin_dev.clone()).unwrap();
-        }
-        run(&store, &step).map_err(|e| TestCaseError::fail(format!("step {i} {step:?}: {e}")))?;
-        model.apply(&step);
-        compare(&store, &model)
-            .map_err(|e| TestCaseError::fail(format!("after step {i} {step:?}: {e}")))?;
-    }
-    // Finish any rollback, clean everything up, check the metadata.
-    store.finish_rollback(ORIGIN).unwrap();
-    compare(&store, &model).map_err(|e| TestCaseError::fail(format!("after finishing: {e}")))?;
-    store.clean().unwrap();
-    let report = store.check().unwrap();
-    prop_assert!(report.is_clean(), "check: {:?}", report.problems);
-    compare(&store, &model).map_err(TestCaseError::fail)?;
-    // After a reopen too.
-    drop(store);
-    let store = Store::open(cow).unwrap();
-    store.attach(ORIGIN, origin_dev).unwrap();
-    compare(&store, &model).map_err(TestCaseError::fail)?;
-    let report = store.check().unwrap();
-    prop_assert!(
-        report.is_clean(),
-        "check after reopen: {:?}",
-        report.problems
-    );
-    Ok(())
+    run_workload(chunk_pages, ORIGIN_BYTES, COW_BYTES, ops).map_err(TestCaseError::fail)
 }
 
 proptest! {

@@ -15,7 +15,7 @@ const PAGE: usize = 4096;
 
 fn sample() -> &'static Sample {
     static S: OnceLock<Sample> = OnceLock::new();
-    S.get_or_init(sample_store)
+    S.get_or_init(|| sample_store().unwrap())
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -9,11 +9,8 @@
 #[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
-use common::{compare, pattern, run, Model, Op, Step, ORIGIN};
-use dms_engine::io::{Dev, MemDev};
-use dms_engine::{FormatOptions, Store};
+use common::{run_workload, Op};
 use libfuzzer_sys::fuzz_target;
-use std::sync::Arc;
 
 const SIZE: usize = 64 * 1024;
 
@@ -51,43 +48,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let chunk_pages = 1 << (first % 4);
-    let initial = pattern(SIZE, 0xA5);
-    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
-    let cow = Arc::new(MemDev::new("cow", 8 << 20));
-    let mut store = Store::format(
-        cow.clone(),
-        &FormatOptions {
-            chunk_pages,
-            force: false,
-        },
-    )
-    .unwrap();
-    store.bind(ORIGIN, origin.clone()).unwrap();
-    let mut model = Model::new(initial);
-    for (i, e) in rest.chunks_exact(6).take(48).enumerate() {
-        let Some(step) = model.resolve(&op(e)) else {
-            continue;
-        };
-        if let Step::Reopen = step {
-            store.flush().unwrap();
-            drop(store);
-            store = Store::open(cow.clone()).unwrap();
-            store.attach(ORIGIN, origin.clone()).unwrap();
-        }
-        run(&store, &step).unwrap_or_else(|e| panic!("step {i} {step:?}: {e}"));
-        model.apply(&step);
-        if let Err(e) = compare(&store, &model) {
-            panic!("after step {i} {step:?}: {e}");
-        }
+    let ops: Vec<Op> = rest.chunks_exact(6).take(48).map(op).collect();
+    if let Err(e) = run_workload(1 << (first % 4), SIZE, 8 << 20, &ops) {
+        panic!("{e}");
     }
-    store.finish_rollback(ORIGIN).unwrap();
-    store.clean().unwrap();
-    let report = store.check().unwrap();
-    assert!(report.is_clean(), "check: {:?}", report.problems);
-    drop(store);
-    let store = Store::open(cow).unwrap();
-    store.attach(ORIGIN, origin).unwrap();
-    compare(&store, &model).unwrap();
-    assert!(store.check().unwrap().is_clean());
 });

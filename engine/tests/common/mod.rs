@@ -273,6 +273,73 @@ pub fn compare(store: &Store, model: &Model) -> Result<(), String> {
     Ok(())
 }
 
+/// A workload on a fresh store and the oracle, every version compared
+/// after every step; then any rollback finished, everything cleaned and
+/// checked, and compared again after a reopen. The first difference.
+pub fn run_workload(
+    chunk_pages: u32,
+    origin_bytes: usize,
+    cow_bytes: u64,
+    ops: &[Op],
+) -> Result<(), String> {
+    use dms_engine::io::{Dev, MemDev};
+    use dms_engine::FormatOptions;
+    use std::sync::Arc;
+    let e = |what: &str, err: dms_engine::Error| format!("{what}: {err}");
+    let initial = pattern(origin_bytes, 0xA5);
+    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
+    let cow = Arc::new(MemDev::new("cow", cow_bytes));
+    let mut store = Store::format(
+        cow.clone(),
+        &FormatOptions {
+            chunk_pages,
+            force: false,
+        },
+    )
+    .map_err(|err| e("format", err))?;
+    store
+        .bind(ORIGIN, origin.clone())
+        .map_err(|err| e("bind", err))?;
+    let mut model = Model::new(initial);
+    for (i, op) in ops.iter().enumerate() {
+        let Some(step) = model.resolve(op) else {
+            continue;
+        };
+        if let Step::Reopen = step {
+            store.flush().map_err(|err| e("flush", err))?;
+            drop(store);
+            store = Store::open(cow.clone()).map_err(|err| e("reopen", err))?;
+            store
+                .attach(ORIGIN, origin.clone())
+                .map_err(|err| e("attach", err))?;
+        }
+        run(&store, &step).map_err(|err| format!("step {i} {step:?}: {err}"))?;
+        model.apply(&step);
+        compare(&store, &model).map_err(|err| format!("after step {i} {step:?}: {err}"))?;
+    }
+    store
+        .finish_rollback(ORIGIN)
+        .map_err(|err| e("finish", err))?;
+    compare(&store, &model).map_err(|err| format!("after finishing: {err}"))?;
+    store.clean().map_err(|err| e("clean", err))?;
+    let report = store.check().map_err(|err| e("check", err))?;
+    if !report.is_clean() {
+        return Err(format!("check: {:?}", report.problems));
+    }
+    compare(&store, &model)?;
+    drop(store);
+    let store = Store::open(cow).map_err(|err| e("reopen", err))?;
+    store
+        .attach(ORIGIN, origin)
+        .map_err(|err| e("attach", err))?;
+    compare(&store, &model)?;
+    let report = store.check().map_err(|err| e("check", err))?;
+    if !report.is_clean() {
+        return Err(format!("check after reopen: {:?}", report.problems));
+    }
+    Ok(())
+}
+
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| seed ^ (i as u8).wrapping_mul(31) ^ ((i >> 8) as u8))
