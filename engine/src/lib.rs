@@ -23,8 +23,9 @@ mod volume;
 pub use error::{Error, Result};
 pub use format::{PAGE_SIZE, SECTOR_SIZE};
 pub use store::{
-    CheckReport, CleanReport, ExceptionEntry, FormatOptions, OriginStatus, Store, StoreStatus,
-    VersionStatus, MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
+    CheckReport, CleanReport, ExceptionEntry, FormatOptions, HeldStats, OriginStatus, Store,
+    StoreStatus, VersionStatus, DEFAULT_HELD_LIMIT, HELD_OVERHEAD, MAX_CHUNK_PAGES,
+    MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
 };
 pub use versions::record::{MAX_MEMO, MAX_ORIGIN_ID};
 pub use volume::Volume;

@@ -56,6 +56,8 @@ pub fn sample_store() -> Result<Sample> {
             force: false,
         },
     )?;
+    // Commits at fixed points only: the same bytes every time.
+    set_background_committer(&store, false);
     for (id, dev) in SAMPLE_ORIGINS.iter().zip(&origins) {
         let dev: Dev = dev.clone();
         store.bind(id, dev)?;
@@ -183,4 +185,19 @@ pub fn set_version_counter(store: &Store, origin_id: &str, next_version: u32) ->
     m.origin_mut(index)?.rec.next_version = next_version;
     m.dirty_origins.insert(index);
     Ok(())
+}
+
+/// Stop (`false`) or restart (`true`) a store's committer thread. Stopped,
+/// held overwrites reach their devices only when a flush, a structural
+/// command, the held-data limit or [`settle`] drains them: workloads with
+/// held data then do the same device operations in the same order every
+/// time (the model and crash tests rely on it).
+pub fn set_background_committer(store: &Store, on: bool) {
+    store.inner.set_background_committer(on);
+}
+
+/// Do what the committer does once: commit, then write every held
+/// overwrite to its device (origins are not synced; a flush does that).
+pub fn settle(store: &Store) -> Result<()> {
+    store.inner.drain(None, false)
 }

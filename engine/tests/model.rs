@@ -16,20 +16,20 @@ fn cases() -> u32 {
         .unwrap_or(1000)
 }
 
-fn run_case(chunk_pages: u32, ops: &[Op]) -> Result<(), TestCaseError> {
-    run_workload(chunk_pages, ORIGIN_BYTES, COW_BYTES, ops).map_err(TestCaseError::fail)
+fn run_case(chunk_pages: u32, held: Held, ops: &[Op]) -> Result<(), TestCaseError> {
+    run_workload_held(chunk_pages, ORIGIN_BYTES, COW_BYTES, held, ops).map_err(TestCaseError::fail)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_version_matches_the_model_chunk_1(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..40)) {
-        run_case(1, &ops)?;
+    fn every_version_matches_the_model_chunk_1(held in held_strategy(), ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..40)) {
+        run_case(1, held, &ops)?;
     }
 
     #[test]
-    fn every_version_matches_the_model_chunk_4(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..40)) {
-        run_case(4, &ops)?;
+    fn every_version_matches_the_model_chunk_4(held in held_strategy(), ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..40)) {
+        run_case(4, held, &ops)?;
     }
 }

@@ -368,8 +368,9 @@ fn lazy_unmount(dir: &Path) {
 }
 
 impl Mapper {
-    /// Mount at `dir`, replacing a mount left behind by a killed daemon.
-    pub fn mount(dir: &Path) -> std::io::Result<Mapper> {
+    /// Mount at `dir`, replacing a mount left behind by a killed daemon;
+    /// `threads` serve requests at once.
+    pub fn mount(dir: &Path, threads: usize) -> std::io::Result<Mapper> {
         // Loop devices left on the files of a killed daemon only return EIO.
         super::loopdev::detach_stale(dir);
         lazy_unmount(dir);
@@ -395,7 +396,7 @@ impl Mapper {
             MountOption::NoAtime,
         ];
         cfg.acl = SessionACL::All;
-        cfg.n_threads = Some(4);
+        cfg.n_threads = Some(threads.max(1));
         cfg.clone_fd = true;
         let session = fuser::spawn_mount(fs, dir, &cfg)?;
         Ok(Mapper {

@@ -6,10 +6,12 @@
 mod fault;
 mod file;
 mod memory;
+mod tracked;
 
 pub use fault::{FaultController, FaultDev};
 pub use file::FileDev;
 pub use memory::MemDev;
+pub use tracked::Tracked;
 
 use crate::error::Result;
 use std::sync::Arc;

@@ -92,7 +92,7 @@ impl Store {
                 break;
             }
             for &c in &chunks {
-                let _stripe = inner
+                let mut stripe = inner
                     .stripe(index, c)
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
@@ -113,12 +113,22 @@ impl Store {
                     .collect();
                 for (v, e, heir) in targets {
                     owners.remove(&v);
+                    // Ghosts are never written, so nothing of theirs is held;
+                    // should it be, a relabel hands over current data and a
+                    // freed chunk takes no stale write with it.
+                    let loc = super::Loc::Cow { chunk: e };
                     match heir {
                         Some(h) if !owners.contains(&h) && e != crate::volume::MERGED => {
+                            if stripe.holds(&loc) {
+                                drop(m);
+                                inner.settle(&mut stripe, index, &loc)?;
+                                m = inner.meta()?;
+                            }
                             m.relabel(index, c, v, h)?;
                             owners.insert(h);
                         }
                         _ => {
+                            inner.discard_held(&mut stripe, &loc);
                             m.remove_exception(index, c, v)?;
                             if e != crate::volume::MERGED {
                                 report.chunks_freed += 1;

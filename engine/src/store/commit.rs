@@ -3,6 +3,7 @@
 use super::{lock, Inner};
 use crate::error::Result;
 use crate::format::{Superblock, PAGE_SIZE};
+use crate::io::BlockDev;
 use std::sync::atomic::Ordering;
 
 impl Inner {
@@ -83,7 +84,7 @@ impl Inner {
         }
         // Data chunks, nodes and origin writes are durable before the
         // superblock that makes them reachable.
-        self.cow.sync()?;
+        self.cow.sync_if_written()?;
         for dev in &origins {
             dev.sync()?;
         }

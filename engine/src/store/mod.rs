@@ -16,6 +16,7 @@ mod check;
 mod clean;
 mod commit;
 mod dump;
+mod held;
 mod meta;
 mod ops;
 mod rollback;
@@ -24,13 +25,15 @@ mod status;
 pub use check::CheckReport;
 pub use clean::CleanReport;
 pub use dump::ExceptionEntry;
+pub use held::{HeldStats, DEFAULT_HELD_LIMIT, HELD_OVERHEAD};
+pub(crate) use held::{Loc, WriteLocked};
 pub use status::{OriginStatus, StoreStatus, VersionStatus};
 
 pub(crate) use meta::{Meta, Origin};
 
 use crate::error::{Error, Result};
 use crate::format::{Superblock, PAGE_SIZE, SUPERBLOCK_SLOTS};
-use crate::io::Dev;
+use crate::io::{Dev, Tracked};
 use crate::space::SpaceMap;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -45,7 +48,7 @@ pub const MAX_CHUNK_PAGES: u32 = 64;
 pub const MAX_ORIGIN_BYTES: u64 = 1 << 60;
 /// Smallest COW device accepted, in pages.
 const MIN_COW_PAGES: u64 = 256;
-const STRIPES: usize = 1024;
+pub(crate) const STRIPES: usize = 1024;
 
 /// Options for [`Store::format`].
 #[derive(Clone, Debug)]
@@ -75,13 +78,17 @@ pub(crate) struct CommitState {
 }
 
 pub(crate) struct Inner {
-    pub(crate) cow: Dev,
+    /// The COW device; commits skip syncing it when nothing was written.
+    pub(crate) cow: Arc<Tracked>,
     pub(crate) meta: Mutex<Meta>,
     commit: Mutex<CommitState>,
     commit_cv: Condvar,
     /// Highest transaction known durable (mirror of CommitState::durable).
     durable_txn: AtomicU64,
-    stripes: Vec<RwLock<()>>,
+    /// Stripe locks; each guards the held entries of its chunks.
+    stripes: Vec<held::StripeLock>,
+    /// Index of held overwrites, shared with the committer thread.
+    held: Arc<held::HeldTable>,
     shapes: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
     failed: Mutex<Option<String>>,
     pub(crate) chunk_bytes: u64,
@@ -230,9 +237,9 @@ impl Store {
     fn from_meta(cow: Dev, meta: Meta) -> Store {
         let chunk_bytes = u64::from(meta.sb.chunk_pages) * PAGE_SIZE as u64;
         let txn = meta.txn;
-        Store {
+        let store = Store {
             inner: Arc::new(Inner {
-                cow,
+                cow: Arc::new(Tracked::new(cow)),
                 meta: Mutex::new(meta),
                 commit: Mutex::new(CommitState {
                     running: false,
@@ -242,7 +249,8 @@ impl Store {
                 }),
                 commit_cv: Condvar::new(),
                 durable_txn: AtomicU64::new(txn - 1),
-                stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+                stripes: (0..STRIPES).map(|_| RwLock::default()).collect(),
+                held: Arc::new(held::HeldTable::new()),
                 shapes: Mutex::new(HashMap::new()),
                 failed: Mutex::new(None),
                 chunk_bytes,
@@ -252,7 +260,23 @@ impl Store {
                 fg_ops: AtomicU64::new(0),
                 rollback_group: env_usize("DMS_ROLLBACK_GROUP").unwrap_or(32).clamp(1, 1024),
             }),
-        }
+        };
+        held::spawn_committer(&store.inner);
+        store
+    }
+
+    /// Bound the memory of held overwrites (bytes, bookkeeping included; at
+    /// least one chunk's worth is always allowed). Writers wait while the
+    /// held data is at the bound. The default is [`DEFAULT_HELD_LIMIT`].
+    pub fn set_held_limit(&self, bytes: u64) {
+        self.inner
+            .held
+            .set_limit(bytes.max(self.inner.chunk_bytes + HELD_OVERHEAD));
+    }
+
+    /// Held overwrites now: chunks, bytes, the peak, the limit.
+    pub fn held(&self) -> HeldStats {
+        self.inner.held.stats()
     }
 
     /// How many threads a rollback merges with (at least 1). The default
@@ -398,14 +422,14 @@ impl Inner {
         Ok(g)
     }
 
-    fn stripe_index(origin: u32, chunk: u64) -> usize {
+    pub(crate) fn stripe_index(origin: u32, chunk: u64) -> usize {
         let h = (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(origin).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
             >> 40;
         (h as usize) % STRIPES
     }
 
-    pub(crate) fn stripe(&self, origin: u32, chunk: u64) -> &RwLock<()> {
+    pub(crate) fn stripe(&self, origin: u32, chunk: u64) -> &held::StripeLock {
         &self.stripes[Self::stripe_index(origin, chunk)]
     }
 
@@ -418,7 +442,7 @@ impl Inner {
         v
     }
 
-    pub(crate) fn stripe_at(&self, i: usize) -> &RwLock<()> {
+    pub(crate) fn stripe_at(&self, i: usize) -> &held::StripeLock {
         &self.stripes[i]
     }
 
@@ -437,8 +461,25 @@ impl Inner {
         self.durable_txn.load(Ordering::Acquire)
     }
 
+    /// Every write acknowledged so far is on its device and durable: held
+    /// data is written out, then one commit syncs the COW device and every
+    /// origin written since the last sync.
     pub(crate) fn flush(&self) -> Result<()> {
+        self.drain(None, true)?;
         let target = self.meta()?.txn;
         self.commit_until(target, true)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: held data goes to its devices (as a
+        // device's cache would write back), then the committer ends.
+        self.held.shut_down();
+        if self.held.any() && self.check_failed().is_ok() {
+            if let Err(e) = self.drain(None, true) {
+                tracing::error!("writing held data at close: {e}");
+            }
+        }
     }
 }

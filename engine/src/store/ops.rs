@@ -106,6 +106,7 @@ impl Store {
         let index = self.inner.meta()?.origin(origin_id)?;
         let shape = self.inner.shape(index);
         let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        self.inner.drain(Some(index), true)?;
         {
             let m = self.inner.meta()?;
             let o = m.origin_ref(index)?;
@@ -178,6 +179,9 @@ impl Store {
         let index = self.inner.meta()?.origin(origin_id)?;
         let shape = self.inner.shape(index);
         let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        // What the new version reads from the devices must be on them
+        // before it exists: held data of this origin goes out first.
+        self.inner.drain(Some(index), true)?;
         let tag = {
             let mut m = self.inner.meta()?;
             let of_version = match of {
@@ -207,6 +211,9 @@ impl Store {
         let index = self.inner.meta()?.origin(origin_id)?;
         let shape = self.inner.shape(index);
         let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        // The deleted version's held writes go out before its chunks can
+        // be freed.
+        self.inner.drain(Some(index), true)?;
         {
             let mut m = self.inner.meta()?;
             m.version_of(index, tag)?;

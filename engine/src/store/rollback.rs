@@ -16,8 +16,9 @@
 
 use super::meta::Meta;
 use super::ops::new_version;
-use super::{lock, Background, Inner, Pacer, Store};
+use super::{lock, Background, Inner, Loc, Pacer, Store, WriteLocked};
 use crate::error::{Error, Result};
+use crate::io::BlockDev;
 use crate::versions::record::{flags, RollbackState};
 use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
 use std::collections::BTreeSet;
@@ -51,6 +52,10 @@ impl Store {
         {
             let shape = self.inner.shape(index);
             let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+            // The frozen source and the merges read the devices: nothing of
+            // this origin stays held (and its origin writes are not held
+            // until the rollback ends).
+            self.inner.drain(Some(index), true)?;
             let mut m = self.inner.meta()?;
             let v = m.version_of(index, tag)?;
             let o = m.origin_ref(index)?;
@@ -169,17 +174,9 @@ impl Inner {
                     return;
                 }
                 let group = groups[g];
-                let stripes: Vec<_> = self
-                    .stripe_set(index, group.iter().copied())
-                    .into_iter()
-                    .map(|i| {
-                        self.stripe_at(i)
-                            .write()
-                            .unwrap_or_else(PoisonError::into_inner)
-                    })
-                    .collect();
-                let res = self.merge_for_rollback(index, group, false, defer);
-                drop(stripes);
+                let mut locked = self.lock_write(index, group.iter().copied());
+                let res = self.merge_for_rollback(index, group, false, defer, &mut locked);
+                drop(locked);
                 match res {
                     Ok(Some(txn)) => {
                         lock(&deferred).push(g);
@@ -255,6 +252,7 @@ impl Inner {
         chunks: &[u64],
         mark: bool,
         defer: bool,
+        locked: &mut WriteLocked<'_>,
     ) -> Result<Option<u64>> {
         let cb = self.chunk_bytes;
         let (rb, dev, size, dirty) = {
@@ -310,6 +308,26 @@ impl Inner {
                 }
             }
             return Ok(None);
+        }
+        // The merge reads and writes the devices directly: nothing of these
+        // chunks may be held (origin writes are not held during a rollback,
+        // and the source is read by more than one version).
+        for &(c, e, _) in &work {
+            let s = locked.stripe_mut(Self::stripe_index(index, c));
+            let settled = self
+                .settle(
+                    s,
+                    index,
+                    &Loc::Origin {
+                        origin: index,
+                        chunk: c,
+                    },
+                )
+                .and_then(|()| self.settle(s, index, &Loc::Cow { chunk: e }));
+            if let Err(err) = settled {
+                release(&mut *self.meta()?, &work);
+                return Err(err);
+            }
         }
         let mut buf = vec![0u8; cb as usize];
         // The origin's current data, for the origin's child, made durable first.

@@ -2,15 +2,17 @@
 //! or a snapshot. Any offset and length; safe from many threads.
 
 mod plan;
+mod read;
+mod write;
 
 pub(crate) use plan::{heir_target, resolve, Src, MERGED};
 
 use crate::error::{Error, Result};
 use crate::io::Dev;
 use crate::store::{lock, Inner, Store};
-use plan::{plan_write, Plan};
+use plan::Plan;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, PoisonError, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 /// Chunks handled under one set of stripe locks.
 const BATCH_CHUNKS: u64 = 64;
@@ -135,115 +137,6 @@ impl Volume {
         })
     }
 
-    fn stripes_read(&self, batch: &[Piece]) -> Vec<RwLockReadGuard<'_, ()>> {
-        let inner = self.inner();
-        inner
-            .stripe_set(self.origin, batch.iter().map(|p| p.chunk))
-            .into_iter()
-            .map(|i| {
-                inner
-                    .stripe_at(i)
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-            })
-            .collect()
-    }
-
-    fn stripes_write(&self, batch: &[Piece]) -> Vec<RwLockWriteGuard<'_, ()>> {
-        let inner = self.inner();
-        inner
-            .stripe_set(self.origin, batch.iter().map(|p| p.chunk))
-            .into_iter()
-            .map(|i| {
-                inner
-                    .stripe_at(i)
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-            })
-            .collect()
-    }
-
-    /// Read `buf.len()` bytes at `offset`.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len())?;
-        self.inner().note_foreground();
-        let cb = self.inner().chunk_bytes;
-        let shape = self.inner().shape(self.origin);
-        let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
-        let all = pieces(offset, buf.len(), cb);
-        for batch in all.chunks(BATCH_CHUNKS as usize) {
-            let _stripes = self.stripes_read(batch);
-            let ctx = self.ctx()?;
-            let rolling = if ctx.version == 0 {
-                self.rollback_source()?
-            } else {
-                None
-            };
-            let srcs: Vec<Src> = if let Some((source, cursor)) = rolling {
-                // During a rollback the origin reads as the frozen source
-                // wherever that chunk is not merged yet.
-                let mut m = self.inner().meta()?;
-                let mut out = Vec::with_capacity(batch.len());
-                for p in batch {
-                    if p.chunk < cursor {
-                        out.push(Src::Origin);
-                        continue;
-                    }
-                    let excs = m.exceptions(self.origin, p.chunk)?;
-                    out.push(resolve(&m.origin_ref(self.origin)?.tree, source, &excs));
-                }
-                out
-            } else if ctx.version == 0 {
-                vec![Src::Origin; batch.len()]
-            } else {
-                let mut m = self.inner().meta()?;
-                let mut out = Vec::with_capacity(batch.len());
-                for p in batch {
-                    let excs = m.exceptions(self.origin, p.chunk)?;
-                    out.push(resolve(
-                        &m.origin_ref(self.origin)?.tree,
-                        ctx.version,
-                        &excs,
-                    ));
-                }
-                out
-            };
-            // Coalesce neighbouring pieces that read one contiguous range.
-            let mut i = 0;
-            while i < batch.len() {
-                let mut j = i + 1;
-                while j < batch.len() && contiguous(&srcs[j - 1], &srcs[j]) {
-                    j += 1;
-                }
-                let first = batch[i];
-                let last = batch[j - 1];
-                let len = last.at + last.len - first.at;
-                let dst = &mut buf[first.at..first.at + len];
-                match srcs[i] {
-                    Src::Origin => ctx.dev.read_at(dst, first.chunk * cb + first.off as u64)?,
-                    Src::Cow(e) => self.inner().cow.read_at(dst, e * cb + first.off as u64)?,
-                }
-                i = j;
-            }
-        }
-        Ok(())
-    }
-
-    /// Write `buf` at `offset`. Durable after the next flush.
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len())?;
-        self.inner().note_foreground();
-        let cb = self.inner().chunk_bytes;
-        let shape = self.inner().shape(self.origin);
-        let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
-        let all = pieces(offset, buf.len(), cb);
-        for batch in all.chunks(BATCH_CHUNKS as usize) {
-            let _stripes = self.stripes_write(batch);
-            self.write_batch(buf, batch, cb)?;
-        }
-        Ok(())
-    }
-
     /// (source version, cursor) of a rollback into this origin, if one runs.
     fn rollback_source(&self) -> Result<Option<(u32, u64)>> {
         let m = self.inner().meta()?;
@@ -254,169 +147,8 @@ impl Volume {
             .map(|r| (r.source, r.cursor)))
     }
 
-    fn write_batch(&self, buf: &[u8], batch: &[Piece], cb: u64) -> Result<()> {
-        let inner = self.inner();
-        let ctx = self.ctx()?;
-        let mut full_chunks: Vec<u64> = Vec::new();
-        if ctx.version == 0 {
-            if let Some((_, cursor)) = self.rollback_source()? {
-                // A write to a chunk a rollback has not merged yet merges it
-                // first; one that covers the whole chunk only marks it merged
-                // (the data would be overwritten anyway).
-                let (full, partial): (Vec<&Piece>, Vec<&Piece>) = batch
-                    .iter()
-                    .filter(|p| p.chunk >= cursor)
-                    .partition(|p| p.len as u64 == cb);
-                if !partial.is_empty() {
-                    let chunks: Vec<u64> = partial.iter().map(|p| p.chunk).collect();
-                    inner.merge_for_rollback(self.origin, &chunks, true, false)?;
-                }
-                // Whole chunks are marked after the write below has reached
-                // the origin: a marker is only made durable together with
-                // the origin's data.
-                full_chunks = full.iter().map(|p| p.chunk).collect();
-            }
-        }
-        let plans = {
-            let mut m = inner.meta()?;
-            let durable = inner.durable();
-            let mut plans = Vec::with_capacity(batch.len());
-            for p in batch {
-                match plan_write(&mut m, self.origin, ctx.version, p.chunk, durable) {
-                    Ok(plan) => plans.push(plan),
-                    Err(e) => {
-                        release(&mut m, &plans);
-                        return Err(e);
-                    }
-                }
-            }
-            plans
-        };
-        if let Err(e) = self.copy_data(buf, batch, &plans, &ctx, cb) {
-            release(&mut *inner.meta()?, &plans);
-            return Err(e);
-        }
-        // Record the new exceptions.
-        let need = {
-            let mut m = inner.meta()?;
-            let res = (|| -> Result<Option<u64>> {
-                let mut need: Option<u64> = None;
-                for (p, plan) in batch.iter().zip(&plans) {
-                    match *plan {
-                        Plan::CopyOut { heir, n } => {
-                            m.add_new_exception(self.origin, p.chunk, heir, n)?;
-                            need = Some(m.txn);
-                        }
-                        Plan::Move { heir, n, .. } => {
-                            m.relabel(self.origin, p.chunk, ctx.version, heir)?;
-                            m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
-                        }
-                        Plan::Fresh { n, heir, .. } => {
-                            if let Some((h, hc)) = heir {
-                                m.add_new_exception(self.origin, p.chunk, h, hc)?;
-                            }
-                            m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
-                        }
-                        Plan::Direct { wait } => need = need.max(wait),
-                        Plan::InPlace { .. } => {}
-                    }
-                }
-                Ok(need)
-            })();
-            match res {
-                Ok(need) => need,
-                Err(e) => {
-                    drop(m);
-                    inner.fail(&e);
-                    return Err(e);
-                }
-            }
-        };
-        if ctx.version != 0 {
-            return Ok(());
-        }
-        // Copy-outs and the metadata naming them are durable before the
-        // origin is overwritten.
-        if let Some(txn) = need {
-            inner.commit_until(txn, false)?;
-        }
-        let first = batch[0];
-        let last = batch[batch.len() - 1];
-        let len = last.at + last.len - first.at;
-        ctx.dev.write_at(
-            &buf[first.at..first.at + len],
-            first.chunk * cb + first.off as u64,
-        )?;
-        inner.mark_origin_dirty(self.origin, &ctx.dirty);
-        if !full_chunks.is_empty() {
-            inner.mark_merged(self.origin, &full_chunks)?;
-        }
-        Ok(())
-    }
-
-    /// Move data for every plan except the origin overwrite itself.
-    fn copy_data(
-        &self,
-        buf: &[u8],
-        batch: &[Piece],
-        plans: &[Plan],
-        ctx: &Ctx,
-        cb: u64,
-    ) -> Result<()> {
-        let cow = &self.inner().cow;
-        let wait = plans
-            .iter()
-            .filter_map(|p| match p {
-                Plan::InPlace { wait, .. } => *wait,
-                _ => None,
-            })
-            .max();
-        if let Some(txn) = wait {
-            self.inner().commit_until(txn, false)?;
-        }
-        let mut scratch = vec![0u8; cb as usize];
-        for (p, plan) in batch.iter().zip(plans) {
-            let data = &buf[p.at..p.at + p.len];
-            let full = p.len as u64 == cb;
-            match *plan {
-                Plan::Direct { .. } => {}
-                Plan::CopyOut { n, .. } => {
-                    read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?;
-                    cow.write_at(&scratch, n * cb)?;
-                }
-                Plan::InPlace { e, .. } => cow.write_at(data, e * cb + p.off as u64)?,
-                Plan::Move { e, n, .. } => {
-                    if full {
-                        cow.write_at(data, n * cb)?;
-                    } else {
-                        cow.read_at(&mut scratch, e * cb)?;
-                        scratch[p.off..p.off + p.len].copy_from_slice(data);
-                        cow.write_at(&scratch, n * cb)?;
-                    }
-                }
-                Plan::Fresh { src, n, heir } => {
-                    if full && heir.is_none() {
-                        cow.write_at(data, n * cb)?;
-                        continue;
-                    }
-                    match src {
-                        Src::Origin => {
-                            read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?
-                        }
-                        Src::Cow(e) => cow.read_at(&mut scratch, e * cb)?,
-                    }
-                    if let Some((_, hc)) = heir {
-                        cow.write_at(&scratch, hc * cb)?;
-                    }
-                    scratch[p.off..p.off + p.len].copy_from_slice(data);
-                    cow.write_at(&scratch, n * cb)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Make every completed write durable.
+    /// Make every completed write durable: on its device (held data is
+    /// written out first) and synced.
     pub fn flush(&self) -> Result<()> {
         self.store.flush()
     }

@@ -46,9 +46,25 @@ pub struct Setup {
     origin: Arc<FaultDev>,
     cow: Arc<FaultDev>,
     store: Store,
+    held: Held,
 }
 
-pub fn setup(chunk_pages: u32, initial: &[u8]) -> Setup {
+/// The held-data treatment of a crash workload: always without the
+/// committer thread (the device operations must repeat exactly), with the
+/// default limit, a few chunks' worth, or one chunk (every write drains
+/// what the one before held), picked from the workload itself.
+pub fn held_for(ops: &[Op]) -> Held {
+    Held {
+        background: false,
+        limit: match ops.len() % 3 {
+            0 => None,
+            1 => Some(3 * 4 * 4096),
+            _ => Some(1),
+        },
+    }
+}
+
+pub fn setup(chunk_pages: u32, initial: &[u8], held: Held) -> Setup {
     let ctl = FaultController::new();
     let origin = Arc::new(FaultDev::new("origin", initial.to_vec(), ctl.clone()));
     let cow = Arc::new(FaultDev::new("cow", vec![0u8; COW_BYTES], ctl.clone()));
@@ -60,6 +76,7 @@ pub fn setup(chunk_pages: u32, initial: &[u8]) -> Setup {
         },
     )
     .unwrap();
+    held.apply(&store);
     let dev: Dev = origin.clone();
     store.bind(ORIGIN, dev).unwrap();
     Setup {
@@ -67,6 +84,7 @@ pub fn setup(chunk_pages: u32, initial: &[u8]) -> Setup {
         origin,
         cow,
         store,
+        held,
     }
 }
 
@@ -91,6 +109,7 @@ pub fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Mod
             s.store.flush().and_then(|_| {
                 let cow: Dev = s.cow.clone();
                 let store = Store::open(cow)?;
+                s.held.apply(&store);
                 let dev: Dev = s.origin.clone();
                 store.attach(ORIGIN, dev)?;
                 s.store = store;
@@ -118,7 +137,7 @@ pub fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Mod
         *model = after;
         // Finishing commits only when a rollback was running.
         let flushes = match step {
-            Step::Write { .. } | Step::Zero { .. } | Step::Clean => false,
+            Step::Write { .. } | Step::Zero { .. } | Step::Clean | Step::Settle => false,
             Step::Finish => was_pending,
             _ => true,
         };
@@ -133,7 +152,7 @@ pub fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Mod
 /// Writes and syncs a workload makes (a dry run without a crash).
 pub fn count_ops(chunk_pages: u32, ops: &[Op]) -> u64 {
     let initial = pattern(ORIGIN_BYTES, 0x3C);
-    let mut s = setup(chunk_pages, &initial);
+    let mut s = setup(chunk_pages, &initial, held_for(ops));
     let base_ops = s.ctl.ops();
     let mut m = Model::new(initial);
     drive(&mut s, ops, &mut m);
@@ -144,7 +163,7 @@ pub fn count_ops(chunk_pages: u32, ops: &[Op]) -> u64 {
 /// verify. Ok(false) if the workload ended before that point.
 pub fn crash_at(chunk_pages: u32, ops: &[Op], at: u64, total: u64) -> Result<bool, TestCaseError> {
     let initial = pattern(ORIGIN_BYTES, 0x3C);
-    let mut s = setup(chunk_pages, &initial);
+    let mut s = setup(chunk_pages, &initial, held_for(ops));
     s.ctl.crash_after(at);
     let mut model = Model::new(initial.clone());
     let (durable, maybe, pending) = drive(&mut s, ops, &mut model);

@@ -44,6 +44,9 @@ pub enum Op {
     Flush,
     Clean,
     Reopen,
+    /// Let the committer write held overwrites out (commit, then device
+    /// writes; no origin sync).
+    Settle,
 }
 
 pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
@@ -61,7 +64,47 @@ pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         1 => Just(Op::Clean),
         1 => Just(Op::Reopen),
+        2 => Just(Op::Settle),
     ]
+}
+
+/// How a workload's store treats held overwrites.
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    /// The committer thread drains held data as it comes (racing the
+    /// workload's reads); without it only flushes, structural commands,
+    /// the limit and Settle do, so runs are exactly repeatable.
+    pub background: bool,
+    /// Bound on held bytes (None: the default).
+    pub limit: Option<u64>,
+}
+
+impl Held {
+    /// Deterministic: no committer thread, default limit.
+    pub const MANUAL: Held = Held {
+        background: false,
+        limit: None,
+    };
+
+    pub fn apply(&self, store: &Store) {
+        dms_engine::testing::set_background_committer(store, self.background);
+        if let Some(l) = self.limit {
+            store.set_held_limit(l);
+        }
+    }
+}
+
+/// Held-data settings for the model test: manual or background, with the
+/// default limit, a few chunks, or so little that every write drains.
+pub fn held_strategy() -> impl Strategy<Value = Held> {
+    (any::<bool>(), 0..3u8).prop_map(|(background, l)| Held {
+        background,
+        limit: match l {
+            0 => None,
+            1 => Some(5 * 4096 * 4),
+            _ => Some(1),
+        },
+    })
 }
 
 /// Every version's content.
@@ -151,6 +194,7 @@ impl Model {
             Op::Flush => Step::Flush,
             Op::Clean => Step::Clean,
             Op::Reopen => Step::Reopen,
+            Op::Settle => Step::Settle,
         })
     }
 
@@ -185,7 +229,7 @@ impl Model {
                 self.pending = Some(*tag);
             }
             Step::Finish => self.pending = None,
-            Step::Flush | Step::Clean | Step::Reopen => {}
+            Step::Flush | Step::Clean | Step::Reopen | Step::Settle => {}
         }
     }
 }
@@ -220,6 +264,7 @@ pub enum Step {
     Flush,
     Clean,
     Reopen,
+    Settle,
 }
 
 /// Run a step on the engine (Reopen is the caller's business).
@@ -240,6 +285,7 @@ pub fn run(store: &Store, step: &Step) -> dms_engine::Result<()> {
         Step::Flush => store.flush(),
         Step::Clean => store.clean().map(|_| ()),
         Step::Reopen => Ok(()),
+        Step::Settle => dms_engine::testing::settle(store),
     }
 }
 
@@ -282,6 +328,17 @@ pub fn run_workload(
     cow_bytes: u64,
     ops: &[Op],
 ) -> Result<(), String> {
+    run_workload_held(chunk_pages, origin_bytes, cow_bytes, Held::MANUAL, ops)
+}
+
+/// [`run_workload`] with the given treatment of held overwrites.
+pub fn run_workload_held(
+    chunk_pages: u32,
+    origin_bytes: usize,
+    cow_bytes: u64,
+    held: Held,
+    ops: &[Op],
+) -> Result<(), String> {
     use dms_engine::io::{Dev, MemDev};
     use dms_engine::FormatOptions;
     use std::sync::Arc;
@@ -297,6 +354,7 @@ pub fn run_workload(
         },
     )
     .map_err(|err| e("format", err))?;
+    held.apply(&store);
     store
         .bind(ORIGIN, origin.clone())
         .map_err(|err| e("bind", err))?;
@@ -309,6 +367,7 @@ pub fn run_workload(
             store.flush().map_err(|err| e("flush", err))?;
             drop(store);
             store = Store::open(cow.clone()).map_err(|err| e("reopen", err))?;
+            held.apply(&store);
             store
                 .attach(ORIGIN, origin.clone())
                 .map_err(|err| e("attach", err))?;

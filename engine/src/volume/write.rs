@@ -1,0 +1,344 @@
+//! Writes. Under the stripe locks of a batch of chunks: plan each chunk
+//! under the metadata lock, move the data that keeps every other version's
+//! view (copy-outs, copies for an heir), record the exceptions, then put the
+//! new data in place: on the device when nothing needs to be durable first,
+//! else held in memory until the committer has made that durable.
+
+use super::plan::{plan_write, Plan, Src};
+use super::{pieces, read_origin_chunk, release, Ctx, Piece, Volume, BATCH_CHUNKS};
+use crate::error::{Error, Result};
+use crate::io::BlockDev;
+use crate::store::{Inner, Loc, WriteLocked};
+use std::sync::PoisonError;
+
+/// The old content of a chunk, read for its copy-out: it becomes the
+/// chunk's held data, with the write on top.
+type Old = Option<Box<[u8]>>;
+
+impl Volume {
+    /// Write `buf` at `offset`. Every later read sees it at once; it is
+    /// durable after the next flush.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        let inner = self.inner();
+        inner.note_foreground();
+        // Before any lock: the committer needs stripe locks to make room.
+        inner.wait_for_room()?;
+        let cb = inner.chunk_bytes;
+        let shape = inner.shape(self.origin);
+        let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
+        let all = pieces(offset, buf.len(), cb);
+        for batch in all.chunks(BATCH_CHUNKS as usize) {
+            let mut locked = inner.lock_write(self.origin, batch.iter().map(|p| p.chunk));
+            self.write_batch(buf, batch, cb, &mut locked)?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(
+        &self,
+        buf: &[u8],
+        batch: &[Piece],
+        cb: u64,
+        locked: &mut WriteLocked<'_>,
+    ) -> Result<()> {
+        let inner = self.inner();
+        let ctx = self.ctx()?;
+        let mut rolling = false;
+        let mut full_chunks: Vec<u64> = Vec::new();
+        if ctx.version == 0 {
+            if let Some((_, cursor)) = self.rollback_source()? {
+                rolling = true;
+                // A write to a chunk a rollback has not merged yet merges it
+                // first; one that covers the whole chunk only marks it merged
+                // (the data would be overwritten anyway).
+                let (full, partial): (Vec<&Piece>, Vec<&Piece>) = batch
+                    .iter()
+                    .filter(|p| p.chunk >= cursor)
+                    .partition(|p| p.len as u64 == cb);
+                if !partial.is_empty() {
+                    let chunks: Vec<u64> = partial.iter().map(|p| p.chunk).collect();
+                    inner.merge_for_rollback(self.origin, &chunks, true, false, locked)?;
+                }
+                // Whole chunks are marked after the write below has reached
+                // the origin: a marker is only made durable together with
+                // the origin's data.
+                full_chunks = full.iter().map(|p| p.chunk).collect();
+            }
+        }
+        let mut retried = false;
+        let plans = 'plan: loop {
+            let mut m = inner.meta()?;
+            let durable = inner.durable();
+            let mut plans = Vec::with_capacity(batch.len());
+            for p in batch {
+                match plan_write(&mut m, self.origin, ctx.version, p.chunk, durable) {
+                    Ok(plan) => plans.push(plan),
+                    Err(e) => {
+                        release(&mut m, &plans);
+                        // Pages freed in the open transaction come back once
+                        // it is durable: ENOSPC only if that is not enough.
+                        if matches!(e, Error::NoSpace) && !retried && m.space.alloc.has_pending() {
+                            retried = true;
+                            let txn = m.txn;
+                            drop(m);
+                            inner.commit_until(txn, false)?;
+                            continue 'plan;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            break plans;
+        };
+        let olds = match self.copy_data(buf, batch, &plans, &ctx, cb, locked) {
+            Ok(olds) => olds,
+            Err(e) => {
+                release(&mut *inner.meta()?, &plans);
+                return Err(e);
+            }
+        };
+        // Record the new exceptions; `need` is the transaction of the
+        // copy-outs among them.
+        let need = {
+            let mut m = inner.meta()?;
+            let res = (|| -> Result<Option<u64>> {
+                let mut need: Option<u64> = None;
+                for (p, plan) in batch.iter().zip(&plans) {
+                    match *plan {
+                        Plan::CopyOut { heir, n } => {
+                            m.add_new_exception(self.origin, p.chunk, heir, n)?;
+                            need = Some(m.txn);
+                        }
+                        Plan::Move { heir, n, .. } => {
+                            m.relabel(self.origin, p.chunk, ctx.version, heir)?;
+                            m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
+                        }
+                        Plan::Fresh { n, heir, .. } => {
+                            if let Some((h, hc)) = heir {
+                                m.add_new_exception(self.origin, p.chunk, h, hc)?;
+                            }
+                            m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
+                        }
+                        Plan::Direct { .. } | Plan::InPlace { .. } => {}
+                    }
+                }
+                Ok(need)
+            })();
+            match res {
+                Ok(need) => need,
+                Err(e) => {
+                    drop(m);
+                    inner.fail(&e);
+                    return Err(e);
+                }
+            }
+        };
+        if ctx.version != 0 {
+            return Ok(());
+        }
+        if rolling {
+            return self.write_origin_rolling(buf, batch, &plans, need, &full_chunks, &ctx, locked);
+        }
+        self.write_origin(buf, batch, &plans, olds, need, &ctx, cb, locked)
+    }
+
+    /// Put an origin write in place: straight to the device where nothing
+    /// must become durable first, else held until the committer has made
+    /// the copy-outs (or other exception changes) of those chunks durable.
+    #[allow(clippy::too_many_arguments)]
+    fn write_origin(
+        &self,
+        buf: &[u8],
+        batch: &[Piece],
+        plans: &[Plan],
+        olds: Vec<Old>,
+        need: Option<u64>,
+        ctx: &Ctx,
+        cb: u64,
+        locked: &mut WriteLocked<'_>,
+    ) -> Result<()> {
+        let inner = self.inner();
+        // Runs of neighbouring pieces that go straight to the device.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, ((p, plan), old)) in batch.iter().zip(plans).zip(olds).enumerate() {
+            let loc = Loc::Origin {
+                origin: self.origin,
+                chunk: p.chunk,
+            };
+            let s = locked.stripe_mut(Inner::stripe_index(self.origin, p.chunk));
+            let wait = match *plan {
+                Plan::CopyOut { .. } => need,
+                Plan::Direct { wait } => wait,
+                _ => None,
+            };
+            if wait.is_none() && !s.holds(&loc) {
+                match runs.last_mut() {
+                    Some(r) if r.1 + 1 == i => r.1 = i,
+                    _ => runs.push((i, i)),
+                }
+                continue;
+            }
+            if !s.holds(&loc) {
+                let data = match old {
+                    Some(b) => b,
+                    None => {
+                        let mut b = vec![0u8; cb as usize].into_boxed_slice();
+                        read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
+                        b
+                    }
+                };
+                inner.hold(s, self.origin, loc, data, wait);
+            }
+            inner.overlay(s, &loc, p.off, &buf[p.at..p.at + p.len], wait);
+        }
+        for (i, j) in runs {
+            let (first, last) = (batch[i], batch[j]);
+            let len = last.at + last.len - first.at;
+            ctx.dev.write_at(
+                &buf[first.at..first.at + len],
+                first.chunk * cb + first.off as u64,
+            )?;
+        }
+        inner.mark_origin_dirty(self.origin, &ctx.dirty);
+        Ok(())
+    }
+
+    /// An origin write while a rollback runs: merges and markers are only
+    /// recorded once the origin's data is on the device, so these writes
+    /// are not held; they wait for their commit.
+    #[allow(clippy::too_many_arguments)]
+    fn write_origin_rolling(
+        &self,
+        buf: &[u8],
+        batch: &[Piece],
+        plans: &[Plan],
+        need: Option<u64>,
+        full_chunks: &[u64],
+        ctx: &Ctx,
+        locked: &mut WriteLocked<'_>,
+    ) -> Result<()> {
+        let inner = self.inner();
+        let cb = inner.chunk_bytes;
+        let wait = plans
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Direct { wait } => *wait,
+                _ => None,
+            })
+            .max()
+            .max(need);
+        // Copy-outs and the metadata naming them are durable before the
+        // origin is overwritten.
+        if let Some(txn) = wait {
+            inner.commit_until(txn, false)?;
+        }
+        for p in batch {
+            let s = locked.stripe_mut(Inner::stripe_index(self.origin, p.chunk));
+            let loc = Loc::Origin {
+                origin: self.origin,
+                chunk: p.chunk,
+            };
+            inner.settle(s, self.origin, &loc)?;
+        }
+        let first = batch[0];
+        let last = batch[batch.len() - 1];
+        let len = last.at + last.len - first.at;
+        ctx.dev.write_at(
+            &buf[first.at..first.at + len],
+            first.chunk * cb + first.off as u64,
+        )?;
+        inner.mark_origin_dirty(self.origin, &ctx.dirty);
+        if !full_chunks.is_empty() {
+            inner.mark_merged(self.origin, full_chunks)?;
+        }
+        Ok(())
+    }
+
+    /// Move data for every plan except the origin overwrite itself; a
+    /// snapshot's in-place write that must wait for a commit is held.
+    /// Returns, per piece, the old data a copy-out read.
+    fn copy_data(
+        &self,
+        buf: &[u8],
+        batch: &[Piece],
+        plans: &[Plan],
+        ctx: &Ctx,
+        cb: u64,
+        locked: &mut WriteLocked<'_>,
+    ) -> Result<Vec<Old>> {
+        let inner = self.inner();
+        let cow = &inner.cow;
+        let o = self.origin;
+        let mut olds = Vec::with_capacity(batch.len());
+        let mut scratch = vec![0u8; cb as usize];
+        for (p, plan) in batch.iter().zip(plans) {
+            let data = &buf[p.at..p.at + p.len];
+            let full = p.len as u64 == cb;
+            let s = locked.stripe_mut(Inner::stripe_index(o, p.chunk));
+            let at_origin = Loc::Origin {
+                origin: o,
+                chunk: p.chunk,
+            };
+            let mut old = None;
+            match *plan {
+                Plan::Direct { .. } => {}
+                Plan::CopyOut { n, .. } => {
+                    // The copy is of what the device holds: nothing held.
+                    inner.settle(s, o, &at_origin)?;
+                    let mut b = vec![0u8; cb as usize].into_boxed_slice();
+                    read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
+                    cow.write_at(&b, n * cb)?;
+                    old = Some(b);
+                }
+                Plan::InPlace { e, wait } => {
+                    let loc = Loc::Cow { chunk: e };
+                    if wait.is_none() && !s.holds(&loc) {
+                        cow.write_at(data, e * cb + p.off as u64)?;
+                    } else {
+                        if !s.holds(&loc) {
+                            let mut b = vec![0u8; cb as usize].into_boxed_slice();
+                            cow.read_at(&mut b, e * cb)?;
+                            inner.hold(s, o, loc, b, wait);
+                        }
+                        inner.overlay(s, &loc, p.off, data, wait);
+                    }
+                }
+                Plan::Move { e, n, .. } => {
+                    // `e` passes to the heir: it must hold its current data.
+                    inner.settle(s, o, &Loc::Cow { chunk: e })?;
+                    if full {
+                        cow.write_at(data, n * cb)?;
+                    } else {
+                        cow.read_at(&mut scratch, e * cb)?;
+                        scratch[p.off..p.off + p.len].copy_from_slice(data);
+                        cow.write_at(&scratch, n * cb)?;
+                    }
+                }
+                Plan::Fresh { src, n, heir } => {
+                    if full && heir.is_none() {
+                        cow.write_at(data, n * cb)?;
+                    } else {
+                        match src {
+                            Src::Origin => {
+                                inner.settle(s, o, &at_origin)?;
+                                read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?
+                            }
+                            Src::Cow(e) => {
+                                inner.settle(s, o, &Loc::Cow { chunk: e })?;
+                                cow.read_at(&mut scratch, e * cb)?
+                            }
+                        }
+                        if let Some((_, hc)) = heir {
+                            cow.write_at(&scratch, hc * cb)?;
+                        }
+                        scratch[p.off..p.off + p.len].copy_from_slice(data);
+                        cow.write_at(&scratch, n * cb)?;
+                    }
+                }
+            }
+            olds.push(old);
+        }
+        Ok(olds)
+    }
+}
