@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{
     Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Default bound on held data, bytes (see [`crate::Store::set_held_limit`]).
 pub const DEFAULT_HELD_LIMIT: u64 = 64 << 20;
@@ -53,11 +53,6 @@ pub const HELD_OVERHEAD: u64 = 96;
 
 /// How long a waiting writer or a failing committer sleeps between looks.
 const RETRY: Duration = Duration::from_millis(20);
-
-/// How long the committer lets held data gather before it commits, unless
-/// an eighth of the limit is held sooner: one commit then covers hundreds
-/// of writes, and writes to one chunk in that time cost one device write.
-const LINGER: Duration = Duration::from_millis(5);
 
 /// Where held data goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,11 +180,6 @@ impl HeldTable {
         self.wake_committer();
     }
 
-    /// Held bytes at which the committer stops lingering.
-    fn urgent(&self) -> u64 {
-        self.limit.load(Ordering::SeqCst) / 8
-    }
-
     fn full(&self) -> bool {
         self.bytes.load(Ordering::SeqCst) >= self.limit.load(Ordering::SeqCst)
     }
@@ -208,14 +198,12 @@ impl HeldTable {
 
     fn added(&self, size: u64, after: u64) {
         self.max_after.fetch_max(after, Ordering::SeqCst);
-        let first = self.count.fetch_add(1, Ordering::SeqCst) == 0;
-        let before = self.bytes.fetch_add(size, Ordering::SeqCst);
-        let now = before + size;
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let now = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
         self.peak.fetch_max(now, Ordering::SeqCst);
-        // Wake the committer only when it has something new to decide: a
-        // first entry starts its lingering, the urgent mark ends it.
-        let urgent = self.urgent();
-        if self.idle.load(Ordering::SeqCst) && (first || (before < urgent && now >= urgent)) {
+        // The committer is woken only when it sleeps: while it works, what
+        // is held meanwhile waits for its next round (one commit for all).
+        if self.idle.load(Ordering::SeqCst) {
             self.wake_committer();
         }
     }
@@ -595,8 +583,10 @@ pub(crate) fn spawn_committer(inner: &Arc<Inner>) {
     }
 }
 
-/// Sleep until there is held data to write and it is time to write it.
-/// False on shutdown.
+/// Sleep until there is held data to write; false on shutdown. The
+/// committer does not linger: a flush that comes soon after a copy-out (a
+/// database's commit) then mostly finds the copy-out durable already, and
+/// whatever is held while a round runs shares the next round's commit.
 fn wait_for_work(t: &HeldTable) -> bool {
     let mut g = lock(&t.sleep);
     loop {
@@ -605,31 +595,11 @@ fn wait_for_work(t: &HeldTable) -> bool {
         }
         t.idle.store(true, Ordering::SeqCst);
         if t.any() && t.background.load(Ordering::SeqCst) {
-            break;
+            t.idle.store(false, Ordering::SeqCst);
+            return true;
         }
         g = t.work.wait(g).unwrap_or_else(PoisonError::into_inner);
     }
-    // Let more gather, unless it is urgent or writers wait.
-    let deadline = Instant::now() + LINGER;
-    loop {
-        let now = Instant::now();
-        if t.shutdown.load(Ordering::SeqCst) {
-            return false;
-        }
-        if now >= deadline
-            || t.bytes.load(Ordering::SeqCst) >= t.urgent()
-            || t.room_waiters.load(Ordering::SeqCst) > 0
-        {
-            break;
-        }
-        g = t
-            .work
-            .wait_timeout(g, deadline - now)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-    t.idle.store(false, Ordering::SeqCst);
-    true
 }
 
 fn committer(weak: Weak<Inner>, table: Arc<HeldTable>) {

@@ -1,0 +1,389 @@
+//! Held overwrites: origin writes acknowledged before the commit that makes
+//! their copy-outs durable. The bound on held memory, what a flush
+//! promises, and failures while data is held.
+
+mod common;
+
+use common::*;
+use dms_engine::io::{BlockDev, Dev, FaultController, FaultDev, MemDev};
+use dms_engine::testing::{set_background_committer, settle};
+use dms_engine::{Error, FormatOptions, Store, HELD_OVERHEAD};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+const MIB: u64 = 1 << 20;
+
+fn store_on(cow: Dev) -> Store {
+    Store::format(cow, &FormatOptions::default()).unwrap()
+}
+
+/// A memory device whose writes fail with EIO while `failing` is set.
+struct Flaky {
+    mem: MemDev,
+    failing: AtomicBool,
+    writes: AtomicU64,
+}
+
+impl Flaky {
+    fn new(bytes: &[u8]) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            mem: MemDev::from_bytes("flaky-origin", bytes),
+            failing: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+        })
+    }
+}
+
+impl BlockDev for Flaky {
+    fn name(&self) -> &str {
+        self.mem.name()
+    }
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> dms_engine::Result<()> {
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> dms_engine::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::Io {
+                device: "flaky-origin".into(),
+                op: "write",
+                source: std::io::Error::from_raw_os_error(5),
+            });
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.mem.write_at(buf, offset)
+    }
+    fn sync(&self) -> dms_engine::Result<()> {
+        self.mem.sync()
+    }
+}
+
+#[test]
+fn writers_wait_at_the_held_limit_and_nothing_is_lost() {
+    const WRITERS: usize = 6;
+    const WRITE: usize = 3 * 4096 + 512; // spans up to 5 chunks
+    let size = 16 * MIB;
+    let initial = pattern(size as usize, 9);
+    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
+    let st = store_on(Arc::new(MemDev::new("cow", 64 * MIB)));
+    st.bind(ORIGIN, origin.clone()).unwrap();
+    let limit = 256 * 1024;
+    st.set_held_limit(limit);
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let peak = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (st, peak, stop) = (st.clone(), peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(st.held().bytes, Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        })
+    };
+    // Each writer writes its own stripe of the device: every write is a
+    // first write after the snapshot, so every one is held.
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let st = st.clone();
+            std::thread::spawn(move || {
+                let v = st.volume(ORIGIN, 0).unwrap();
+                let per = size as usize / WRITERS;
+                let mut off = w * per;
+                while off + WRITE <= (w + 1) * per {
+                    let data = vec![(w as u8 + 1) ^ (off / 4096) as u8; WRITE];
+                    v.write_at(&data, off as u64).unwrap();
+                    off += WRITE;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let stats = st.held();
+    // Each writer may overshoot the limit by one request's chunks at most.
+    let per_request = (WRITE as u64 / 4096 + 2) * (4096 + HELD_OVERHEAD);
+    let bound = limit + WRITERS as u64 * per_request;
+    assert!(
+        stats.peak_bytes >= limit,
+        "the limit was never reached: {stats:?}"
+    );
+    assert!(
+        stats.peak_bytes <= bound && peak.load(Ordering::SeqCst) <= bound,
+        "held memory exceeded its bound {bound}: {stats:?}"
+    );
+    // Every write is there, the snapshot is the old content, after a flush
+    // and after a reopen.
+    let mut want = initial.clone();
+    let per = size as usize / WRITERS;
+    for w in 0..WRITERS {
+        let mut off = w * per;
+        while off + WRITE <= (w + 1) * per {
+            want[off..off + WRITE].fill((w as u8 + 1) ^ (off / 4096) as u8);
+            off += WRITE;
+        }
+    }
+    assert!(read_all(&st.volume(ORIGIN, 0).unwrap()) == want);
+    assert!(read_all(&st.volume(ORIGIN, tag).unwrap()) == initial);
+    st.flush().unwrap();
+    assert_eq!(st.held().chunks, 0, "a flush leaves nothing held");
+    let mut on_device = vec![0u8; size as usize];
+    origin.read_at(&mut on_device, 0).unwrap();
+    assert!(
+        on_device == want,
+        "flushed data is not on the origin device"
+    );
+    assert!(st.check().unwrap().is_clean());
+}
+
+#[test]
+fn a_flush_puts_every_held_write_on_the_origin_device_and_makes_it_durable() {
+    let ctl = FaultController::new();
+    let initial = pattern(MIB as usize, 3);
+    let org = Arc::new(FaultDev::new("origin", initial.clone(), ctl.clone()));
+    let cow = Arc::new(FaultDev::new("cow", vec![0u8; 16 * MIB as usize], ctl));
+    let st = store_on(cow.clone());
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    for k in 0..32u64 {
+        o.write_at(&[0xA0 + k as u8; 1000], k * 8192 + 100).unwrap();
+    }
+    assert!(st.held().chunks >= 32, "{:?}", st.held());
+    // Held: the origin device still has the old bytes, reads see the new.
+    assert_eq!(org.volatile_image(), initial);
+    let mut b = [0u8; 1000];
+    o.read_at(&mut b, 3 * 8192 + 100).unwrap();
+    assert_eq!(b, [0xA3; 1000]);
+    o.flush().unwrap();
+    let durable = org.durable_image();
+    for k in 0..32usize {
+        let at = k * 8192 + 100;
+        assert!(durable[at..at + 1000].iter().all(|&x| x == 0xA0 + k as u8));
+    }
+    // And what a restart finds: the writes, and the snapshot as it was.
+    let st2 = Store::open(Arc::new(MemDev::from_bytes("cow", &cow.durable_image()))).unwrap();
+    st2.attach(ORIGIN, Arc::new(MemDev::from_bytes("origin", &durable)))
+        .unwrap();
+    assert_eq!(read_all(&st2.volume(ORIGIN, tag).unwrap()), initial);
+    assert!(st2.check().unwrap().is_clean());
+}
+
+#[test]
+fn a_snapshot_taken_while_writes_are_held_keeps_them_after_a_crash() {
+    // Crash at every write and sync of the snapshot command: if the second
+    // snapshot exists after the restart, it holds the writes that were held
+    // when it was taken.
+    let initial = pattern(MIB as usize, 4);
+    let mut want = initial.clone();
+    want[4096..24096].fill(0x55);
+    let mut points = 0;
+    for at in 1.. {
+        let ctl = FaultController::new();
+        let org = Arc::new(FaultDev::new("origin", initial.clone(), ctl.clone()));
+        let cow = Arc::new(FaultDev::new(
+            "cow",
+            vec![0u8; 16 * MIB as usize],
+            ctl.clone(),
+        ));
+        let st = store_on(cow.clone());
+        set_background_committer(&st, false);
+        st.bind(ORIGIN, org.clone()).unwrap();
+        st.snapshot_origin(ORIGIN, "first").unwrap();
+        let o = st.volume(ORIGIN, 0).unwrap();
+        o.write_at(&[0x55; 20000], 4096).unwrap();
+        assert!(st.held().chunks > 0);
+        ctl.crash_after(at);
+        let done = st.snapshot_origin(ORIGIN, "second").is_ok();
+        ctl.crash_now();
+        drop((o, st));
+        let st = Store::open(Arc::new(MemDev::from_bytes("cow", &cow.crash_image(at)))).unwrap();
+        st.attach(
+            ORIGIN,
+            Arc::new(MemDev::from_bytes("origin", &org.crash_image(at + 7))),
+        )
+        .unwrap();
+        assert!(st.check().unwrap().is_clean());
+        let tags = st.tags(ORIGIN).unwrap();
+        assert_eq!(read_all(&st.volume(ORIGIN, tags[0]).unwrap()), initial);
+        if let Some(&second) = tags.get(1) {
+            assert_eq!(
+                read_all(&st.volume(ORIGIN, second).unwrap()),
+                want,
+                "crash at {at}: the second snapshot lost the held writes"
+            );
+        }
+        points += 1;
+        if done {
+            break;
+        }
+    }
+    assert!(points > 5, "only {points} crash points");
+}
+
+#[test]
+fn an_origin_write_error_while_held_fails_the_flush_and_loses_nothing() {
+    let initial = pattern(MIB as usize, 5);
+    let org = Flaky::new(&initial);
+    let st = store_on(Arc::new(MemDev::new("cow", 16 * MIB)));
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    o.write_at(&[0x77; 10000], 50000).unwrap();
+    org.failing.store(true, Ordering::SeqCst);
+    let err = o.flush().unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert_eq!(err.errno(), 5);
+    // Nothing lost: the origin still reads the write, the snapshot the old.
+    let mut b = vec![0u8; 10000];
+    o.read_at(&mut b, 50000).unwrap();
+    assert!(b.iter().all(|&x| x == 0x77));
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+    // The device comes back: the next flush writes it out.
+    org.failing.store(false, Ordering::SeqCst);
+    o.flush().unwrap();
+    assert_eq!(st.held().chunks, 0);
+    let mut dev = vec![0u8; 10000];
+    org.read_at(&mut dev, 50000).unwrap();
+    assert!(dev.iter().all(|&x| x == 0x77));
+    assert!(st.check().unwrap().is_clean());
+}
+
+#[test]
+fn writers_at_the_limit_get_the_error_of_a_failing_origin_instead_of_waiting() {
+    let initial = pattern(4 * MIB as usize, 6);
+    let org = Flaky::new(&initial);
+    let st = store_on(Arc::new(MemDev::new("cow", 32 * MIB)));
+    st.bind(ORIGIN, org.clone()).unwrap();
+    st.set_held_limit(64 * 1024);
+    st.snapshot_origin(ORIGIN, "").unwrap();
+    org.failing.store(true, Ordering::SeqCst);
+    let o = st.volume(ORIGIN, 0).unwrap();
+    let mut failed = None;
+    for k in 0..1024u64 {
+        if let Err(e) = o.write_at(&[1; 4096], k * 4096) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let e = failed.expect("writes went on forever against a failing device");
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    org.failing.store(false, Ordering::SeqCst);
+    st.flush().unwrap();
+    o.write_at(&[2; 4096], 0).unwrap();
+    st.flush().unwrap();
+}
+
+#[test]
+fn a_failed_commit_while_data_is_held_leaves_the_origin_and_snapshots_as_durable() {
+    let ctl = FaultController::new();
+    let initial = pattern(MIB as usize, 7);
+    let org = Arc::new(FaultDev::new("origin", initial.clone(), ctl.clone()));
+    let cow = Arc::new(FaultDev::new(
+        "cow",
+        vec![0u8; 16 * MIB as usize],
+        ctl.clone(),
+    ));
+    let st = store_on(cow.clone());
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    for k in 0..16u64 {
+        o.write_at(&[0x99; 4096], k * 4096).unwrap();
+    }
+    // The copy-outs are on the COW device; its next write fails.
+    ctl.fail_writes_after(0);
+    assert!(st.flush().is_err());
+    assert!(matches!(o.write_at(&[1; 10], 0), Err(Error::Failed(_))));
+    // The held data never reached the origin: nothing was committed.
+    assert_eq!(org.volatile_image(), initial);
+    drop((o, st));
+    let st = Store::open(Arc::new(MemDev::from_bytes("cow", &cow.volatile_image()))).unwrap();
+    st.attach(
+        ORIGIN,
+        Arc::new(MemDev::from_bytes("origin", &org.volatile_image())),
+    )
+    .unwrap();
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+    assert!(st.check().unwrap().is_clean());
+}
+
+#[test]
+fn enospc_while_data_is_held_fails_only_the_writes_that_need_space() {
+    let initial = pattern(8 * MIB as usize, 8);
+    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
+    let st = store_on(Arc::new(MemDev::new("cow", 2 * MIB)));
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, origin.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match o.write_at(&[0xEE; 4096], written) {
+            Ok(()) => written += 4096,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::NoSpace), "{err}");
+    assert!(written > 0);
+    // Rewrites of chunks already copied (held or not) still work.
+    o.write_at(&[0xDD; 100], 0).unwrap();
+    st.flush().unwrap();
+    let now = read_all(&o);
+    assert!(now[..100].iter().all(|&b| b == 0xDD));
+    assert!(now[100..written as usize].iter().all(|&b| b == 0xEE));
+    assert_eq!(now[written as usize..], initial[written as usize..]);
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+    assert!(st.check().unwrap().is_clean());
+}
+
+#[test]
+fn dropping_the_store_writes_held_data_out() {
+    let initial = pattern(MIB as usize, 10);
+    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
+    let cow = Arc::new(MemDev::new("cow", 16 * MIB));
+    let st = store_on(cow.clone());
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, origin.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    st.volume(ORIGIN, 0)
+        .unwrap()
+        .write_at(&[0x42; 30000], 1000)
+        .unwrap();
+    assert!(st.held().chunks > 0);
+    drop(st);
+    let st = Store::open(cow).unwrap();
+    st.attach(ORIGIN, origin).unwrap();
+    let now = read_all(&st.volume(ORIGIN, 0).unwrap());
+    assert!(now[1000..31000].iter().all(|&b| b == 0x42));
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+}
+
+#[test]
+fn settling_writes_held_data_without_a_flush() {
+    let initial = pattern(MIB as usize, 11);
+    let org = Flaky::new(&initial);
+    let st = store_on(Arc::new(MemDev::new("cow", 16 * MIB)));
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    let before = org.writes.load(Ordering::SeqCst);
+    o.write_at(&[3; 8192], 8192).unwrap();
+    assert_eq!(
+        org.writes.load(Ordering::SeqCst),
+        before,
+        "a held write reached the device"
+    );
+    settle(&st).unwrap();
+    assert!(org.writes.load(Ordering::SeqCst) > before);
+    assert_eq!(st.held().chunks, 0);
+}
