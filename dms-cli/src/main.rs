@@ -105,6 +105,11 @@ enum Command {
         /// Also serve NBD on this TCP address (e.g. 127.0.0.1:10809).
         #[arg(long)]
         nbd_listen: Option<String>,
+        /// Memory for writes held until their copy-outs are committed, per
+        /// store (bytes; K, M, G suffixes); writers wait at the bound.
+        /// Default 64M; also DMS_HELD_LIMIT.
+        #[arg(long, value_parser = parse_bytes)]
+        held_limit: Option<u64>,
     },
     /// Stop the daemon cleanly.
     Shutdown {
@@ -278,6 +283,28 @@ fn absolute_table(
     ))
 }
 
+/// A byte count with an optional binary suffix: 4096, 512K, 64M, 1G.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: the suffix must be K, M or G")),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a byte count (e.g. 64M)"))
+}
+
 fn run(cmd: Command) -> Result<Response, Exit> {
     match cmd {
         Command::Create {
@@ -424,7 +451,17 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             origin_id,
             json,
         } => inspect::delta(&cow_dev, tag_a, tag_b, origin_id, json),
-        Command::Daemon { nbd_listen } => match daemon::run(nbd_listen) {
+        Command::Daemon {
+            nbd_listen,
+            held_limit,
+        } => match daemon::run(daemon::Options {
+            nbd_listen,
+            held_limit: held_limit.or_else(|| {
+                std::env::var("DMS_HELD_LIMIT")
+                    .ok()
+                    .and_then(|v| parse_bytes(&v).ok())
+            }),
+        }) {
             Ok(()) => Ok(Response::ok(String::new())),
             Err(e) => Err(Exit(1, format!("{e:#}"))),
         },

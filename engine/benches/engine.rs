@@ -10,6 +10,7 @@
 use dms_engine::io::{Dev, FileDev};
 use dms_engine::{FormatOptions, Store, Volume};
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 use std::time::Instant;
 
 const ORIGIN: &str = "origin";
@@ -55,6 +56,73 @@ fn file(dir: &std::path::Path, name: &str, size: u64) -> Dev {
 
 fn iops(n: u32, secs: f64) -> String {
     format!("{:>10.0}", f64::from(n) / secs)
+}
+
+/// First writes: one write to each of `chunks`, then a flush, so that the
+/// held data is committed and on the origin; returns IOPS over both.
+fn first_writes(store: &Store, v: &Volume, chunks: &[u64]) -> f64 {
+    let buf = vec![0x6bu8; BLOCK];
+    let t = Instant::now();
+    for &c in chunks {
+        v.write_at(&buf, c * BLOCK as u64).unwrap();
+    }
+    store.flush().unwrap();
+    chunks.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The same from `threads` threads at once (each its share of `chunks`).
+fn first_writes_parallel(store: &Store, v: &Arc<Volume>, chunks: &[u64], threads: usize) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for k in 0..threads {
+            let v = v.clone();
+            s.spawn(move || {
+                let buf = vec![0x6cu8; BLOCK];
+                for &c in chunks.iter().skip(k).step_by(threads) {
+                    v.write_at(&buf, c * BLOCK as u64).unwrap();
+                }
+            });
+        }
+    });
+    store.flush().unwrap();
+    chunks.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
+        .and_then(|p| p.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Memory per held chunk: hold `n` first writes (no committer), compare
+/// resident memory before and after.
+fn held_memory(dir: &std::path::Path, n: u64) -> (f64, u64) {
+    let origin = file(dir, "held-origin.img", n * BLOCK as u64);
+    let cow = file(dir, "held-cow.img", 4 * n * BLOCK as u64 + (64 << 20));
+    let store = Store::format(cow, &FormatOptions::default()).unwrap();
+    dms_engine::testing::set_background_committer(&store, false);
+    store.set_held_limit(u64::MAX);
+    store.bind(ORIGIN, origin).unwrap();
+    store.snapshot_origin(ORIGIN, "held").unwrap();
+    let v = store.volume(ORIGIN, 0).unwrap();
+    let buf = vec![1u8; BLOCK];
+    // A first batch, held too, warms the allocator and the tables.
+    for c in 0..n / 8 {
+        v.write_at(&buf, c * BLOCK as u64).unwrap();
+    }
+    let before = rss();
+    for c in n / 8..n {
+        v.write_at(&buf, c * BLOCK as u64).unwrap();
+    }
+    let after = rss();
+    let held = store.held();
+    assert_eq!(held.chunks, n);
+    let per = after.saturating_sub(before) as f64 / (n - n / 8) as f64;
+    store.flush().unwrap();
+    (per, held.bytes / held.chunks)
 }
 
 /// Random 4 KiB writes to the given chunks; returns IOPS.
@@ -155,14 +223,23 @@ fn main() {
         a.dir
     );
     println!();
+    let (per, counted) = held_memory(dir.path(), 65_536);
     println!(
-        "{:>10} {:>18} {:>18}",
-        "snapshots", "first-write IOPS", "rewrite IOPS"
+        "held overwrites: {per:.0} bytes of memory per held 4 KiB chunk ({counted} counted against the limit); \
+         the default limit, {} MiB, holds {} chunks",
+        dms_engine::DEFAULT_HELD_LIMIT >> 20,
+        dms_engine::DEFAULT_HELD_LIMIT / counted
+    );
+    println!();
+    println!(
+        "{:>10} {:>18} {:>18} {:>18}",
+        "snapshots", "first-write IOPS", "16 threads", "rewrite IOPS"
     );
     let all: Vec<u64> = (0..ORIGIN_BYTES / BLOCK as u64).collect();
     let r = median(|| write_chunks(&o, &all, &mut rng, a.ops));
-    println!("{:>10} {:>18} {:>18.0}", 0, "-", r);
-    let first_n = 2000usize;
+    println!("{:>10} {:>18} {:>18} {:>18.0}", 0, "-", "-", r);
+    let first_n = 20_000usize;
+    let o = Arc::new(o);
     let mut taken = 0u32;
     let mut rewrite_at = Vec::new();
     let mut last_chunks = Vec::new();
@@ -179,12 +256,16 @@ fn main() {
         }
         tags.push(store.snapshot_origin(ORIGIN, "measured").unwrap());
         taken += 1;
-        let chunks = distinct(&mut rng, first_n);
-        let first = write_chunks(&o, &chunks, &mut rng, first_n as u32);
+        let chunks = distinct(&mut rng, 2 * first_n);
+        let first = first_writes(&store, &o, &chunks[..first_n]);
+        let parallel = first_writes_parallel(&store, &o, &chunks[first_n..], 16);
         let again = median(|| write_chunks(&o, &chunks, &mut rng, a.ops));
         rewrite_at.push((target, again));
         last_chunks = chunks.clone();
-        println!("{:>10} {:>18.0} {:>18.0}", target, first, again);
+        println!(
+            "{:>10} {:>18.0} {:>18.0} {:>18.0}",
+            target, first, parallel, again
+        );
     }
     let one = rewrite_at[0].1;
     let last = rewrite_at[rewrite_at.len() - 1].1;

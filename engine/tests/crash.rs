@@ -151,3 +151,57 @@ fn a_rollback_merge_waits_for_the_childs_unflushed_copy() {
         crash_case(cp, &ops, u64::MAX).unwrap();
     }
 }
+
+/// Held overwrites crashed at every write and sync: first writes after a
+/// snapshot held (overlapping, partial, whole chunks), read and rewritten,
+/// a snapshot of the origin and of a snapshot over them, settling (the
+/// committer's commit and device writes), a background rollback, a delete,
+/// a reopen, and flushes between them.
+#[test]
+fn crash_at_every_point_of_a_held_workload() {
+    let w = |offset, len, seed| Op::Write {
+        pick: 0,
+        offset,
+        len,
+        seed,
+    };
+    let ops = vec![
+        Op::SnapOrigin,
+        w(100, 9000, 1),
+        w(4000, 3000, 2),
+        w(16384, 8192, 3),
+        Op::SnapOf { pick: 0 },
+        Op::Write {
+            pick: 1,
+            offset: 5000,
+            len: 6000,
+            seed: 4,
+        },
+        w(6000, 100, 5),
+        Op::Settle,
+        w(20000, 5000, 6),
+        Op::SnapOrigin,
+        w(0, 12000, 7),
+        Op::Flush,
+        w(24000, 4000, 8),
+        Op::RollbackBg { pick: 0 },
+        w(2000, 7000, 9),
+        Op::Finish,
+        w(9000, 9000, 10),
+        Op::Delete { pick: 1 },
+        w(9100, 50, 11),
+        Op::Reopen,
+        w(30000, 2000, 12),
+        Op::Settle,
+        w(31000, 1000, 13),
+        Op::Flush,
+    ];
+    // The default held-data limit (held_for picks it by length): data stays
+    // held until a settle, a flush or a structural command.
+    assert!(held_for(&ops).limit.is_none());
+    let mut total = 0;
+    for cp in [1, 4] {
+        total += crash_case(cp, &ops, u64::MAX).unwrap();
+    }
+    assert!(total > 200, "only {total} crash points");
+}

@@ -278,6 +278,25 @@ impl Store {
         py.detach(|| s.flush()).map_err(err)
     }
 
+    /// The bound on memory held by writes waiting for their copy-outs'
+    /// commit, in bytes (writers wait at it). Settable.
+    #[getter]
+    fn held_limit(&self) -> PyResult<u64> {
+        Ok(self.get()?.held().limit)
+    }
+
+    #[setter]
+    fn set_held_limit(&self, bytes: u64) -> PyResult<()> {
+        self.get()?.set_held_limit(bytes);
+        Ok(())
+    }
+
+    /// Held writes now: ``(chunks, bytes, peak_bytes)``.
+    fn held(&self) -> PyResult<(u64, u64, u64)> {
+        let h = self.get()?.held();
+        Ok((h.chunks, h.bytes, h.peak_bytes))
+    }
+
     /// Open version ``tag`` of an origin (0 = the origin itself).
     #[pyo3(signature = (origin_id, tag = 0))]
     fn volume(&self, origin_id: &str, tag: u32) -> PyResult<Volume> {

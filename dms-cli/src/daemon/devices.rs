@@ -154,6 +154,9 @@ pub(crate) fn create(
             )?,
             _ => Store::open(cow)?,
         };
+        if let Some(limit) = d.opts.held_limit {
+            store.set_held_limit(limit);
+        }
         st.stores.insert(
             cow_path.clone(),
             StoreEntry {

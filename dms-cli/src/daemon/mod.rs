@@ -54,7 +54,17 @@ pub(crate) struct State {
     pub rolling: HashSet<(PathBuf, String)>,
 }
 
+/// How the daemon runs (`dms daemon` flags).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Also serve NBD on this TCP address.
+    pub nbd_listen: Option<String>,
+    /// Bound on held overwrites per store (bytes); None: the engine's default.
+    pub held_limit: Option<u64>,
+}
+
 pub(crate) struct Daemon {
+    pub opts: Options,
     pub run: PathBuf,
     pub state: Mutex<State>,
     pub mapper: fuse::Mapper,
@@ -182,7 +192,6 @@ impl nbd::Exports for DaemonExports {
     }
 }
 
-/// `dms daemon`: run in the foreground until `dms shutdown`.
 /// Threads serving the mapper files. A loop device with direct I/O hands
 /// the daemon as many requests at once as its submitter keeps in flight
 /// (fio at iodepth 16: 16); 16 threads serve those and leave room for
@@ -198,7 +207,8 @@ fn fuse_threads() -> usize {
         .unwrap_or(FUSE_THREADS)
 }
 
-pub fn run(nbd_listen: Option<String>) -> Result<()> {
+/// `dms daemon`: run in the foreground until `dms shutdown`.
+pub fn run(opts: Options) -> Result<()> {
     let run = paths::run_dir();
     std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
@@ -207,6 +217,7 @@ pub fn run(nbd_listen: Option<String>) -> Result<()> {
     let mapper = fuse::Mapper::mount(&paths::mapper_dir(&run), fuse_threads())
         .context("mounting the mapper directory")?;
     let d = Arc::new(Daemon {
+        opts: opts.clone(),
         run: run.clone(),
         state: Mutex::new(State::default()),
         mapper,
@@ -227,7 +238,7 @@ pub fn run(nbd_listen: Option<String>) -> Result<()> {
             nbd::serve_unix(nbd_unix, ex, stop)
         }));
     }
-    if let Some(addr) = nbd_listen {
+    if let Some(addr) = opts.nbd_listen {
         let l = std::net::TcpListener::bind(&addr)
             .with_context(|| format!("listening for NBD on {addr}"))?;
         tracing::info!("NBD on tcp {addr}");
