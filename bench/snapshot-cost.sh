@@ -7,13 +7,15 @@
 #   snapshot; the same on btrfs. "first" = writes to blocks not written
 #   since the snapshot, "again" = the same blocks rewritten, "read" =
 #   random reads.
-#   pgbench (8 clients) tps just before and right after a snapshot,
-#   PostgreSQL on ext4 on each of the three (the reflink copies are taken
-#   with the filesystem frozen, as dms freezes it itself).
+#   pgbench (8 clients) tps in the seconds just before and right after a
+#   snapshot (two snapshots in one run), PostgreSQL on ext4 on each of the
+#   three (the reflink copies are taken with the filesystem frozen, as dms
+#   freezes it itself).
 #
 # Usage: bench/snapshot-cost.sh [DIR]     (root; default /var/tmp/dms-snap-bench)
 #   SIZE_MB (1024) image size; FIRST_IO (64M) bytes per fio write pass;
-#   PG_SECONDS (20) per pgbench run; PG_SCALE (20); PG=0 skips pgbench.
+#   PG_WINDOW (10) seconds per pgbench window; PG_SCALE (20); PG=0 skips pgbench;
+#   ROUNDS (3) times each system is measured, in turn; FIO=0 skips fio.
 # Prints a markdown table; writes docs/img/snapshot-cost.png (gnuplot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +24,9 @@ SIZE_MB=${SIZE_MB:-1024}
 FIRST_IO=${FIRST_IO:-64M}
 RUNTIME=${RUNTIME:-5}
 PG=${PG:-1}
-PG_SECONDS=${PG_SECONDS:-20}
+PG_WINDOW=${PG_WINDOW:-10}
 PG_SCALE=${PG_SCALE:-20}
+ROUNDS=${ROUNDS:-3}
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (loop devices, mounts)" >&2; exit 1; }
 for t in fio losetup mkfs.xfs mkfs.btrfs mkfs.ext4 gnuplot fsfreeze; do
     command -v $t >/dev/null || {
@@ -74,6 +77,11 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" | tee -a "$RESULTS" >&2; }
 # writes again, reads. $2 takes the snapshot ("" = none possible).
 fio_series() { # name dev snapshot-command
     local name=$1 dev=$2 snap=$3 plain first=- again read
+    if [ "${FIO:-1}" = 0 ]; then
+        [ -n "$snap" ] && eval "$snap"
+        FIO_ROW=("$name" - - - -)
+        return
+    fi
     plain=$(fio_iops "$dev" randwrite --io_size="$FIRST_IO" --randseed=3)
     if [ -n "$snap" ]; then
         eval "$snap"
@@ -86,10 +94,13 @@ fio_series() { # name dev snapshot-command
     FIO_ROW=("$name" "$plain" "$first" "$again" "$read")
 }
 
-# PostgreSQL on ext4 on `dev`: tps of a pgbench run, a snapshot, tps again.
+# PostgreSQL on ext4 on `dev`: one pgbench run of 5 windows of PG_WINDOW
+# seconds with a snapshot at the start of windows 3 and 5; tps per second
+# (pgbench -P 1) in the window just before each snapshot and the one right
+# after it; PG_BEFORE and PG_AFTER are the means over both snapshots.
 PGDATA_DIR=
-pg_series() { # dev snapshot-command(with $MNT) -> PG_BEFORE PG_AFTER
-    local dev=$1 snap=$2
+pg_series() { # dev snapshot-command(with $MNT)
+    local dev=$1 snap=$2 w=$PG_WINDOW
     MNT=$DIR/pg
     mkdir -p "$MNT"
     mkfs.ext4 -q -F "$dev"
@@ -102,11 +113,26 @@ pg_series() { # dev snapshot-command(with $MNT) -> PG_BEFORE PG_AFTER
     local pgb="$PGBIN/pgbench -h $MNT -p 5439"
     su postgres -c "$pgb -i -q -s $PG_SCALE postgres" >/dev/null 2>&1
     su postgres -c "$PGBIN/psql -h $MNT -p 5439 -q -c checkpoint postgres" >/dev/null
-    tps() { su postgres -c "$pgb -c 8 -j 2 -T $PG_SECONDS postgres" 2>/dev/null | awk '/^tps/ {print int($3); exit}'; }
-    PG_BEFORE=$(tps)
-    eval "$snap"
-    PG_AFTER=$(tps)
-    : "${PG_BEFORE:=-}" "${PG_AFTER:=-}"
+    su postgres -c "$pgb -c 8 -j 2 -T $((5 * w)) -P 1 postgres" >"$DIR/pgbench.out" 2>&1 &
+    local pid=$! t0
+    t0=$(date +%s.%N)
+    sleep $((2 * w)); eval "$snap"
+    sleep "$(python3 -c "import time; print(max(0, $t0 + 4 * $w - time.time()))")"; eval "$snap"
+    wait $pid
+    read -r PG_BEFORE PG_AFTER < <(python3 - "$DIR/pgbench.out" "$w" <<'PY'
+import re, sys
+w = int(sys.argv[2])
+tps = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"progress: ([0-9.]+) s, ([0-9.]+) tps", line)
+    if m:
+        tps[round(float(m.group(1)))] = float(m.group(2))
+mean = lambda a, b: sum(tps.get(t, 0) for t in range(a + 1, b + 1)) / (b - a)
+before = (mean(w, 2 * w) + mean(3 * w, 4 * w)) / 2
+after = (mean(2 * w, 3 * w) + mean(4 * w, 5 * w)) / 2
+print(int(before), int(after))
+PY
+)
     su postgres -c "$PGBIN/pg_ctl -D $PGDATA_DIR -m fast -w stop" >/dev/null
     PGDATA_DIR=
     umount "$MNT"
@@ -117,30 +143,44 @@ echo "preparing ${SIZE_MB} MiB of random data in $DIR" >&2
 dd if=/dev/urandom of="$DIR/fill.raw" bs=1M count="$SIZE_MB" status=none
 
 # A raw image: the floor every system is measured against.
-cp "$DIR/fill.raw" "$DIR/raw.img"
-L=$(attach "$DIR/raw.img")
-fio_series "raw image" "$L" ""
-record "${FIO_ROW[@]}" - -
-detach "$L"; rm -f "$DIR/raw.img"
+run_raw() {
+    cp "$DIR/fill.raw" "$DIR/raw.img"
+    L=$(attach "$DIR/raw.img")
+    fio_series "raw image" "$L" ""
+    local row=("${FIO_ROW[@]}")
+    if [ "$PG" = 1 ]; then
+        # No snapshot, only the freeze and thaw a snapshot brings: what the
+        # before/after figures do by themselves.
+        pg_series "$L" 'fsfreeze -f "$MNT"; fsfreeze -u "$MNT"'
+        row+=("$PG_BEFORE" "$PG_AFTER")
+    else
+        row+=(- -)
+    fi
+    record "${row[@]}"
+    detach "$L"; rm -f "$DIR/raw.img"
+}
 
 # dms: origin and COW file on the same disk; `dms create --loop` as a user
 # would; the snapshot is `dms snapshot`.
-mkdir -p "$DIR/dms"
-cp "$DIR/fill.raw" "$DIR/dms/origin.raw"
-truncate -s $((SIZE_MB * 3))M "$DIR/dms/cow.img"
-L=$("$DMS" create orig "$DIR/dms/origin.raw" "$DIR/dms/cow.img" -bF --loop)
-LOOPS+=("$L")
-fio_series "dms origin" "$L" '"$DMS" snapshot orig -m bench >/dev/null'
-DMS_ROW=("${FIO_ROW[@]}")
-if [ "$PG" = 1 ]; then
-    pg_series "$L" '"$DMS" snapshot orig -m pgbench >/dev/null'
-    DMS_ROW+=("$PG_BEFORE" "$PG_AFTER")
-else
-    DMS_ROW+=(- -)
-fi
-record "${DMS_ROW[@]}"
-"$DMS" shutdown --force >/dev/null
-LOOPS=()
+run_dms() {
+    rm -rf "$DIR/dms"; mkdir -p "$DIR/dms"
+    cp "$DIR/fill.raw" "$DIR/dms/origin.raw"
+    truncate -s $((SIZE_MB * 3))M "$DIR/dms/cow.img"
+    L=$("$DMS" create orig "$DIR/dms/origin.raw" "$DIR/dms/cow.img" -bF --loop)
+    LOOPS+=("$L")
+    fio_series "dms origin" "$L" '"$DMS" snapshot orig -m bench >/dev/null'
+    local row=("${FIO_ROW[@]}")
+    if [ "$PG" = 1 ]; then
+        pg_series "$L" '"$DMS" snapshot orig -m pgbench >/dev/null'
+        row+=("$PG_BEFORE" "$PG_AFTER")
+    else
+        row+=(- -)
+    fi
+    record "${row[@]}"
+    "$DMS" shutdown --force >/dev/null
+    LOOPS=()
+    rm -rf "$DIR/dms"
+}
 
 # An image on a reflink filesystem; the snapshot is a reflink copy.
 reflink_fs() { # name mkfs-command
@@ -172,29 +212,74 @@ reflink_fs() { # name mkfs-command
     detach "$fsl"
     rm -f "$DIR/$name.fs"
 }
-reflink_fs xfs "mkfs.xfs -q -f -m reflink=1"
-reflink_fs btrfs "mkfs.btrfs -q -f"
 
-# The table, and the ratios that matter.
-echo "| system | plain writes | first writes after a snapshot | first/plain | writes again | reads | pgbench tps before | right after | after/before |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-ratio() {
-    case "$1$2" in *-* | "" | "$1" | "$2") echo - ;; *) python3 -c "print(f'{$1/$2:.2f}')" ;; esac
-}
-while IFS=$'\t' read -r sys plain first again read b a; do
-    echo "| $sys | $plain | $first | $(ratio "$first" "$plain") | $again | $read | $b | $a | $(ratio "$a" "$b") |"
-done < "$RESULTS"
-DMS_FIRST=$(awk -F'\t' '$1=="dms origin"{print $3}' "$RESULTS")
-XFS_FIRST=$(awk -F'\t' '$1=="xfs reflink"{print $3}' "$RESULTS")
+# The systems in turn, ROUNDS times, so that drift of the machine's state
+# falls on all of them alike.
+for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r of $ROUNDS" >&2
+    run_raw
+    run_dms
+    reflink_fs xfs "mkfs.xfs -q -f -m reflink=1"
+    reflink_fs btrfs "mkfs.btrfs -q -f"
+done
+
+# The table: medians over the rounds; the ratios are medians of each
+# round's ratio.
+python3 - "$RESULTS" "$ROUNDS" > "$DIR/table.md" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+systems = []
+for r in rows:
+    if r[0] not in systems:
+        systems.append(r[0])
+num = lambda v: None if v in ("-", "") else float(v)
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+fmt = lambda v: "-" if v is None else f"{v:,.0f}"
+rat = lambda v: "-" if v is None else f"{v:.2f}"
+print(f"Medians of {sys.argv[2]} rounds (ratios: median of each round's ratio).")
+print()
+print("| system | plain writes | first writes after a snapshot | first/plain | writes again | reads | pgbench tps before | right after | after/before |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+per = {}
+for s in systems:
+    rs = [[num(x) for x in r[1:]] for r in rows if r[0] == s]
+    col = lambda i: [r[i] for r in rs]
+    fp = med([f / p if f and p else None for p, f in zip(col(0), col(1))])
+    ab = med([a / b if a and b else None for b, a in zip(col(4), col(5))])
+    per[s] = col(1)
+    print(f"| {s} | {fmt(med(col(0)))} | {fmt(med(col(1)))} | {rat(fp)} | {fmt(med(col(2)))} | {fmt(med(col(3)))} | {fmt(med(col(4)))} | {fmt(med(col(5)))} | {rat(ab)} |")
+if "dms origin" in per and "xfs reflink" in per:
+    r = med([d / x if d and x else None for d, x in zip(per["dms origin"], per["xfs reflink"])])
+    print()
+    print(f"dms first writes / XFS reflink first writes (median of rounds): {rat(r)}")
+PY
+cat "$DIR/table.md"
 echo
-echo "dms first writes / XFS reflink first writes: $(ratio "$DMS_FIRST" "$XFS_FIRST")"
+echo "every round (system, plain, first, again, read, pgbench before, after):"
+cat "$RESULTS"
 
 # The plot: plain, first and again for each system; pgbench before/after.
-awk -F'\t' 'BEGIN{OFS="\t"} {gsub(/ /,"_",$1); for(i=2;i<=7;i++) if($i=="-") $i=0; print}' "$RESULTS" > "$DIR/plot.dat"
+python3 - "$RESULTS" > "$DIR/plot.dat" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+systems = []
+for r in rows:
+    if r[0] not in systems:
+        systems.append(r[0])
+for s in systems:
+    rs = [r[1:] for r in rows if r[0] == s]
+    out = []
+    for i in range(6):
+        v = [float(r[i]) for r in rs if r[i] not in ("-", "")]
+        out.append(f"{statistics.median(v):.0f}" if v else "0")
+    print(s.replace(" ", "_"), *out, sep="\t")
+PY
 gnuplot <<GP
 set terminal pngcairo size 1000,460 font "sans,10"
 set output "docs/img/snapshot-cost.png"
-set multiplot layout 1,2 title "What a snapshot costs (higher is better; one run, one disk)"
+set multiplot layout 1,2 title "What a snapshot costs (medians; higher is better; one run, one disk)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1

@@ -27,11 +27,24 @@ impl Inner {
             }
             cs.running = true;
             let do_sync = cs.want_sync > cs.synced;
+            // The metadata is durable already and only the devices' data is
+            // missing (a flush after a drain's commit): sync them, commit
+            // nothing.
+            let sync_only = cs.durable >= target;
+            let durable = cs.durable;
             drop(cs);
-            let res = self.commit_once(do_sync);
+            let res = if sync_only {
+                self.sync_devices().map(|()| durable)
+            } else {
+                self.commit_once(do_sync)
+            };
             cs = lock(&self.commit);
             cs.running = false;
             match res {
+                Ok(txn) if sync_only => {
+                    cs.synced = cs.synced.max(txn);
+                    self.commit_cv.notify_all();
+                }
                 Ok(txn) => {
                     cs.durable = txn;
                     if do_sync {
@@ -49,6 +62,32 @@ impl Inner {
         }
     }
 
+    /// The devices of origins written since their last sync (clearing the
+    /// marks: a write that lands later marks its origin again).
+    fn take_dirty_origins(&self, m: &super::Meta) -> Vec<crate::io::Dev> {
+        let mut origins = Vec::new();
+        for index in std::mem::take(&mut *lock(&self.dirty_origins)) {
+            if let Some(o) = m.origins.get(&index) {
+                if o.dirty.swap(false, Ordering::AcqRel) {
+                    origins.extend(o.dev.clone());
+                }
+            }
+        }
+        origins
+    }
+
+    /// Make every completed data write durable without a commit: the COW
+    /// device if it was written, and the origins written since their sync.
+    fn sync_devices(&self) -> Result<()> {
+        self.check_failed()?;
+        let origins = self.take_dirty_origins(&lock(&self.meta));
+        self.cow.sync_if_written()?;
+        for dev in &origins {
+            dev.sync()?;
+        }
+        Ok(())
+    }
+
     /// One commit; returns the transaction number made durable.
     fn commit_once(&self, sync_origins: bool) -> Result<u64> {
         let (txn, blocks, sb, origins) = {
@@ -61,16 +100,11 @@ impl Inner {
             // Markers recorded in this commit stand for merged origin data:
             // the origins are synced before the superblock makes them durable.
             let sync_origins = sync_origins || std::mem::take(&mut m.needs_origin_sync);
-            let mut origins = Vec::new();
-            if sync_origins {
-                for index in std::mem::take(&mut *lock(&self.dirty_origins)) {
-                    if let Some(o) = m.origins.get(&index) {
-                        if o.dirty.swap(false, Ordering::AcqRel) {
-                            origins.extend(o.dev.clone());
-                        }
-                    }
-                }
-            }
+            let origins = if sync_origins {
+                self.take_dirty_origins(&m)
+            } else {
+                Vec::new()
+            };
             if m.has_changes() {
                 let (blocks, sb) = m.prepare_commit()?;
                 (txn, blocks, Some(sb), origins)

@@ -465,8 +465,9 @@ impl Inner {
     /// data is written out, then one commit syncs the COW device and every
     /// origin written since the last sync.
     pub(crate) fn flush(&self) -> Result<()> {
-        self.drain(None, true)?;
+        // Everything acknowledged so far is in this transaction or before.
         let target = self.meta()?.txn;
+        self.drain(None, true)?;
         self.commit_until(target, true)
     }
 }

@@ -15,6 +15,22 @@ use std::sync::PoisonError;
 /// chunk's held data, with the write on top.
 type Old = Option<Box<[u8]>>;
 
+/// One batch of a write: the request's data, the batch's pieces and their
+/// plans, and the version's context.
+struct Job<'a> {
+    buf: &'a [u8],
+    batch: &'a [Piece],
+    plans: &'a [Plan],
+    ctx: &'a Ctx,
+    cb: u64,
+}
+
+impl Job<'_> {
+    fn data(&self, p: &Piece) -> &[u8] {
+        &self.buf[p.at..p.at + p.len]
+    }
+}
+
 impl Volume {
     /// Write `buf` at `offset`. Every later read sees it at once; it is
     /// durable after the next flush.
@@ -91,7 +107,14 @@ impl Volume {
             }
             break plans;
         };
-        let olds = match self.copy_data(buf, batch, &plans, &ctx, cb, locked) {
+        let job = Job {
+            buf,
+            batch,
+            plans: &plans,
+            ctx: &ctx,
+            cb,
+        };
+        let olds = match self.copy_data(&job, locked) {
             Ok(olds) => olds,
             Err(e) => {
                 release(&mut *inner.meta()?, &plans);
@@ -138,30 +161,26 @@ impl Volume {
             return Ok(());
         }
         if rolling {
-            return self.write_origin_rolling(buf, batch, &plans, need, &full_chunks, &ctx, locked);
+            return self.write_origin_rolling(&job, need, &full_chunks, locked);
         }
-        self.write_origin(buf, batch, &plans, olds, need, &ctx, cb, locked)
+        self.write_origin(&job, olds, need, locked)
     }
 
     /// Put an origin write in place: straight to the device where nothing
     /// must become durable first, else held until the committer has made
     /// the copy-outs (or other exception changes) of those chunks durable.
-    #[allow(clippy::too_many_arguments)]
     fn write_origin(
         &self,
-        buf: &[u8],
-        batch: &[Piece],
-        plans: &[Plan],
+        job: &Job<'_>,
         olds: Vec<Old>,
         need: Option<u64>,
-        ctx: &Ctx,
-        cb: u64,
         locked: &mut WriteLocked<'_>,
     ) -> Result<()> {
         let inner = self.inner();
+        let (batch, ctx, cb) = (job.batch, job.ctx, job.cb);
         // Runs of neighbouring pieces that go straight to the device.
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        for (i, ((p, plan), old)) in batch.iter().zip(plans).zip(olds).enumerate() {
+        for (i, ((p, plan), old)) in batch.iter().zip(job.plans).zip(olds).enumerate() {
             let loc = Loc::Origin {
                 origin: self.origin,
                 chunk: p.chunk,
@@ -190,37 +209,36 @@ impl Volume {
                 };
                 inner.hold(s, self.origin, loc, data, wait);
             }
-            inner.overlay(s, &loc, p.off, &buf[p.at..p.at + p.len], wait);
+            inner.overlay(s, &loc, p.off, job.data(p), wait);
         }
-        for (i, j) in runs {
+        for &(i, j) in &runs {
             let (first, last) = (batch[i], batch[j]);
             let len = last.at + last.len - first.at;
             ctx.dev.write_at(
-                &buf[first.at..first.at + len],
+                &job.buf[first.at..first.at + len],
                 first.chunk * cb + first.off as u64,
             )?;
         }
-        inner.mark_origin_dirty(self.origin, &ctx.dirty);
+        if !runs.is_empty() {
+            inner.mark_origin_dirty(self.origin, &ctx.dirty);
+        }
         Ok(())
     }
 
     /// An origin write while a rollback runs: merges and markers are only
     /// recorded once the origin's data is on the device, so these writes
     /// are not held; they wait for their commit.
-    #[allow(clippy::too_many_arguments)]
     fn write_origin_rolling(
         &self,
-        buf: &[u8],
-        batch: &[Piece],
-        plans: &[Plan],
+        job: &Job<'_>,
         need: Option<u64>,
         full_chunks: &[u64],
-        ctx: &Ctx,
         locked: &mut WriteLocked<'_>,
     ) -> Result<()> {
         let inner = self.inner();
-        let cb = inner.chunk_bytes;
-        let wait = plans
+        let (batch, ctx, cb) = (job.batch, job.ctx, job.cb);
+        let wait = job
+            .plans
             .iter()
             .filter_map(|p| match p {
                 Plan::Direct { wait } => *wait,
@@ -245,7 +263,7 @@ impl Volume {
         let last = batch[batch.len() - 1];
         let len = last.at + last.len - first.at;
         ctx.dev.write_at(
-            &buf[first.at..first.at + len],
+            &job.buf[first.at..first.at + len],
             first.chunk * cb + first.off as u64,
         )?;
         inner.mark_origin_dirty(self.origin, &ctx.dirty);
@@ -258,22 +276,15 @@ impl Volume {
     /// Move data for every plan except the origin overwrite itself; a
     /// snapshot's in-place write that must wait for a commit is held.
     /// Returns, per piece, the old data a copy-out read.
-    fn copy_data(
-        &self,
-        buf: &[u8],
-        batch: &[Piece],
-        plans: &[Plan],
-        ctx: &Ctx,
-        cb: u64,
-        locked: &mut WriteLocked<'_>,
-    ) -> Result<Vec<Old>> {
+    fn copy_data(&self, job: &Job<'_>, locked: &mut WriteLocked<'_>) -> Result<Vec<Old>> {
         let inner = self.inner();
+        let (batch, ctx, cb) = (job.batch, job.ctx, job.cb);
         let cow = &inner.cow;
         let o = self.origin;
         let mut olds = Vec::with_capacity(batch.len());
         let mut scratch = vec![0u8; cb as usize];
-        for (p, plan) in batch.iter().zip(plans) {
-            let data = &buf[p.at..p.at + p.len];
+        for (p, plan) in batch.iter().zip(job.plans) {
+            let data = job.data(p);
             let full = p.len as u64 == cb;
             let s = locked.stripe_mut(Inner::stripe_index(o, p.chunk));
             let at_origin = Loc::Origin {
