@@ -15,7 +15,8 @@
 # Usage: bench/snapshot-cost.sh [DIR]     (root; default /var/tmp/dms-snap-bench)
 #   SIZE_MB (1024) image size; FIRST_IO (64M) bytes per fio write pass;
 #   PG_WINDOW (10) seconds per pgbench window; PG_SCALE (20); PG=0 skips pgbench;
-#   ROUNDS (3) times each system is measured, in turn; FIO=0 skips fio.
+#   ROUNDS (3) times each system is measured, in turn; FIO=0 skips fio;
+#   REPORT_ONLY=1 prints the table and plot again from DIR's results.
 # Prints a markdown table; writes docs/img/snapshot-cost.png (gnuplot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +54,9 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
-rm -rf "$DIR"; mkdir -p "$DIR"
 RESULTS=$DIR/results.tsv
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
+rm -rf "$DIR"; mkdir -p "$DIR"
 : > "$RESULTS"
 
 attach() { # file -> loop device (direct I/O)
@@ -223,6 +225,8 @@ for r in $(seq 1 "$ROUNDS"); do
     reflink_fs btrfs "mkfs.btrfs -q -f"
 done
 
+fi # REPORT_ONLY
+
 # The table: medians over the rounds; the ratios are medians of each
 # round's ratio.
 python3 - "$RESULTS" "$ROUNDS" > "$DIR/table.md" <<'PY'
@@ -274,10 +278,10 @@ for s in systems:
     for i in range(6):
         v = [float(r[i]) for r in rs if r[i] not in ("-", "")]
         out.append(f"{statistics.median(v):.0f}" if v else "0")
-    print(s.replace(" ", "_"), *out, sep="\t")
+    print('"' + s + '"', *out, sep="\t")
 PY
 gnuplot <<GP
-set terminal pngcairo size 1000,460 font "sans,10"
+set terminal pngcairo size 1000,460 font "sans,10" noenhanced
 set output "docs/img/snapshot-cost.png"
 set multiplot layout 1,2 title "What a snapshot costs (medians; higher is better; one run, one disk)"
 set style data histograms
@@ -290,7 +294,7 @@ set xtics rotate by -20
 set title "fio 4 KiB random writes, iodepth 16 (IOPS)"
 plot "$DIR/plot.dat" using 2:xtic(1) title "plain", "" using 3 title "first after snapshot", "" using 4 title "again"
 set title "pgbench, 8 clients (tps)"
-plot "$DIR/plot.dat" every ::1 using 6:xtic(1) title "before snapshot", "" every ::1 using 7 title "right after"
+plot "$DIR/plot.dat" using 6:xtic(1) title "before snapshot (raw: a freeze only)", "" using 7 title "right after"
 unset multiplot
 GP
 echo "plot: docs/img/snapshot-cost.png" >&2
