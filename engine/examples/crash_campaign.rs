@@ -3,7 +3,11 @@
 //! of unsynced writes, some torn. Each run reopens the store, checks it,
 //! compares every version with the model, finishes any rollback and cleans.
 //!
-//! `cargo run --release -p dms-engine --example crash_campaign -- --runs 10000 [--seed N]`
+//! `cargo run --release -p dms-engine --example crash_campaign -- --runs 10000 [--seed N] [--background]`
+//!
+//! With `--background` the store's committer thread runs during the
+//! workload (normally it is stopped so that runs repeat exactly): its
+//! commits and device writes race the workload's.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -25,6 +29,8 @@ fn main() {
             .unwrap_or(default)
     };
     let runs = arg("--runs", 2000);
+    let background = args.iter().any(|a| a == "--background");
+    BACKGROUND.store(background, std::sync::atomic::Ordering::Relaxed);
     let seed = arg("--seed", 1);
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -61,7 +67,8 @@ fn main() {
         }
     }
     println!(
-        "crash campaign: seed {seed}, {runs} runs, {crashes} crash points, {ops_total} device operations, {losses} losses, {:.1} s",
+        "crash campaign: seed {seed}, {runs} runs{}, {crashes} crash points, {ops_total} device operations, {losses} losses, {:.1} s",
+        if background { " (committer thread running)" } else { "" },
         t.elapsed().as_secs_f64()
     );
     if losses > 0 {

@@ -49,13 +49,18 @@ pub struct Setup {
     held: Held,
 }
 
-/// The held-data treatment of a crash workload: always without the
+/// Run crash workloads with the committer thread (the campaign's
+/// `--background`): its commits and writes then race the workload, so a
+/// crash point lands at a different place each time.
+pub static BACKGROUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The held-data treatment of a crash workload: normally without the
 /// committer thread (the device operations must repeat exactly), with the
 /// default limit, a few chunks' worth, or one chunk (every write drains
 /// what the one before held), picked from the workload itself.
 pub fn held_for(ops: &[Op]) -> Held {
     Held {
-        background: false,
+        background: BACKGROUND.load(std::sync::atomic::Ordering::Relaxed),
         limit: match ops.len() % 3 {
             0 => None,
             1 => Some(3 * 4 * 4096),
