@@ -11,6 +11,7 @@
 
 mod btree;
 mod error;
+mod exceptions;
 mod format;
 pub mod io;
 mod space;

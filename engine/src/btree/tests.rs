@@ -1,6 +1,6 @@
-use super::codec::{ExcKey, ExceptionCodec};
 use super::walk::Visitor;
 use super::*;
+use crate::exceptions::{ExcKey, ExceptionCodec};
 use crate::io::MemDev;
 use std::collections::BTreeMap;
 
@@ -166,7 +166,8 @@ fn a_flipped_byte_is_a_typed_error() {
 }
 
 mod codec_tests {
-    use crate::btree::codec::*;
+    use crate::btree::Codec;
+    use crate::exceptions::*;
     use crate::format::varint::Reader;
 
     #[test]

@@ -32,3 +32,19 @@ pub trait BlockDev: Send + Sync {
 
 /// A shared handle to a backend.
 pub type Dev = Arc<dyn BlockDev>;
+
+/// Read chunk `chunk` (of `cb` bytes) of a device whose data ends at
+/// `size`: bytes past the end read as zeros.
+pub(crate) fn read_chunk(
+    dev: &dyn BlockDev,
+    size: u64,
+    chunk: u64,
+    cb: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let start = chunk * cb;
+    let n = size.saturating_sub(start).min(cb) as usize;
+    dev.read_at(&mut buf[..n], start)?;
+    buf[n..].fill(0);
+    Ok(())
+}

@@ -14,13 +14,14 @@
 //!   a commit does not run out of room for its own nodes.
 
 mod alloc;
+mod codec;
 
 pub use alloc::Allocator;
 
-use crate::btree::codec::{SpaceCodec, SpaceEntry};
 use crate::btree::{Encode, Loader, Tree};
 use crate::error::{Error, Result};
 use crate::format::{self, Kind, PAYLOAD_SIZE};
+use codec::{SpaceCodec, SpaceEntry};
 use std::collections::HashMap;
 
 /// Words of bits in one bitmap block.

@@ -3,9 +3,9 @@
 
 use super::meta::loader;
 use super::Store;
-use crate::btree::codec::{ExcKey, ExceptionCodec};
 use crate::btree::{Visitor, WalkStats};
 use crate::error::Result;
+use crate::exceptions::{ExcKey, ExceptionCodec, MERGED};
 use crate::format::SUPERBLOCK_SLOTS;
 use crate::versions::record::{CatKey, CatValue, CatalogCodec};
 use std::collections::HashMap;
@@ -134,7 +134,7 @@ impl Store {
                     }
                 }
             }
-            if *cow == crate::volume::MERGED {
+            if *cow == MERGED {
                 // A rollback's "merged" marker owns no chunk.
                 merged += 1;
                 continue;

@@ -118,7 +118,7 @@ impl Store {
                     // freed chunk takes no stale write with it.
                     let loc = super::Loc::Cow { chunk: e };
                     match heir {
-                        Some(h) if !owners.contains(&h) && e != crate::volume::MERGED => {
+                        Some(h) if !owners.contains(&h) && e != crate::exceptions::MERGED => {
                             if stripe.holds(&loc) {
                                 drop(m);
                                 inner.settle(&mut stripe, index, &loc)?;
@@ -130,7 +130,7 @@ impl Store {
                         _ => {
                             inner.discard_held(&mut stripe, &loc);
                             m.remove_exception(index, c, v)?;
-                            if e != crate::volume::MERGED {
+                            if e != crate::exceptions::MERGED {
                                 report.chunks_freed += 1;
                             }
                             m.free_exception_chunk(e);

@@ -3,7 +3,7 @@
 
 use super::Store;
 use crate::error::{Error, Result};
-use crate::volume::{resolve, Src, MERGED};
+use crate::exceptions::{resolve, Src, MERGED};
 
 /// One exception as `dms dump` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

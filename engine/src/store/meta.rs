@@ -1,8 +1,8 @@
 //! The metadata state guarded by the store's mutex.
 
-use crate::btree::codec::{ExcKey, ExceptionCodec};
 use crate::btree::{Loader, Tree};
 use crate::error::{Error, Result};
+use crate::exceptions::{ExcKey, ExceptionCodec, MERGED};
 use crate::format::Superblock;
 use crate::io::Dev;
 use crate::space::SpaceMap;
@@ -306,10 +306,7 @@ impl Meta {
         // always means merged data on the device.
         self.marker_txn.insert((origin, chunk), self.txn);
         self.needs_origin_sync = true;
-        match self
-            .exc
-            .insert(&io, &mut self.space.alloc, key, crate::volume::MERGED)?
-        {
+        match self.exc.insert(&io, &mut self.space.alloc, key, MERGED)? {
             None => self.count(origin, source, 1),
             // The source's own copy is not needed once the chunk is merged.
             Some(old) => self.free_exception_chunk(old),
@@ -319,7 +316,7 @@ impl Meta {
 
     /// Free the COW chunk of a removed exception (markers own no chunk).
     pub fn free_exception_chunk(&mut self, cow: u64) {
-        if cow != crate::volume::MERGED {
+        if cow != MERGED {
             self.space.alloc.free_data(cow);
         }
     }

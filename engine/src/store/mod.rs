@@ -19,6 +19,7 @@ mod dump;
 mod held;
 mod meta;
 mod ops;
+mod plan;
 mod rollback;
 mod status;
 
@@ -27,9 +28,10 @@ pub use clean::CleanReport;
 pub use dump::ExceptionEntry;
 pub use held::{HeldStats, DEFAULT_HELD_LIMIT, HELD_OVERHEAD};
 pub(crate) use held::{Loc, WriteLocked};
+pub(crate) use plan::{plan_write, release, Plan};
 pub use status::{OriginStatus, StoreStatus, VersionStatus};
 
-pub(crate) use meta::{Meta, Origin};
+pub(crate) use meta::Meta;
 
 use crate::error::{Error, Result};
 use crate::format::{Superblock, PAGE_SIZE, SUPERBLOCK_SLOTS};

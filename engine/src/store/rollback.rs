@@ -18,9 +18,10 @@ use super::meta::Meta;
 use super::ops::new_version;
 use super::{lock, Background, Inner, Loc, Pacer, Store, WriteLocked};
 use crate::error::{Error, Result};
+use crate::exceptions::{heir_target, resolve, Src};
+use crate::io::read_chunk;
 use crate::io::BlockDev;
 use crate::versions::record::{flags, RollbackState};
-use crate::volume::{heir_target, read_origin_chunk, resolve, Src};
 use std::collections::BTreeSet;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -333,7 +334,7 @@ impl Inner {
         // The origin's current data, for the origin's child, made durable first.
         for &(c, _, copy) in &work {
             if let Some((_, n)) = copy {
-                let copied = read_origin_chunk(&dev, size, c, cb, &mut buf)
+                let copied = read_chunk(&*dev, size, c, cb, &mut buf)
                     .and_then(|()| self.cow.write_at(&buf, n * cb));
                 if let Err(err) = copied {
                     release(&mut *self.meta()?, &work);

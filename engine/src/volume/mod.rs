@@ -1,16 +1,13 @@
 //! Byte-level access to one version of an origin: the origin itself (tag 0)
 //! or a snapshot. Any offset and length; safe from many threads.
 
-mod plan;
 mod read;
 mod write;
 
-pub(crate) use plan::{heir_target, resolve, Src, MERGED};
-
 use crate::error::{Error, Result};
+use crate::exceptions::Src;
 use crate::io::Dev;
 use crate::store::{lock, Inner, Store};
-use plan::Plan;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -183,27 +180,4 @@ fn contiguous(a: &Src, b: &Src) -> bool {
         (Src::Cow(x), Src::Cow(y)) => *y == x + 1,
         _ => false,
     }
-}
-
-fn release(m: &mut crate::store::Meta, plans: &[Plan]) {
-    for plan in plans {
-        for c in plan.allocated() {
-            m.space.alloc.free_data(c);
-        }
-    }
-}
-
-/// Read one origin chunk; bytes past the origin's end read as zeros.
-pub(crate) fn read_origin_chunk(
-    dev: &Dev,
-    size: u64,
-    chunk: u64,
-    cb: u64,
-    buf: &mut [u8],
-) -> Result<()> {
-    let start = chunk * cb;
-    let n = size.saturating_sub(start).min(cb) as usize;
-    dev.read_at(&mut buf[..n], start)?;
-    buf[n..].fill(0);
-    Ok(())
 }

@@ -2,9 +2,9 @@
 //! pieces that resolve to one contiguous range at once, and serve held
 //! locations from memory.
 
-use super::plan::{resolve, Src};
 use super::{contiguous, pieces, Volume, BATCH_CHUNKS};
 use crate::error::Result;
+use crate::exceptions::{resolve, Src};
 use crate::io::BlockDev;
 use crate::store::{Inner, Loc};
 use std::sync::PoisonError;

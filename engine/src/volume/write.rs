@@ -4,11 +4,12 @@
 //! new data in place: on the device when nothing needs to be durable first,
 //! else held in memory until the committer has made that durable.
 
-use super::plan::{plan_write, Plan, Src};
-use super::{pieces, read_origin_chunk, release, Ctx, Piece, Volume, BATCH_CHUNKS};
+use super::{pieces, Ctx, Piece, Volume, BATCH_CHUNKS};
 use crate::error::{Error, Result};
+use crate::exceptions::Src;
+use crate::io::read_chunk;
 use crate::io::BlockDev;
-use crate::store::{Inner, Loc, WriteLocked};
+use crate::store::{plan_write, release, Inner, Loc, Plan, WriteLocked};
 use std::sync::PoisonError;
 
 /// The old content of a chunk, read for its copy-out: it becomes the
@@ -203,7 +204,7 @@ impl Volume {
                     Some(b) => b,
                     None => {
                         let mut b = vec![0u8; cb as usize].into_boxed_slice();
-                        read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
+                        read_chunk(&*ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
                         b
                     }
                 };
@@ -298,7 +299,7 @@ impl Volume {
                     // The copy is of what the device holds: nothing held.
                     inner.settle(s, o, &at_origin)?;
                     let mut b = vec![0u8; cb as usize].into_boxed_slice();
-                    read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
+                    read_chunk(&*ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
                     cow.write_at(&b, n * cb)?;
                     old = Some(b);
                 }
@@ -333,7 +334,7 @@ impl Volume {
                         match src {
                             Src::Origin => {
                                 inner.settle(s, o, &at_origin)?;
-                                read_origin_chunk(&ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?
+                                read_chunk(&*ctx.dev, ctx.size, p.chunk, cb, &mut scratch)?
                             }
                             Src::Cow(e) => {
                                 inner.settle(s, o, &Loc::Cow { chunk: e })?;

@@ -1,17 +1,9 @@
 //! Deciding, under the metadata lock, what one chunk's write must do so that
-//! no other version's view changes.
+//! no other version's view changes (it reserves the chunks it needs).
 
+use super::meta::{Meta, Origin};
 use crate::error::Result;
-use crate::store::{Meta, Origin};
-use crate::versions::VersionTree;
-use std::collections::HashMap;
-
-/// Where a version's data for a chunk lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Src {
-    Origin,
-    Cow(u64),
-}
+use crate::exceptions::{heir_target, resolve, Src};
 
 /// What a write to one chunk does.
 #[derive(Debug)]
@@ -43,46 +35,6 @@ impl Plan {
             Plan::CopyOut { n, .. } | Plan::Move { n, .. } => vec![*n],
             Plan::Fresh { n, heir, .. } => std::iter::once(*n).chain(heir.map(|h| h.1)).collect(),
             _ => Vec::new(),
-        }
-    }
-}
-
-/// Where `version` reads `chunk` from, given the chunk's exceptions.
-pub(crate) fn resolve(tree: &VersionTree, version: u32, excs: &[(u32, u64)]) -> Src {
-    if version == 0 {
-        return Src::Origin;
-    }
-    match tree.nearest(version, excs.iter().map(|e| e.0)) {
-        Some(v) => excs
-            .iter()
-            .find(|e| e.0 == v && e.1 != MERGED)
-            .map_or(Src::Origin, |e| Src::Cow(e.1)),
-        None => Src::Origin,
-    }
-}
-
-/// The value of a rollback source's exception that says "this chunk is
-/// already merged into the origin" (not a COW chunk): the source then
-/// reads the origin there, so nothing merges it again.
-pub(crate) const MERGED: u64 = u64::MAX;
-
-/// Which version must receive a copy of the current data before the writer
-/// changes it: the writer's child, unless it (or, past ghosts the cleaner is
-/// merging away, its surviving descendant) already has its own exception.
-pub(crate) fn heir_target(
-    cleaning: &HashMap<u32, Option<u32>>,
-    first: Option<u32>,
-    excs: &[(u32, u64)],
-) -> Option<u32> {
-    let mut cur = first?;
-    loop {
-        if excs.iter().any(|e| e.0 == cur) {
-            return None;
-        }
-        match cleaning.get(&cur) {
-            Some(None) => return None,
-            Some(Some(next)) => cur = *next,
-            None => return Some(cur),
         }
     }
 }
@@ -155,6 +107,15 @@ pub(crate) fn plan_write(
                 None => None,
             };
             Ok(Plan::Fresh { src, n, heir })
+        }
+    }
+}
+
+/// Give back the chunks that `plans` reserved and that no exception names.
+pub(crate) fn release(m: &mut Meta, plans: &[Plan]) {
+    for plan in plans {
+        for c in plan.allocated() {
+            m.space.alloc.free_data(c);
         }
     }
 }
