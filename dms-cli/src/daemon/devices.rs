@@ -2,7 +2,7 @@
 //! the origin, expose the file, attach a loop device), remove, and the
 //! registry that brings them back after a restart.
 
-use super::handle::{fail, usage, Fail, Res};
+use super::fail::{fail, usage, Fail, Res};
 use super::{loopdev, registry, Daemon, DmDev, State, StoreEntry};
 use crate::paths;
 use crate::proto::Response;

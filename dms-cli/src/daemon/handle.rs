@@ -2,6 +2,7 @@
 //! happens before anything changes.
 
 use super::devices::{busy, create, create_args, freeze_tag, remove, remove_all, users_of};
+use super::fail::{fail, Fail, Res};
 use super::{Daemon, State};
 use crate::proto::{Request, Response};
 use dms_engine::table::{self, Message};
@@ -9,52 +10,6 @@ use dms_engine::{Error, Store};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A failed request: exit code, message, and the engine's error kind.
-pub(crate) struct Fail {
-    pub code: u8,
-    pub msg: String,
-    pub kind: Option<&'static str>,
-}
-
-impl Fail {
-    /// A refusal of the daemon's own, with an error kind.
-    pub fn kind(msg: impl Into<String>, kind: &'static str) -> Fail {
-        Fail {
-            code: 1,
-            msg: msg.into(),
-            kind: Some(kind),
-        }
-    }
-
-    pub fn new(code: u8, msg: impl Into<String>) -> Fail {
-        Fail {
-            code,
-            msg: msg.into(),
-            kind: None,
-        }
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail {
-            code: 1,
-            msg: e.to_string(),
-            kind: Some(e.kind()),
-        }
-    }
-}
-
-pub(crate) type Res<T> = Result<T, Fail>;
-
-pub(crate) fn fail<T>(msg: impl Into<String>) -> Res<T> {
-    Err(Fail::new(1, msg.into()))
-}
-
-pub(crate) fn usage<T>(msg: impl Into<String>) -> Res<T> {
-    Err(Fail::new(2, msg.into()))
-}
 
 pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
     let res = match req {

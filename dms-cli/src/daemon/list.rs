@@ -1,6 +1,6 @@
 //! `dms list`, `dmsetup status` and `dmsetup table`, as text and as data.
 
-use super::handle::Fail;
+use super::fail::Fail;
 use super::{Daemon, DmDev, State};
 use crate::paths;
 use crate::proto::Response;

@@ -2,6 +2,7 @@
 //! socket, keeps the registry, and cleans in the background.
 
 mod devices;
+mod fail;
 mod fuse;
 mod handle;
 mod list;
