@@ -534,6 +534,7 @@ fn check(cow_dev: &str, json: bool) -> Result<Response, Exit> {
         let mut resp = Response::fail(
             1,
             format!("{}: {} problem(s) found", path.display(), r.problems.len()),
+            dms_engine::ErrorKind::Corrupt,
         );
         resp.output = out;
         Ok(resp)

@@ -1,5 +1,6 @@
 //! The control protocol: one JSON request per line, one JSON response.
 
+use dms_engine::ErrorKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -62,10 +63,10 @@ pub struct Response {
     pub code: u8,
     /// One line, for failures.
     pub error: Option<String>,
-    /// The kind of failure: an engine error kind (`not_found`, `busy`,
-    /// `no_space`, ...), `usage` for bad usage, or `failed` otherwise.
+    /// The kind of failure (`not_found`, `busy`, `no_space`, ..., `usage`
+    /// for bad usage, `failed` otherwise): [`ErrorKind::name`].
     #[serde(default)]
-    pub kind: Option<String>,
+    pub kind: Option<ErrorKind>,
     /// Text to print on stdout.
     pub output: String,
     /// Structured result (list data, new tag, loop device).
@@ -80,12 +81,11 @@ impl Response {
         }
     }
 
-    pub fn fail(code: u8, error: impl Into<String>) -> Response {
-        let kind = if code == 2 { "usage" } else { "failed" };
+    pub fn fail(code: u8, error: impl Into<String>, kind: ErrorKind) -> Response {
         Response {
             code,
             error: Some(error.into()),
-            kind: Some(kind.into()),
+            kind: Some(kind),
             ..Default::default()
         }
     }

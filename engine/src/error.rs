@@ -74,6 +74,87 @@ pub enum Error {
     Failed(String),
 }
 
+/// What kind of failure an error is: one vocabulary for the engine, the
+/// daemon's control protocol, the `dms` command and the Python exceptions.
+/// On the wire and in `--json` output each kind is its [`ErrorKind::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A device failed (EIO and friends).
+    Io,
+    /// Metadata that fails validation, or no store at all.
+    Corrupt,
+    /// The thing to create exists already.
+    Exists,
+    /// An origin, tag or dm_dev that does not exist.
+    NotFound,
+    /// The COW device is full.
+    NoSpace,
+    /// In use, or conflicting with work in progress.
+    Busy,
+    /// Out of versions, tags or origins.
+    Limit,
+    /// The store failed earlier and must be reopened.
+    StoreFailed,
+    /// A bad argument: chunk size, tag 0, memo length, range, id.
+    Invalid,
+    /// A malformed command, table or message (exit code 2).
+    Usage,
+    /// Any other failure (exit code 1); also what an unknown kind reads as.
+    #[cfg_attr(feature = "serde", serde(other))]
+    Failed,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Io,
+        ErrorKind::Corrupt,
+        ErrorKind::Exists,
+        ErrorKind::NotFound,
+        ErrorKind::NoSpace,
+        ErrorKind::Busy,
+        ErrorKind::Limit,
+        ErrorKind::StoreFailed,
+        ErrorKind::Invalid,
+        ErrorKind::Usage,
+        ErrorKind::Failed,
+    ];
+
+    /// The stable name scripts see: `io`, `not_found`, `no_space`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "io",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Exists => "exists",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Limit => "limit",
+            ErrorKind::StoreFailed => "store_failed",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Usage => "usage",
+            ErrorKind::Failed => "failed",
+        }
+    }
+
+    /// The kind of a name, if it is one.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Result type of the engine.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -94,19 +175,19 @@ impl Error {
         }
     }
 
-    /// A stable name for the kind of error, for scripts and bindings.
-    pub fn kind(&self) -> &'static str {
+    /// The kind of error, for scripts and bindings.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => "io",
-            Error::Corrupt { .. } | Error::NotAStore { .. } => "corrupt",
-            Error::AlreadyFormatted { .. } | Error::OriginExists(_) => "exists",
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Corrupt { .. } | Error::NotAStore { .. } => ErrorKind::Corrupt,
+            Error::AlreadyFormatted { .. } | Error::OriginExists(_) => ErrorKind::Exists,
             Error::UnknownOrigin(_) | Error::UnknownTag { .. } | Error::OriginNotAttached(_) => {
-                "not_found"
+                ErrorKind::NotFound
             }
-            Error::NoSpace => "no_space",
-            Error::Busy { .. } | Error::HasSnapshots { .. } => "busy",
-            Error::LimitReached(_) => "limit",
-            Error::Failed(_) => "store_failed",
+            Error::NoSpace => ErrorKind::NoSpace,
+            Error::Busy { .. } | Error::HasSnapshots { .. } => ErrorKind::Busy,
+            Error::LimitReached(_) => ErrorKind::Limit,
+            Error::Failed(_) => ErrorKind::StoreFailed,
             Error::BadChunkSize(_)
             | Error::DeviceTooSmall { .. }
             | Error::OriginTooLarge { .. }
@@ -114,7 +195,7 @@ impl Error {
             | Error::BadOriginId(_)
             | Error::TagZero { .. }
             | Error::MemoTooLong { .. }
-            | Error::OutOfRange { .. } => "invalid",
+            | Error::OutOfRange { .. } => ErrorKind::Invalid,
         }
     }
 

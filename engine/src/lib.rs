@@ -17,11 +17,12 @@ pub mod io;
 mod space;
 mod store;
 pub mod table;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod versions;
 mod volume;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use format::{PAGE_SIZE, SECTOR_SIZE};
 pub use store::{
     CheckReport, CleanReport, ExceptionEntry, FormatOptions, HeldStats, OriginStatus, Store,

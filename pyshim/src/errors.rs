@@ -110,27 +110,36 @@ pub(crate) fn invalid(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     )
 }
 
-/// The engine's error as the Python exception of its kind.
+/// The Python exception class of an error kind.
+pub(crate) fn class_of(py: Python<'_>, kind: engine::ErrorKind) -> PyResult<Bound<'_, PyType>> {
+    use engine::ErrorKind as K;
+    Ok(match kind {
+        K::Io => io_failure(py)?.clone(),
+        K::NoSpace => no_space(py)?.clone(),
+        K::Invalid => invalid(py)?.clone(),
+        K::Corrupt => py.get_type::<CorruptError>(),
+        K::NotFound => py.get_type::<NotFoundError>(),
+        K::Exists => py.get_type::<AlreadyExistsError>(),
+        K::Busy => py.get_type::<BusyError>(),
+        K::Limit => py.get_type::<LimitError>(),
+        K::StoreFailed => py.get_type::<StoreFailedError>(),
+        K::Usage => py.get_type::<UsageError>(),
+        _ => py.get_type::<DmsError>(),
+    })
+}
+
+/// The engine's error as the Python exception of its kind; the OSError
+/// kinds carry the errno.
 pub(crate) fn err(e: engine::Error) -> PyErr {
     let msg = e.to_string();
-    match e.kind() {
-        "corrupt" => CorruptError::new_err(msg),
-        "not_found" => NotFoundError::new_err(msg),
-        "exists" => AlreadyExistsError::new_err(msg),
-        "busy" => BusyError::new_err(msg),
-        "limit" => LimitError::new_err(msg),
-        "store_failed" => StoreFailedError::new_err(msg),
-        kind => Python::attach(|py| {
-            let made = match kind {
-                "no_space" => {
-                    no_space(py).map(|t| PyErr::from_type(t.clone(), (e.errno(), msg.clone())))
-                }
-                "io" => {
-                    io_failure(py).map(|t| PyErr::from_type(t.clone(), (e.errno(), msg.clone())))
-                }
-                _ => invalid(py).map(|t| PyErr::from_type(t.clone(), (msg.clone(),))),
-            };
-            made.unwrap_or_else(|x| x)
-        }),
-    }
+    let kind = e.kind();
+    Python::attach(|py| {
+        let made = class_of(py, kind).map(|t| match kind {
+            engine::ErrorKind::Io | engine::ErrorKind::NoSpace => {
+                PyErr::from_type(t, (e.errno(), msg.clone()))
+            }
+            _ => PyErr::from_type(t, (msg.clone(),)),
+        });
+        made.unwrap_or_else(|x| x)
+    })
 }

@@ -12,7 +12,7 @@ use errors::*;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyMemoryView;
+use pyo3::types::{PyMemoryView, PyType};
 use records::{CheckReport, OriginStatus, StoreStatus, Version};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -424,6 +424,16 @@ impl Store {
 }
 
 /// Compiled core of the ``dms`` package.
+/// The exception class of an error kind as the daemon names it
+/// (``"not_found"``, ``"busy"``, ...); unknown names give ``DmsError``.
+#[pyfunction]
+fn error_class<'py>(py: Python<'py>, kind: &str) -> PyResult<Bound<'py, PyType>> {
+    match engine::ErrorKind::from_name(kind) {
+        Some(k) => class_of(py, k),
+        None => Ok(py.get_type::<DmsError>()),
+    }
+}
+
 #[pymodule]
 fn _dms(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -439,6 +449,7 @@ fn _dms(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IOFailure", io_failure(py)?)?;
     m.add("NoSpaceError", no_space(py)?)?;
     m.add("InvalidArgumentError", invalid(py)?)?;
+    m.add_function(wrap_pyfunction!(error_class, m)?)?;
     m.add_class::<Store>()?;
     m.add_class::<Volume>()?;
     m.add_class::<Version>()?;

@@ -8,6 +8,7 @@ use crate::paths;
 use crate::proto::Response;
 use dms_engine::io::{Dev, FileDev};
 use dms_engine::table::{self, Format, Target};
+use dms_engine::ErrorKind;
 use dms_engine::{FormatOptions, Store};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -22,8 +23,9 @@ pub(crate) fn create_args(
     read_only: bool,
 ) -> Res<Response> {
     let target = table::parse_target(args).map_err(|e| Fail::new(2, e.to_string()))?;
-    let origin = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
-    let cow = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let origin =
+        paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, ErrorKind::NotFound))?;
+    let cow = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, ErrorKind::NotFound))?;
     let sectors = paths::device_size(&origin).or_else(fail)? / 512;
     let t = table::with_devices(
         &target,
@@ -78,11 +80,13 @@ pub(crate) fn create(
     if st.devs.contains_key(name) {
         return Err(Fail::kind(
             format!("dm_dev {name} already exists"),
-            "exists",
+            ErrorKind::Exists,
         ));
     }
-    let origin_path = paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
-    let cow_path = paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, "not_found"))?;
+    let origin_path =
+        paths::device(target.origin_dev()).map_err(|e| Fail::kind(e, ErrorKind::NotFound))?;
+    let cow_path =
+        paths::device(target.cow_dev()).map_err(|e| Fail::kind(e, ErrorKind::NotFound))?;
     let mapper = paths::mapper_dir(&d.run);
     for p in [&origin_path, &cow_path] {
         if p.starts_with(&mapper) {
@@ -367,12 +371,12 @@ pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res
     let Some(dev) = st.devs.get(name) else {
         return Err(Fail::kind(
             format!("dm_dev {name} does not exist"),
-            "not_found",
+            ErrorKind::NotFound,
         ));
     };
     if !force {
         if let Some(why) = busy(d, name, dev) {
-            return Err(Fail::kind(why, "busy"));
+            return Err(Fail::kind(why, ErrorKind::Busy));
         }
     }
     if let Some(l) = &dev.loop_dev {
@@ -408,7 +412,7 @@ pub(crate) fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
     if !force {
         for n in &names {
             if let Some(why) = st.devs.get(n).and_then(|dev| busy(d, n, dev)) {
-                return Err(Fail::kind(why, "busy"));
+                return Err(Fail::kind(why, ErrorKind::Busy));
             }
         }
     }

@@ -1,22 +1,22 @@
 //! A refused or failed request, as the daemon answers it: exit code, one
 //! line, and the error kind scripts and the Python module match on.
 
-use dms_engine::Error;
+use dms_engine::{Error, ErrorKind};
 
 /// A failed request: exit code, message, and the engine's error kind.
 pub(crate) struct Fail {
     pub code: u8,
     pub msg: String,
-    pub kind: Option<&'static str>,
+    pub kind: ErrorKind,
 }
 
 impl Fail {
     /// A refusal of the daemon's own, with an error kind.
-    pub fn kind(msg: impl Into<String>, kind: &'static str) -> Fail {
+    pub fn kind(msg: impl Into<String>, kind: ErrorKind) -> Fail {
         Fail {
             code: 1,
             msg: msg.into(),
-            kind: Some(kind),
+            kind,
         }
     }
 
@@ -24,7 +24,11 @@ impl Fail {
         Fail {
             code,
             msg: msg.into(),
-            kind: None,
+            kind: if code == 2 {
+                ErrorKind::Usage
+            } else {
+                ErrorKind::Failed
+            },
         }
     }
 }
@@ -34,7 +38,7 @@ impl From<Error> for Fail {
         Fail {
             code: 1,
             msg: e.to_string(),
-            kind: Some(e.kind()),
+            kind: e.kind(),
         }
     }
 }

@@ -6,6 +6,7 @@ use super::fail::{fail, Fail, Res};
 use super::{Daemon, State};
 use crate::proto::{Request, Response};
 use dms_engine::table::{self, Message};
+use dms_engine::ErrorKind;
 use dms_engine::{Error, Store};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,13 +41,7 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
     };
     match res {
         Ok(r) => r,
-        Err(f) => {
-            let mut r = Response::fail(f.code, f.msg);
-            if let Some(k) = f.kind {
-                r.kind = Some(k.to_string());
-            }
-            r
-        }
+        Err(f) => Response::fail(f.code, f.msg, f.kind),
     }
 }
 
@@ -56,7 +51,7 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
     let Some(dev) = st.devs.get(name) else {
         return Err(Fail::kind(
             format!("dm_dev {name} does not exist"),
-            "not_found",
+            ErrorKind::NotFound,
         ));
     };
     let (cow, origin_id) = (dev.cow.clone(), dev.origin_id.clone());
@@ -216,7 +211,7 @@ fn shutdown(d: &Daemon, force: bool) -> Res<Response> {
     if !force {
         for (n, dev) in &st.devs {
             if let Some(why) = busy(d, n, dev) {
-                return Err(Fail::kind(why, "busy"));
+                return Err(Fail::kind(why, ErrorKind::Busy));
             }
         }
     }

@@ -4,6 +4,7 @@ use super::fail::Fail;
 use super::{Daemon, DmDev, State};
 use crate::paths;
 use crate::proto::Response;
+use dms_engine::ErrorKind;
 use dms_engine::StoreStatus;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -92,7 +93,7 @@ fn gather(st: &State, only: Option<&str>) -> Result<ListData, Fail> {
             None => {
                 return Err(Fail::kind(
                     format!("dm_dev {n} does not exist"),
-                    "not_found",
+                    ErrorKind::NotFound,
                 ))
             }
         },
@@ -247,7 +248,7 @@ fn names<'a>(st: &'a State, only: Option<&'a str>) -> Result<Vec<&'a str>, Fail>
         Some(n) if st.devs.contains_key(n) => Ok(vec![n]),
         Some(n) => Err(Fail::kind(
             format!("dm_dev {n} does not exist"),
-            "not_found",
+            ErrorKind::NotFound,
         )),
         None => Ok(st.devs.keys().map(String::as_str).collect()),
     }

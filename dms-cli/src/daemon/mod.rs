@@ -118,7 +118,7 @@ fn serve(d: &Arc<Daemon>, stream: UnixStream) {
             tracing::info!(?req, "request");
             handle::handle(d, req)
         }
-        Err(e) => Response::fail(2, format!("bad request: {e}")),
+        Err(e) => Response::fail(2, format!("bad request: {e}"), dms_engine::ErrorKind::Usage),
     };
     if let Some(err) = &resp.error {
         tracing::warn!("refused: {err}");

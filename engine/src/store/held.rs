@@ -261,6 +261,7 @@ type Target = (Dev, Arc<AtomicBool>, u64);
 impl Inner {
     /// Let the committer thread drain held data as it comes (the default),
     /// or not: then only flushes, structural commands and the limit do.
+    #[cfg(feature = "testing")]
     pub(crate) fn set_background_committer(&self, on: bool) {
         self.held.set_background(on);
     }

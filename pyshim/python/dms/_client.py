@@ -41,18 +41,6 @@ __all__ = [
     "shutdown",
 ]
 
-_KINDS = {
-    "io": _dms.IOFailure,
-    "corrupt": _dms.CorruptError,
-    "exists": _dms.AlreadyExistsError,
-    "not_found": _dms.NotFoundError,
-    "no_space": _dms.NoSpaceError,
-    "busy": _dms.BusyError,
-    "limit": _dms.LimitError,
-    "store_failed": _dms.StoreFailedError,
-    "invalid": _dms.InvalidArgumentError,
-    "usage": _dms.UsageError,
-}
 
 
 def run_dir() -> str:
@@ -125,7 +113,7 @@ def _call(req: dict, start: bool = True) -> dict:
         raise _dms.DaemonError("the dms daemon closed the connection")
     resp = json.loads(buf)
     if resp.get("code", 1) != 0:
-        cls = _KINDS.get(resp.get("kind") or "", _dms.DmsError)
+        cls = _dms.error_class(resp.get("kind") or "failed")
         raise cls(resp.get("error") or "failed")
     return resp
 

@@ -47,6 +47,10 @@ class InvalidArgumentError(DmsError, ValueError):
 
 _Path = Union[str, os.PathLike[str]]
 
+def error_class(kind: str) -> type:
+    """The exception class of an error kind as the daemon names it (``"busy"``, ...)."""
+    ...
+
 @final
 class Version:
     """One version of an origin, as ``Store.versions`` lists it."""
