@@ -214,42 +214,64 @@ def test_seed_usage_example_embedded(images):
 
 
 def test_a_failed_commit_fails_the_store(tmp_path, images):
-    """A COW device whose filesystem fills up: the write that hits it is an
-    IOFailure (an OSError), a commit that cannot write its metadata fails the
-    store, and every call after that is StoreFailedError until it is reopened."""
+    """A COW device whose filesystem fills up: the copy-outs that hit it are
+    IOFailure (an OSError), and a commit that cannot write its metadata (the
+    filesystem full, or turned read-only by an error) fails the store: every
+    call after that is StoreFailedError until it is reopened."""
     import subprocess
 
     if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
+        pytest.skip("needs root to mount a small ext4")
+    img = str(tmp_path / "fs.img")
+    with open(img, "wb") as f:
+        f.truncate(12 * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-m", "0", img], check=True)
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-o", "loop,errors=remount-ro", img, str(small)], check=True)
+    st = None
     try:
+        dev = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(small)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         cow = str(small / "cow.img")
         with open(cow, "wb") as f:
             f.truncate(64 * MIB)  # sparse: the filesystem runs out long before the file does
         st = dms.Store.format(cow)
-        st.bind("o", images("o.img", 16 * MIB))
+        st.bind("o", images("o.img", 32 * MIB))
         st.snapshot("o")
-        with pytest.raises(dms.StoreFailedError):
-            with st.volume("o") as v:
-                for k in range(4096):
-                    try:
-                        v.write(k * 4096, b"x" * 4096)
-                    except dms.IOFailure as e:
-                        # A data write that hits the full filesystem.
-                        assert isinstance(e, OSError)
-                    if k % 64 == 63:
-                        st.flush()
+        failures = 0
+        with st.volume("o") as v:
+            for k in range(4096):
+                try:
+                    v.write(k * 4096, b"x" * 4096)
+                except dms.IOFailure as e:
+                    # A copy-out that hits the full filesystem.
+                    assert isinstance(e, OSError)
+                    failures += 1
+                except dms.StoreFailedError:
+                    # Or the committer's commit hit it first.
+                    failures += 1
+                    break
+            assert failures > 0
+        # The filesystem under the COW device fails and turns read-only.
+        with open(f"/sys/fs/ext4/{os.path.basename(dev)}/trigger_fs_error", "w") as f:
+            f.write("test")
+        # A snapshot always commits metadata: here the commit cannot write.
+        with pytest.raises((dms.IOFailure, dms.StoreFailedError)):
+            st.snapshot("o")
         with pytest.raises(dms.StoreFailedError):
             st.snapshot("o")
-        st_status = st.status()
-        assert st_status.valid is False
+        with pytest.raises(dms.StoreFailedError):
+            with st.volume("o") as v:
+                v.write(0, b"y")
+        assert st.status().valid is False
     finally:
-        try:
-            st.close()
-        except Exception:
-            pass
+        if st is not None:
+            try:
+                st.close()
+            except Exception:
+                pass
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
