@@ -277,10 +277,7 @@ fn absolute_table(
         &origin.display().to_string(),
         &cow.display().to_string(),
     );
-    Ok(format!(
-        "0 {sectors} dm-snap-mv {}",
-        dms_engine::table::format_target(&t)
-    ))
+    Ok(dms_engine::table::Table { sectors, target: t }.to_string())
 }
 
 /// A byte count with an optional binary suffix: 4096, 512K, 64M, 1G.
@@ -387,8 +384,8 @@ fn run(cmd: Command) -> Result<Response, Exit> {
                 loop_dev,
                 read_only,
             } => {
-                let (sectors, target) =
-                    dms_engine::table::parse_table(&table).map_err(|e| Exit(2, e.to_string()))?;
+                let dms_engine::table::Table { sectors, target } =
+                    dms_engine::table::Table::parse(&table).map_err(|e| Exit(2, e.to_string()))?;
                 let table = absolute_table(Some(sectors), &target)?;
                 send(&Request::Create {
                     name: dm_dev,

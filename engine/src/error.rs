@@ -48,6 +48,8 @@ pub enum Error {
     },
     /// An origin id already bound to the store.
     OriginExists(String),
+    /// A device argument that names no file or device.
+    NoSuchDevice { arg: String, looked_at: String },
     /// An origin id the store does not know.
     UnknownOrigin(String),
     /// The origin is known but its device is not attached.
@@ -181,9 +183,10 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Corrupt { .. } | Error::NotAStore { .. } => ErrorKind::Corrupt,
             Error::AlreadyFormatted { .. } | Error::OriginExists(_) => ErrorKind::Exists,
-            Error::UnknownOrigin(_) | Error::UnknownTag { .. } | Error::OriginNotAttached(_) => {
-                ErrorKind::NotFound
-            }
+            Error::UnknownOrigin(_)
+            | Error::UnknownTag { .. }
+            | Error::OriginNotAttached(_)
+            | Error::NoSuchDevice { .. } => ErrorKind::NotFound,
             Error::NoSpace => ErrorKind::NoSpace,
             Error::Busy { .. } | Error::HasSnapshots { .. } => ErrorKind::Busy,
             Error::LimitReached(_) => ErrorKind::Limit,
@@ -204,7 +207,9 @@ impl Error {
         match self {
             Error::NoSpace => libc::ENOSPC,
             Error::OutOfRange { .. } => libc::EINVAL,
-            Error::UnknownTag { .. } | Error::UnknownOrigin(_) => libc::ENOENT,
+            Error::UnknownTag { .. } | Error::UnknownOrigin(_) | Error::NoSuchDevice { .. } => {
+                libc::ENOENT
+            }
             Error::Busy { .. } => libc::EBUSY,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
@@ -260,6 +265,15 @@ impl fmt::Display for Error {
                 "origin {origin} is {bytes} bytes but was bound with {recorded}"
             ),
             Error::OriginExists(id) => write!(f, "origin {id} is already bound to this store"),
+            Error::NoSuchDevice { arg, looked_at } => {
+                if arg.is_empty() {
+                    write!(f, "empty device name")
+                } else if !arg.contains('/') && looked_at != arg {
+                    write!(f, "{arg}: no such file here, and no device {looked_at}")
+                } else {
+                    write!(f, "{looked_at}: no such device or file")
+                }
+            }
             Error::UnknownOrigin(id) => write!(f, "origin {id} is not bound to this store"),
             Error::OriginNotAttached(id) => write!(f, "origin {id} has no device attached"),
             Error::BadOriginId(id) => write!(f, "origin id {id:?} is invalid (1..=255 bytes)"),

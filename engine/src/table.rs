@@ -233,29 +233,49 @@ pub fn parse_target(args: &[String]) -> Result<Target, ParseError> {
     }
 }
 
-/// Parse a table line `<start> <sectors> dm-snap-mv <target args>`;
-/// returns the length in sectors and the target.
-pub fn parse_table(line: &str) -> Result<(u64, Target), ParseError> {
-    let words = split_words(line)?;
-    if words.len() < 3 {
-        return err("a table is `<start> <sectors> dm-snap-mv <args>`");
+/// A table line, `0 <sectors> dm-snap-mv <target args>`: what `dmsetup
+/// create --table` takes and `dmsetup table` prints. It displays as it
+/// parses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// Length in 512-byte sectors.
+    pub sectors: u64,
+    pub target: Target,
+}
+
+impl Table {
+    /// Parse a table line (the start sector must be 0).
+    pub fn parse(line: &str) -> Result<Table, ParseError> {
+        let words = split_words(line)?;
+        if words.len() < 3 {
+            return err("a table is `<start> <sectors> dm-snap-mv <args>`");
+        }
+        let start: u64 = words[0]
+            .parse()
+            .map_err(|_| ParseError(format!("invalid start sector {:?}", words[0])))?;
+        if start != 0 {
+            return err("the start sector must be 0");
+        }
+        let sectors: u64 = words[1]
+            .parse()
+            .map_err(|_| ParseError(format!("invalid sector count {:?}", words[1])))?;
+        if words[2] != "dm-snap-mv" {
+            return err(format!(
+                "unknown target type {:?}: expected dm-snap-mv",
+                words[2]
+            ));
+        }
+        Ok(Table {
+            sectors,
+            target: parse_target(&words[3..])?,
+        })
     }
-    let start: u64 = words[0]
-        .parse()
-        .map_err(|_| ParseError(format!("invalid start sector {:?}", words[0])))?;
-    if start != 0 {
-        return err("the start sector must be 0");
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0 {} dm-snap-mv {}", self.sectors, self.target)
     }
-    let sectors: u64 = words[1]
-        .parse()
-        .map_err(|_| ParseError(format!("invalid sector count {:?}", words[1])))?;
-    if words[2] != "dm-snap-mv" {
-        return err(format!(
-            "unknown target type {:?}: expected dm-snap-mv",
-            words[2]
-        ));
-    }
-    Ok((sectors, parse_target(&words[3..])?))
 }
 
 /// Parse message arguments.
@@ -400,46 +420,50 @@ pub fn with_devices(t: &Target, origin: &str, cow: &str) -> Target {
     t
 }
 
-/// Print a target back as target arguments (what `dmsetup table` shows).
-pub fn format_target(t: &Target) -> String {
-    match t {
-        Target::Origin {
-            origin_dev,
-            cow_dev,
-            origin_id,
-            bind,
-            format,
-            chunk_pages,
-        } => {
-            let mut s = format!("co {} {}", quote(origin_dev), quote(cow_dev));
-            if let Some(id) = origin_id {
-                s.push_str(&format!(" -i {}", quote(id)));
+/// A target prints back as target arguments (what `dmsetup table` shows
+/// after the length), quoted so that it parses to the same target.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Target::Origin {
+                origin_dev,
+                cow_dev,
+                origin_id,
+                bind,
+                format,
+                chunk_pages,
+            } => {
+                let mut s = format!("co {} {}", quote(origin_dev), quote(cow_dev));
+                if let Some(id) = origin_id {
+                    s.push_str(&format!(" -i {}", quote(id)));
+                }
+                if *bind {
+                    s.push_str(" -b");
+                }
+                match format {
+                    Some(Format::Force) => s.push_str(" -F"),
+                    Some(Format::IfEmpty) => s.push_str(" -f"),
+                    None => {}
+                }
+                if let Some(c) = chunk_pages {
+                    s.push_str(&format!(" -c {c}"));
+                }
+                s
             }
-            if *bind {
-                s.push_str(" -b");
+            Target::Snapshot {
+                origin_dev,
+                cow_dev,
+                tag,
+                origin_id,
+            } => {
+                let mut s = format!("cs {} {} {tag}", quote(origin_dev), quote(cow_dev));
+                if let Some(id) = origin_id {
+                    s.push_str(&format!(" -i {}", quote(id)));
+                }
+                s
             }
-            match format {
-                Some(Format::Force) => s.push_str(" -F"),
-                Some(Format::IfEmpty) => s.push_str(" -f"),
-                None => {}
-            }
-            if let Some(c) = chunk_pages {
-                s.push_str(&format!(" -c {c}"));
-            }
-            s
-        }
-        Target::Snapshot {
-            origin_dev,
-            cow_dev,
-            tag,
-            origin_id,
-        } => {
-            let mut s = format!("cs {} {} {tag}", quote(origin_dev), quote(cow_dev));
-            if let Some(id) = origin_id {
-                s.push_str(&format!(" -i {}", quote(id)));
-            }
-            s
-        }
+        };
+        f.write_str(&s)
     }
 }
 

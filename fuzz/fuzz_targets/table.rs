@@ -3,7 +3,7 @@
 #![no_main]
 
 use dms_engine::table::{
-    format_target, parse_message, parse_table, parse_target, quote, split_words,
+    parse_message, parse_target, quote, split_words, Table,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = parse_table(line);
+    let _ = Table::parse(line);
     let Ok(words) = split_words(line) else {
         return;
     };
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let joined: Vec<String> = words.iter().map(|w| quote(w)).collect();
     assert_eq!(split_words(&joined.join(" ")).unwrap(), words, "{line:?}");
     if let Ok(t) = parse_target(&words) {
-        let printed = format_target(&t);
+        let printed = t.to_string();
         let again = parse_target(&split_words(&printed).unwrap());
         assert_eq!(again.as_ref(), Ok(&t), "{line:?} printed as {printed:?}");
     }

@@ -424,6 +424,15 @@ impl Store {
 }
 
 /// Compiled core of the ``dms`` package.
+/// A device argument as ``dms`` takes it (a path, or a bare kernel name
+/// meaning ``/dev/<name>``) as the absolute path the daemon is given.
+#[pyfunction]
+fn device_path(arg: &str) -> PyResult<String> {
+    engine::io::device_path(arg)
+        .map(|p| p.display().to_string())
+        .map_err(err)
+}
+
 /// The exception class of an error kind as the daemon names it
 /// (``"not_found"``, ``"busy"``, ...); unknown names give ``DmsError``.
 #[pyfunction]
@@ -450,6 +459,7 @@ fn _dms(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NoSpaceError", no_space(py)?)?;
     m.add("InvalidArgumentError", invalid(py)?)?;
     m.add_function(wrap_pyfunction!(error_class, m)?)?;
+    m.add_function(wrap_pyfunction!(device_path, m)?)?;
     m.add_class::<Store>()?;
     m.add_class::<Volume>()?;
     m.add_class::<Version>()?;

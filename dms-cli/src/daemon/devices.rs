@@ -32,7 +32,7 @@ pub(crate) fn create_args(
         &origin.display().to_string(),
         &cow.display().to_string(),
     );
-    let line = format!("0 {sectors} dm-snap-mv {}", table::format_target(&t));
+    let line = table::Table { sectors, target: t }.to_string();
     create(d, name, &line, loop_dev, read_only, true)
 }
 
@@ -75,7 +75,8 @@ pub(crate) fn create(
     fresh: bool,
 ) -> Res<Response> {
     paths::check_name(name).or_else(usage)?;
-    let (sectors, target) = table::parse_table(line).map_err(|e| Fail::new(2, e.to_string()))?;
+    let table::Table { sectors, target } =
+        table::Table::parse(line).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     if st.devs.contains_key(name) {
         return Err(Fail::kind(

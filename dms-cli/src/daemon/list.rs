@@ -320,11 +320,5 @@ pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
 }
 
 pub fn table(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
-    per_device(d, only, |_, dev| {
-        Ok(Some(format!(
-            "0 {} dm-snap-mv {}",
-            dev.sectors,
-            dms_engine::table::format_target(&dev.target)
-        )))
-    })
+    per_device(d, only, |_, dev| Ok(Some(dev.table().to_string())))
 }

@@ -47,6 +47,16 @@ pub(crate) struct DmDev {
     pub alive: Arc<AtomicBool>,
 }
 
+impl DmDev {
+    /// The table line it was created from (options that act once removed).
+    pub fn table(&self) -> dms_engine::table::Table {
+        dms_engine::table::Table {
+            sectors: self.sectors,
+            target: self.target.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     pub stores: HashMap<PathBuf, StoreEntry>,
@@ -93,11 +103,7 @@ impl Daemon {
         for (name, d) in &st.devs {
             reg.devices.push(registry::Entry {
                 name: name.clone(),
-                table: format!(
-                    "0 {} dm-snap-mv {}",
-                    d.sectors,
-                    dms_engine::table::format_target(&d.target)
-                ),
+                table: d.table().to_string(),
                 loop_dev: d.loop_dev.is_some(),
                 read_only: d.read_only,
             });

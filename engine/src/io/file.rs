@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A regular file or a block device.
 pub struct FileDev {
@@ -30,32 +30,7 @@ impl FileDev {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io(&name, "open", e))?;
-        let meta = file.metadata().map_err(|e| Error::io(&name, "stat", e))?;
-        let ft = meta.file_type();
-        let size = if ft.is_block_device() {
-            let mut bytes: u64 = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes) };
-            if rc != 0 {
-                return Err(Error::io(
-                    &name,
-                    "BLKGETSIZE64",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            bytes
-        } else if ft.is_file() {
-            meta.len()
-        } else {
-            return Err(Error::io(
-                &name,
-                "open",
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "not a regular file or block device",
-                ),
-            ));
-        };
+        let size = size_of(&file, &name)?;
         if exclusive {
             // SAFETY: flock on a descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -73,6 +48,86 @@ impl FileDev {
             }
         }
         Ok(FileDev { name, file, size })
+    }
+}
+
+/// Size in bytes of an open regular file or block device.
+fn size_of(file: &File, name: &str) -> Result<u64> {
+    let meta = file.metadata().map_err(|e| Error::io(name, "stat", e))?;
+    let ft = meta.file_type();
+    if ft.is_block_device() {
+        let mut bytes: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes) };
+        if rc != 0 {
+            return Err(Error::io(
+                name,
+                "BLKGETSIZE64",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(bytes)
+    } else if ft.is_file() {
+        Ok(meta.len())
+    } else {
+        Err(Error::io(
+            name,
+            "open",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file or block device",
+            ),
+        ))
+    }
+}
+
+/// Size in bytes of the regular file or block device at `path`.
+pub fn device_size(path: &Path) -> Result<u64> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|e| Error::io(&name, "open", e))?;
+    size_of(&file, &name)
+}
+
+/// A device argument as users give it: a path, or a bare kernel name
+/// (`sdb1`) meaning `/dev/sdb1`. Returns an absolute path with the
+/// directories' symlinks resolved; a final component that is a symlink (a
+/// device node under `/dev/disk/by-id`, say) is resolved once here, after
+/// which devices are opened with `O_NOFOLLOW`.
+pub fn device_path(arg: &str) -> Result<PathBuf> {
+    let missing = |looked_at: &Path| Error::NoSuchDevice {
+        arg: arg.to_string(),
+        looked_at: looked_at.display().to_string(),
+    };
+    if arg.is_empty() {
+        return Err(missing(Path::new("")));
+    }
+    let p = if !arg.contains('/') && !Path::new(arg).exists() {
+        Path::new("/dev").join(arg)
+    } else {
+        PathBuf::from(arg)
+    };
+    if !p.exists() {
+        return Err(missing(&p));
+    }
+    let abs = if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io(arg, "find the current directory", e))?
+            .join(p)
+    };
+    let parent = abs
+        .parent()
+        .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()));
+    let (Some(dir), Some(name)) = (parent, abs.file_name()) else {
+        return Err(missing(&abs));
+    };
+    let full = dir.join(name);
+    match std::fs::symlink_metadata(&full) {
+        Ok(m) if m.file_type().is_symlink() => full
+            .canonicalize()
+            .map_err(|e| Error::io(&full.display().to_string(), "resolve", e)),
+        _ => Ok(full),
     }
 }
 

@@ -9,7 +9,7 @@ mod memory;
 mod tracked;
 
 pub use fault::{FaultController, FaultDev};
-pub use file::FileDev;
+pub use file::{device_path, device_size, FileDev};
 pub use memory::MemDev;
 pub use tracked::Tracked;
 

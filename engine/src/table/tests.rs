@@ -19,7 +19,7 @@ fn origin_targets() {
     );
     let t = parse_target(&w("co /dev/a /dev/b -i 'my disk' -b")).unwrap();
     assert_eq!(t.origin_id(), "my disk");
-    assert_eq!(format_target(&t), "co /dev/a /dev/b -i 'my disk' -b");
+    assert_eq!(t.to_string(), "co /dev/a /dev/b -i 'my disk' -b");
     assert!(parse_target(&w("co a b -f -F -b")).is_err());
     assert!(parse_target(&w("co a b -F")).is_err(), "-F without -b");
     assert!(parse_target(&w("co a b -b -c 4")).is_err(), "-c without -f");
@@ -35,12 +35,12 @@ fn origin_targets() {
 
 #[test]
 fn snapshot_targets_and_tables() {
-    let (sectors, t) = parse_table("0 2048 dm-snap-mv cs sdb1 sdc1 2").unwrap();
+    let Table { sectors, target: t } = Table::parse("0 2048 dm-snap-mv cs sdb1 sdc1 2").unwrap();
     assert_eq!(sectors, 2048);
     assert_eq!(t.tag(), 2);
     assert_eq!(t.origin_id(), "sdb1");
-    assert!(parse_table("0 2048 snapshot cs a b 1").is_err());
-    assert!(parse_table("5 2048 dm-snap-mv cs a b 1").is_err());
+    assert!(Table::parse("0 2048 snapshot cs a b 1").is_err());
+    assert!(Table::parse("5 2048 dm-snap-mv cs a b 1").is_err());
     assert!(parse_target(&w("cs a b x")).is_err());
     assert!(parse_target(&w("cs a b 1 -b")).is_err());
 }
@@ -118,4 +118,23 @@ fn quoting() {
         let line = format!("co {} b", quote(word));
         assert_eq!(split_words(&line).unwrap(), vec!["co", word, "b"], "{line}");
     }
+}
+
+#[test]
+fn a_table_line_prints_back_as_it_parses() {
+    for line in [
+        "0 2048 dm-snap-mv cs sdb1 sdc1 2",
+        "0 8 dm-snap-mv co '/dev/my disk' /dev/c -i 'it'\"'\"'s' -b -F -c 4",
+        "0 1 dm-snap-mv co a b -b -f",
+    ] {
+        let t = Table::parse(line).unwrap();
+        let printed = t.to_string();
+        assert_eq!(Table::parse(&printed).unwrap(), t, "{line} -> {printed}");
+    }
+    assert_eq!(
+        Table::parse("0 2048 dm-snap-mv cs sdb1 sdc1 2")
+            .unwrap()
+            .to_string(),
+        "0 2048 dm-snap-mv cs sdb1 sdc1 2"
+    );
 }

@@ -119,10 +119,9 @@ def _call(req: dict, start: bool = True) -> dict:
 
 
 def _device(arg: str) -> str:
-    """A path, or a bare kernel name meaning /dev/<name>, made absolute."""
-    if "/" not in arg and not os.path.exists(arg):
-        arg = os.path.join("/dev", arg)
-    return os.path.abspath(arg)
+    """A path, or a bare kernel name meaning /dev/<name>, made absolute (as
+    the dms command resolves it)."""
+    return _dms.device_path(arg)
 
 
 @dataclass(frozen=True)

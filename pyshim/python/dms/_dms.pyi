@@ -47,6 +47,10 @@ class InvalidArgumentError(DmsError, ValueError):
 
 _Path = Union[str, os.PathLike[str]]
 
+def device_path(arg: str) -> str:
+    """A device argument (a path, or a bare kernel name meaning /dev/<name>) made absolute."""
+    ...
+
 def error_class(kind: str) -> type:
     """The exception class of an error kind as the daemon names it (``"busy"``, ...)."""
     ...
