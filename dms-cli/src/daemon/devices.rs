@@ -14,13 +14,39 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// How a dm_dev is exposed besides its mapper file.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Exposure {
+    /// Attach a loop device to the file.
+    pub loop_dev: bool,
+    /// Refuse writes.
+    pub read_only: bool,
+}
+
+/// A dm_dev to create.
+pub(crate) struct CreateOptions<'a> {
+    pub name: &'a str,
+    /// The table line `0 <sectors> dm-snap-mv <target args>`.
+    pub table: &'a str,
+    pub exposure: Exposure,
+    /// False when the registry brings it back after a restart (the
+    /// registry is not rewritten for each).
+    pub fresh: bool,
+}
+
+/// Where a dm_dev's data lives: its store, its origin device and id.
+pub(crate) struct Placement<'a> {
+    pub cow: &'a PathBuf,
+    pub origin: &'a PathBuf,
+    pub origin_id: &'a str,
+}
+
 /// `create` from target arguments: the length is the origin's size.
 pub(crate) fn create_args(
     d: &Arc<Daemon>,
     name: &str,
     args: &[String],
-    loop_dev: bool,
-    read_only: bool,
+    exposure: Exposure,
 ) -> Res<Response> {
     let target = table::parse_target(args).map_err(|e| Fail::new(2, e.to_string()))?;
     let origin =
@@ -33,7 +59,15 @@ pub(crate) fn create_args(
         &cow.display().to_string(),
     );
     let line = table::Table { sectors, target: t }.to_string();
-    create(d, name, &line, loop_dev, read_only, true)
+    create(
+        d,
+        &CreateOptions {
+            name,
+            table: &line,
+            exposure,
+            fresh: true,
+        },
+    )
 }
 
 /// Carry on, in the background, a rollback that a restart interrupted.
@@ -65,18 +99,12 @@ pub(crate) fn open_file(path: &PathBuf) -> Res<Dev> {
     Ok(Arc::new(FileDev::open(path, true)?))
 }
 
-/// Create a dm_dev. `fresh` is false when restoring from the registry.
-pub(crate) fn create(
-    d: &Arc<Daemon>,
-    name: &str,
-    line: &str,
-    loop_dev: bool,
-    read_only: bool,
-    fresh: bool,
-) -> Res<Response> {
+/// Create a dm_dev.
+pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response> {
+    let name = opts.name;
     paths::check_name(name).or_else(usage)?;
     let table::Table { sectors, target } =
-        table::Table::parse(line).map_err(|e| Fail::new(2, e.to_string()))?;
+        table::Table::parse(opts.table).map_err(|e| Fail::new(2, e.to_string()))?;
     let mut st = d.lock();
     if st.devs.contains_key(name) {
         return Err(Fail::kind(
@@ -170,21 +198,19 @@ pub(crate) fn create(
             },
         );
     }
-    let res = attach_and_expose(
-        d,
-        &mut st,
-        name,
-        &target,
-        sectors,
-        (&cow_path, &origin_path, &origin_id),
-        (loop_dev, read_only),
-    );
+    let table = table::Table { sectors, target };
+    let at = Placement {
+        cow: &cow_path,
+        origin: &origin_path,
+        origin_id: &origin_id,
+    };
+    let res = attach_and_expose(d, &mut st, opts, &table, &at);
     if res.is_err() && new_store {
         st.stores.remove(&cow_path);
     }
     let dev_file = res?;
     resume_rollback(d, &mut st, &cow_path, &origin_id);
-    if fresh {
+    if opts.fresh {
         d.save_registry(&st)
             .map_err(|e| Fail::new(1, format!("{e:#}")))?;
     }
@@ -200,16 +226,21 @@ pub(crate) fn create(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Bind or attach the origin, open the version, expose its file (and a
+/// loop device); record the dm_dev.
 pub(crate) fn attach_and_expose(
     d: &Arc<Daemon>,
     st: &mut State,
-    name: &str,
-    target: &Target,
-    sectors: u64,
-    (cow_path, origin_path, origin_id): (&PathBuf, &PathBuf, &str),
-    (loop_dev, read_only): (bool, bool),
+    opts: &CreateOptions<'_>,
+    table: &table::Table,
+    at: &Placement<'_>,
 ) -> Res<String> {
+    let (name, target, sectors) = (opts.name, &table.target, table.sectors);
+    let (cow_path, origin_path, origin_id) = (at.cow, at.origin, at.origin_id);
+    let Exposure {
+        loop_dev,
+        read_only,
+    } = opts.exposure;
     let entry = st
         .stores
         .get_mut(cow_path)
@@ -433,7 +464,16 @@ pub(crate) fn restore(d: &Arc<Daemon>) {
         }
     };
     for e in reg.devices {
-        match create(d, &e.name, &e.table, e.loop_dev, e.read_only, false) {
+        let opts = CreateOptions {
+            name: &e.name,
+            table: &e.table,
+            exposure: Exposure {
+                loop_dev: e.loop_dev,
+                read_only: e.read_only,
+            },
+            fresh: false,
+        };
+        match create(d, &opts) {
             Ok(_) => tracing::info!("restored {}", e.name),
             Err(f) => tracing::error!("cannot restore {}: {}", e.name, f.msg),
         }

@@ -1,7 +1,9 @@
 //! Request handling. Each refusal is one line naming the thing at fault and
 //! happens before anything changes.
 
-use super::devices::{busy, create, create_args, freeze_tag, remove, remove_all, users_of};
+use super::devices::{
+    busy, create, create_args, freeze_tag, remove, remove_all, users_of, CreateOptions, Exposure,
+};
 use super::fail::{fail, Fail, Res};
 use super::{Daemon, State};
 use crate::proto::{Request, Response};
@@ -20,13 +22,32 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
             table,
             loop_dev,
             read_only,
-        } => create(d, &name, &table, loop_dev, read_only, true),
+        } => create(
+            d,
+            &CreateOptions {
+                name: &name,
+                table: &table,
+                exposure: Exposure {
+                    loop_dev,
+                    read_only,
+                },
+                fresh: true,
+            },
+        ),
         Request::CreateArgs {
             name,
             args,
             loop_dev,
             read_only,
-        } => create_args(d, &name, &args, loop_dev, read_only),
+        } => create_args(
+            d,
+            &name,
+            &args,
+            Exposure {
+                loop_dev,
+                read_only,
+            },
+        ),
         Request::Remove { name, force } => {
             let mut st = d.lock();
             remove(d, &mut st, &name, force).map(|_| Response::ok(String::new()))

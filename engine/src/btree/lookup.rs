@@ -62,21 +62,20 @@ impl<C: Codec> Tree<C> {
         if self.root == 0 || lo >= hi {
             return Ok(false);
         }
-        let start = out.len();
-        self.range_rec(io, self.root, None, lo, hi, start + limit, out)
+        let cap = out.len() + limit;
+        let mut r = RangeQuery { lo, hi, cap, out };
+        self.range_rec(io, self.root, None, &mut r)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn range_rec(
         &mut self,
         io: &Loader,
         page: u64,
         expected: Option<u16>,
-        lo: &C::Key,
-        hi: &C::Key,
-        cap: usize,
-        out: &mut Vec<(C::Key, C::Value)>,
+        r: &mut RangeQuery<'_, C>,
     ) -> Result<bool> {
+        let (lo, hi, cap) = (r.lo, r.hi, r.cap);
+        let out = &mut *r.out;
         let node = self.load(io, page)?;
         check_level(page, &node, expected)?;
         match &*node {
@@ -99,7 +98,7 @@ impl<C: Codec> Tree<C> {
                     if i > first && *k >= *hi {
                         break;
                     }
-                    if self.range_rec(io, *child, Some(l - 1), lo, hi, cap, out)? {
+                    if self.range_rec(io, *child, Some(l - 1), r)? {
                         return Ok(true);
                     }
                 }
@@ -107,4 +106,13 @@ impl<C: Codec> Tree<C> {
             }
         }
     }
+}
+
+/// A range lookup in progress: keys in `lo..hi`, collected into `out`
+/// until it holds `cap` entries.
+struct RangeQuery<'a, C: Codec> {
+    lo: &'a C::Key,
+    hi: &'a C::Key,
+    cap: usize,
+    out: &'a mut Vec<(C::Key, C::Value)>,
 }

@@ -25,22 +25,25 @@ impl<C: Codec> Tree<C> {
         if self.root != 0 {
             let root = self.load(io, self.root)?;
             stats.depth = root.level() + 1;
-            self.walk_rec(io, self.root, root.level(), None, None, v, &mut stats)?;
+            let mut w = Walk {
+                v,
+                stats: &mut stats,
+            };
+            self.walk_rec(io, self.root, root.level(), (None, None), &mut w)?;
         }
         Ok(stats)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Visit the subtree at `page`, whose keys its parent bounds to `lo..hi`.
     fn walk_rec(
         &mut self,
         io: &Loader,
         page: u64,
         level: u16,
-        lo: Option<C::Key>,
-        hi: Option<C::Key>,
-        v: &mut dyn Visitor<C>,
-        stats: &mut WalkStats,
+        (lo, hi): (Option<C::Key>, Option<C::Key>),
+        w: &mut Walk<'_, C>,
     ) -> Result<()> {
+        let (v, stats) = (&mut *w.v, &mut *w.stats);
         let node = self.load(io, page)?;
         let bad = |why: &str| Error::corrupt(page, C::KIND.name(), why.to_string());
         if node.level() != level {
@@ -69,10 +72,16 @@ impl<C: Codec> Tree<C> {
                     }
                     let child_lo = if i == 0 { lo } else { Some(*k) };
                     let child_hi = e.get(i + 1).map(|x| x.0).or(hi);
-                    self.walk_rec(io, *child, l - 1, child_lo, child_hi, v, stats)?;
+                    self.walk_rec(io, *child, l - 1, (child_lo, child_hi), w)?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// A walk in progress: the visitor and the counts so far.
+struct Walk<'a, C: Codec> {
+    v: &'a mut dyn Visitor<C>,
+    stats: &'a mut WalkStats,
 }
