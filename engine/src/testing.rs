@@ -182,8 +182,7 @@ pub use crate::versions::MAX_VERSION_ID;
 pub fn set_version_counter(store: &Store, origin_id: &str, next_version: u32) -> Result<()> {
     let mut m = store.inner.meta()?;
     let index = m.origin(origin_id)?;
-    m.origin_mut(index)?.rec.next_version = next_version;
-    m.dirty_origins.insert(index);
+    m.edit(index)?.rec().next_version = next_version;
     Ok(())
 }
 

@@ -1,7 +1,6 @@
 //! The checker: walks all metadata and the space map and reports every
 //! inconsistency (no leaked or doubly used page, counts that agree).
 
-use super::meta::loader;
 use super::Store;
 use crate::btree::{Visitor, WalkStats};
 use crate::error::Result;
@@ -61,9 +60,8 @@ impl Store {
         let mut m = inner.meta()?;
         let m = &mut *m;
         let mut report = CheckReport::default();
-        let io = loader(&m.cow, &m.sb);
-        let cp = u64::from(m.sb.chunk_pages);
-        let page_count = m.sb.page_count;
+        let cp = u64::from(m.sb().chunk_pages);
+        let page_count = m.sb().page_count;
         // Who uses each page.
         let mut owner: HashMap<u64, &'static str> = HashMap::new();
         let claim = |owner: &mut HashMap<u64, &'static str>,
@@ -84,17 +82,17 @@ impl Store {
             claim(&mut owner, &mut report, p, "superblock");
         }
         let mut cat = Pages(Vec::new());
-        m.cat.walk(&io, &mut cat)?;
+        m.walk_catalog(&mut cat)?;
         for p in cat.0 {
             claim(&mut owner, &mut report, p, "catalog node");
         }
         let mut space_pages = Vec::new();
-        m.space.walk_pages(&io, &mut space_pages)?;
+        m.space_pages(&mut space_pages)?;
         for p in space_pages {
             claim(&mut owner, &mut report, p, "space map");
         }
         let mut ex = Excs(Vec::new(), Vec::new());
-        let stats: WalkStats = m.exc.walk(&io, &mut ex)?;
+        let stats: WalkStats = m.walk_exceptions(&mut ex)?;
         report.exception_nodes = stats.nodes;
         report.exception_tree_depth = stats.depth;
         for p in &ex.0 {
@@ -112,12 +110,12 @@ impl Store {
         for (k, cow) in &ex.1 {
             report.exceptions += 1;
             *counts.entry((k.origin, k.version)).or_default() += 1;
-            match m.origins.get(&k.origin) {
+            match m.origin_ref(k.origin).ok() {
                 None => report
                     .problems
                     .push(format!("exception {k:?} of an unknown origin")),
                 Some(o) => {
-                    if o.tree.get(k.version).is_none() {
+                    if o.tree().get(k.version).is_none() {
                         report
                             .problems
                             .push(format!("exception {k:?} of an unknown version"));
@@ -144,25 +142,26 @@ impl Store {
             }
         }
         report.data_chunks = report.exceptions - merged;
-        if m.space.alloc.data_chunks != report.data_chunks {
+        if m.alloc().data_chunks != report.data_chunks {
             report.problems.push(format!(
                 "space map counts {} data chunks, the exception tree {}",
-                m.space.alloc.data_chunks, report.data_chunks
+                m.alloc().data_chunks,
+                report.data_chunks
             ));
         }
-        for o in m.origins.values() {
-            for v in o.tree.ids() {
-                let recorded = o.tree.get(v).map_or(0, |x| x.exceptions);
+        for o in m.origins() {
+            for v in o.tree().ids() {
+                let recorded = o.tree().get(v).map_or(0, |x| x.exceptions);
                 let found = counts.get(&(o.index, v)).copied().unwrap_or(0);
                 if recorded != found {
                     report.problems.push(format!(
                         "origin {} version {v}: {recorded} exceptions recorded, {found} found",
-                        o.rec.id
+                        o.rec().id
                     ));
                 }
             }
         }
-        let used = m.space.alloc.used_page_list();
+        let used = m.alloc().used_page_list();
         let mut leaked = 0u64;
         for &p in &used {
             if !owner.contains_key(&p) {
@@ -180,7 +179,7 @@ impl Store {
                 .push(format!("{leaked} leaked pages in all"));
         }
         for &p in owner.keys() {
-            if !m.space.alloc.is_set(p) {
+            if !m.alloc().is_set(p) {
                 report
                     .problems
                     .push(format!("page {p} ({}) is used but marked free", owner[&p]));

@@ -30,7 +30,7 @@ impl Store {
     pub fn clean(&self) -> Result<CleanReport> {
         let _bg = super::Background::enter();
         let mut report = CleanReport::default();
-        let origins: Vec<u32> = self.inner.meta()?.origins.keys().copied().collect();
+        let origins: Vec<u32> = self.inner.meta()?.origins().map(|o| o.index).collect();
         for index in origins {
             while self.clean_pass(index, &mut report)? {}
         }
@@ -40,9 +40,10 @@ impl Store {
     /// Whether any origin has versions waiting for the cleaner.
     pub fn cleaning_pending(&self) -> Result<bool> {
         let m = self.inner.meta()?;
-        Ok(m.origins
-            .values()
-            .any(|o| o.rec.clean_cursor.is_some() || !o.tree.plan_cleaning(false).is_empty()))
+        let pending = m
+            .origins()
+            .any(|o| o.rec().clean_cursor.is_some() || !o.tree().plan_cleaning(false).is_empty());
+        Ok(pending)
     }
 
     /// One pass over one origin; false when there was nothing to do.
@@ -52,24 +53,21 @@ impl Store {
         {
             let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
             let mut m = inner.meta()?;
-            let Some(o) = m.origins.get_mut(&index) else {
+            let Ok(mut o) = m.edit(index) else {
                 return Ok(false);
             };
-            if o.rec.clean_cursor.is_none() {
-                let plan = o.tree.plan_cleaning(false);
+            if o.get().rec().clean_cursor.is_none() {
+                let plan = o.get().tree().plan_cleaning(false);
                 if plan.is_empty() {
                     return Ok(false);
                 }
                 for &v in plan.keys() {
-                    if let Some(x) = o.tree.get_mut(v) {
+                    if let Some(x) = o.version(v) {
                         x.flags |= flags::CLEANING;
                     }
                 }
-                o.cleaning = plan;
-                o.rec.clean_cursor = Some(0);
-                let ids: Vec<u32> = o.cleaning.keys().copied().collect();
-                m.mark_versions(index, &ids);
-                m.dirty_origins.insert(index);
+                o.state().cleaning = plan;
+                o.rec().clean_cursor = Some(0);
             }
         }
         let mut pacer = super::Pacer::new(inner);
@@ -80,7 +78,7 @@ impl Store {
             let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
             let (chunks, cursor) = {
                 let mut m = inner.meta()?;
-                let cursor = m.origin_ref(index)?.rec.clean_cursor.unwrap_or(0);
+                let cursor = m.origin_ref(index)?.rec().clean_cursor.unwrap_or(0);
                 let entries = m.exception_range(index, cursor, BATCH)?;
                 let mut chunks: BTreeSet<u64> = entries.iter().map(|(k, _)| k.chunk).collect();
                 if entries.len() == BATCH && chunks.len() > 1 {
@@ -103,7 +101,7 @@ impl Store {
                 let mut items: Vec<(u32, u32, u64)> = excs
                     .iter()
                     .filter(|(v, _)| plan.contains_key(v))
-                    .map(|&(v, e)| (o.tree.pre(v), v, e))
+                    .map(|&(v, e)| (o.tree().pre(v), v, e))
                     .collect();
                 items.sort_unstable_by_key(|x| std::cmp::Reverse(x.0));
                 let mut owners: BTreeSet<u32> = excs.iter().map(|e| e.0).collect();
@@ -140,11 +138,10 @@ impl Store {
             }
             let mut m = inner.meta()?;
             let next = chunks.last().map_or(cursor, |c| c + 1);
-            m.origin_mut(index)?.rec.clean_cursor = Some(next);
-            m.dirty_origins.insert(index);
+            m.edit(index)?.rec().clean_cursor = Some(next);
             // Keep transactions small so the metadata reserve is never at risk.
-            if m.space.alloc.fresh_pages() > 256 {
-                let txn = m.txn;
+            if m.alloc().fresh_pages() > 256 {
+                let txn = m.txn();
                 drop(m);
                 inner.commit_until(txn, false)?;
             }
@@ -152,50 +149,48 @@ impl Store {
         {
             let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
             let mut m = inner.meta()?;
-            let o = m.origin_mut(index)?;
-            let plan = std::mem::take(&mut o.cleaning);
-            let mut changed = Vec::new();
+            let mut o = m.edit(index)?;
+            let plan = std::mem::take(&mut o.state().cleaning);
             let (dropped, merged): (Vec<_>, Vec<_>) = plan.iter().partition(|(_, h)| h.is_none());
-            for (&v, _) in dropped.iter().chain(merged.iter()) {
-                let Some(x) = o.tree.get(v) else { continue };
-                if x.exceptions != 0 {
-                    tracing::error!(
-                        version = v,
-                        exceptions = x.exceptions,
-                        "cleaned version still owns exceptions; kept"
-                    );
-                    if let Some(x) = o.tree.get_mut(v) {
-                        x.flags &= !flags::CLEANING;
-                    }
+            let removed = o.tree(|tree, changed| {
+                let mut removed = 0;
+                for (&v, _) in dropped.iter().chain(merged.iter()) {
+                    let Some(x) = tree.get(v) else { continue };
+                    let keep = if x.exceptions != 0 {
+                        tracing::error!(
+                            version = v,
+                            exceptions = x.exceptions,
+                            "cleaned version still owns exceptions; kept"
+                        );
+                        true
+                    } else if plan.get(&v).copied().flatten().is_some() && x.children.len() != 1 {
+                        // The shape is not what the plan expected: keep the ghost.
+                        tracing::error!(version = v, "merged ghost without a single child; kept");
+                        true
+                    } else {
+                        false
+                    };
                     changed.push(v);
-                    continue;
-                }
-                let merged = plan.get(&v).copied().flatten().is_some();
-                if merged && x.children.len() != 1 {
-                    // The shape is not what the plan expected: keep the ghost.
-                    tracing::error!(version = v, "merged ghost without a single child; kept");
-                    if let Some(x) = o.tree.get_mut(v) {
-                        x.flags &= !flags::CLEANING;
+                    if keep {
+                        if let Some(x) = tree.get_mut(v) {
+                            x.flags &= !flags::CLEANING;
+                        }
+                        continue;
                     }
-                    changed.push(v);
-                    continue;
+                    let heir_child = if plan.get(&v).copied().flatten().is_some() {
+                        x.children.first().copied()
+                    } else {
+                        None
+                    };
+                    tree.remove(v, heir_child);
+                    changed.extend(heir_child);
+                    removed += 1;
                 }
-                let heir_child = if merged {
-                    x.children.first().copied()
-                } else {
-                    None
-                };
-                o.tree.remove(v, heir_child);
-                changed.push(v);
-                if let Some(c) = heir_child {
-                    changed.push(c);
-                }
-                report.versions_removed += 1;
-            }
-            o.tree.relabel();
-            o.rec.clean_cursor = None;
-            m.mark_versions(index, &changed);
-            m.dirty_origins.insert(index);
+                tree.relabel();
+                removed
+            });
+            report.versions_removed += removed;
+            o.rec().clean_cursor = None;
         }
         self.flush()?;
         Ok(true)

@@ -66,8 +66,8 @@ impl Inner {
     /// marks: a write that lands later marks its origin again).
     fn take_dirty_origins(&self, m: &super::Meta) -> Vec<crate::io::Dev> {
         let mut origins = Vec::new();
-        for index in std::mem::take(&mut *lock(&self.dirty_origins)) {
-            if let Some(o) = m.origins.get(&index) {
+        for index in std::mem::take(&mut *lock(&self.unsynced_origins)) {
+            if let Ok(o) = m.origin_ref(index) {
                 if o.dirty.swap(false, Ordering::AcqRel) {
                     origins.extend(o.dev.clone());
                 }
@@ -95,11 +95,10 @@ impl Inner {
             // commit runs it for everyone waiting.
             self.check_failed()?;
             let mut m = lock(&self.meta);
-            let txn = m.txn;
-            m.txn += 1;
             // Markers recorded in this commit stand for merged origin data:
             // the origins are synced before the superblock makes them durable.
-            let sync_origins = sync_origins || std::mem::take(&mut m.needs_origin_sync);
+            let (txn, merged_data) = m.begin_commit();
+            let sync_origins = sync_origins || merged_data;
             let origins = if sync_origins {
                 self.take_dirty_origins(&m)
             } else {
@@ -129,13 +128,7 @@ impl Inner {
             )?;
             self.cow.sync()?;
         }
-        let mut m = lock(&self.meta);
-        if sb.is_some() {
-            m.space.alloc.commit_done();
-        }
-        m.chunk_txn.retain(|_, t| *t > txn);
-        m.marker_txn.retain(|_, t| *t > txn);
-        m.new_chunks.retain(|_, t| *t > txn);
+        lock(&self.meta).commit_done(txn, sb.is_some());
         Ok(txn)
     }
 }

@@ -30,7 +30,7 @@ impl Store {
         let mut out = Vec::new();
         for c in chunks_with_exceptions(&mut m, index)? {
             let excs = m.exceptions(index, c)?;
-            let tree = &m.origin_ref(index)?.tree;
+            let tree = m.origin_ref(index)?.tree();
             for (version, v) in excs {
                 if only.is_some_and(|x| x != version) {
                     continue;
@@ -54,7 +54,7 @@ impl Store {
         let mut m = self.inner.meta()?;
         let index = m.origin(origin_id)?;
         let (va, vb) = (m.version_of(index, a)?, m.version_of(index, b)?);
-        if m.origin_ref(index)?.rec.rollback.is_some() && (a == 0 || b == 0) {
+        if m.origin_ref(index)?.rec().rollback.is_some() && (a == 0 || b == 0) {
             return Err(Error::Busy {
                 what: format!("origin {origin_id} is being rolled back"),
             });
@@ -62,7 +62,7 @@ impl Store {
         let mut out = Vec::new();
         for c in chunks_with_exceptions(&mut m, index)? {
             let excs = m.exceptions(index, c)?;
-            let tree = &m.origin_ref(index)?.tree;
+            let tree = m.origin_ref(index)?.tree();
             let same = match (resolve(tree, va, &excs), resolve(tree, vb, &excs)) {
                 (Src::Origin, Src::Origin) => true,
                 (Src::Cow(p), Src::Cow(q)) => p == q,

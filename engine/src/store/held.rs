@@ -382,8 +382,8 @@ impl Inner {
         let dev = o
             .dev
             .clone()
-            .ok_or_else(|| Error::OriginNotAttached(o.rec.id.clone()))?;
-        Ok((dev, o.dirty.clone(), o.rec.size))
+            .ok_or_else(|| Error::OriginNotAttached(o.rec().id.clone()))?;
+        Ok((dev, o.dirty.clone(), o.rec().size))
     }
 
     fn settle_to(&self, stripe: &mut Stripe, loc: &Loc, target: Option<&Target>) -> Result<()> {

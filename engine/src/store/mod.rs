@@ -96,7 +96,7 @@ pub(crate) struct Inner {
     pub(crate) chunk_bytes: u64,
     /// Origins written since their last sync: a commit that syncs origins
     /// visits only these, not every bound origin.
-    pub(crate) dirty_origins: Mutex<Vec<u32>>,
+    pub(crate) unsynced_origins: Mutex<Vec<u32>>,
     /// Threads a rollback merges with (see [`Store::set_rollback_workers`]).
     pub(crate) rollback_workers: AtomicUsize,
     /// Chunks a rollback merges under one set of stripe locks (32;
@@ -185,7 +185,7 @@ impl Store {
         for slot in 0..SUPERBLOCK_SLOTS {
             cow.write_at(&zero, slot * PAGE_SIZE as u64)?;
         }
-        lock(&store.inner.meta).force_dirty = true;
+        lock(&store.inner.meta).force_commit();
         store.flush()?;
         Ok(store)
     }
@@ -237,8 +237,8 @@ impl Store {
     }
 
     fn from_meta(cow: Dev, meta: Meta) -> Store {
-        let chunk_bytes = u64::from(meta.sb.chunk_pages) * PAGE_SIZE as u64;
-        let txn = meta.txn;
+        let chunk_bytes = u64::from(meta.sb().chunk_pages) * PAGE_SIZE as u64;
+        let txn = meta.txn();
         let store = Store {
             inner: Arc::new(Inner {
                 cow: Arc::new(Tracked::new(cow)),
@@ -256,7 +256,7 @@ impl Store {
                 shapes: Mutex::new(HashMap::new()),
                 failed: Mutex::new(None),
                 chunk_bytes,
-                dirty_origins: Mutex::new(Vec::new()),
+                unsynced_origins: Mutex::new(Vec::new()),
                 rollback_workers: AtomicUsize::new(default_rollback_workers()),
                 fg_waiting: AtomicUsize::new(0),
                 fg_ops: AtomicU64::new(0),
@@ -455,7 +455,7 @@ impl Inner {
     /// Note that origin `index` has writes its next sync must cover.
     pub(crate) fn mark_origin_dirty(&self, index: u32, flag: &std::sync::atomic::AtomicBool) {
         if !flag.swap(true, Ordering::AcqRel) {
-            lock(&self.dirty_origins).push(index);
+            lock(&self.unsynced_origins).push(index);
         }
     }
 
@@ -468,7 +468,7 @@ impl Inner {
     /// origin written since the last sync.
     pub(crate) fn flush(&self) -> Result<()> {
         // Everything acknowledged so far is in this transaction or before.
-        let target = self.meta()?.txn;
+        let target = self.meta()?.txn();
         self.drain(None, true)?;
         self.commit_until(target, true)
     }

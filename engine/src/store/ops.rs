@@ -1,15 +1,12 @@
 //! Store commands: bind, attach, unbind, snapshot, delete. Each is durable
 //! when it returns and changes nothing when it fails.
 
-use super::meta::{Meta, Origin};
+use super::meta::Meta;
 use super::{now, Store, MAX_ORIGIN_BYTES};
 use crate::error::{Error, Result};
 use crate::io::Dev;
-use crate::versions::record::{CatKey, OriginRecord, MAX_MEMO, MAX_ORIGIN_ID};
-use crate::versions::VersionTree;
-use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, PoisonError};
+use crate::versions::record::{OriginRecord, MAX_MEMO, MAX_ORIGIN_ID};
+use std::sync::PoisonError;
 
 fn check_memo(memo: &str) -> Result<()> {
     if memo.len() > MAX_MEMO {
@@ -35,43 +32,16 @@ impl Store {
                 max: MAX_ORIGIN_BYTES,
             });
         }
-        {
-            let mut m = self.inner.meta()?;
-            if m.by_id.contains_key(origin_id) {
-                return Err(Error::OriginExists(origin_id.to_string()));
-            }
-            let index = m.sb.next_origin;
-            if index == u32::MAX {
-                return Err(Error::LimitReached("origins in this store"));
-            }
-            let birthday = now();
-            let rec = OriginRecord {
-                id: origin_id.to_string(),
-                size,
-                birthday,
-                next_tag: 1,
-                next_version: 1,
-                rollback: None,
-                clean_cursor: None,
-            };
-            m.sb.next_origin = index + 1;
-            m.force_dirty = true;
-            m.by_id.insert(origin_id.to_string(), index);
-            m.origins.insert(
-                index,
-                Origin {
-                    index,
-                    rec,
-                    tree: VersionTree::new(birthday),
-                    dev: Some(dev),
-                    dirty: Arc::new(AtomicBool::new(false)),
-                    open_volumes: 0,
-                    cleaning: HashMap::new(),
-                    owned: Default::default(),
-                },
-            );
-            m.dirty_origins.insert(index);
-        }
+        let rec = OriginRecord {
+            id: origin_id.to_string(),
+            size,
+            birthday: now(),
+            next_tag: 1,
+            next_version: 1,
+            rollback: None,
+            clean_cursor: None,
+        };
+        self.inner.meta()?.add_origin(rec, dev)?;
         self.flush()
     }
 
@@ -82,11 +52,11 @@ impl Store {
         let mut m = self.inner.meta()?;
         let index = m.origin(origin_id)?;
         let o = m.origin_mut(index)?;
-        if dev.size() < o.rec.size {
+        if dev.size() < o.rec().size {
             return Err(Error::OriginShrunk {
                 origin: origin_id.to_string(),
                 bytes: dev.size(),
-                recorded: o.rec.size,
+                recorded: o.rec().size,
             });
         }
         o.dev = Some(dev);
@@ -110,14 +80,14 @@ impl Store {
         {
             let m = self.inner.meta()?;
             let o = m.origin_ref(index)?;
-            let snapshots = o.tree.tag_count() as u64 - 1;
+            let snapshots = o.tree().tag_count() as u64 - 1;
             if snapshots > 0 {
                 return Err(Error::HasSnapshots {
                     origin: origin_id.to_string(),
                     count: snapshots,
                 });
             }
-            if o.rec.rollback.is_some() {
+            if o.rec().rollback.is_some() {
                 return Err(Error::Busy {
                     what: format!("origin {origin_id} is being rolled back"),
                 });
@@ -140,21 +110,7 @@ impl Store {
                 m.free_exception_chunk(cow);
             }
         }
-        {
-            let mut m = self.inner.meta()?;
-            let Some(o) = m.origins.remove(&index) else {
-                return Err(Error::UnknownOrigin(origin_id.to_string()));
-            };
-            m.by_id.remove(origin_id);
-            for v in o.tree.ids() {
-                m.removed_records.push(CatKey {
-                    origin: index,
-                    version: v,
-                });
-                m.dirty_versions.remove(&(index, v));
-            }
-            m.dirty_origins.remove(&index);
-        }
+        self.inner.meta()?.remove_origin(index)?;
         self.flush()
     }
 
@@ -188,7 +144,7 @@ impl Store {
                 Some(t) => Some(m.version_of(index, t)?),
                 None => None,
             };
-            if of_version.is_none() && m.origin_ref(index)?.rec.rollback.is_some() {
+            if of_version.is_none() && m.origin_ref(index)?.rec().rollback.is_some() {
                 return Err(Error::Busy {
                     what: format!("origin {origin_id} is being rolled back; snapshot it when the rollback ends"),
                 });
@@ -217,15 +173,18 @@ impl Store {
         {
             let mut m = self.inner.meta()?;
             m.version_of(index, tag)?;
-            let o = m.origin_mut(index)?;
-            if o.rec.rollback.as_ref().is_some_and(|r| r.tag == tag) {
+            let mut o = m.edit(index)?;
+            if o.get()
+                .rec()
+                .rollback
+                .as_ref()
+                .is_some_and(|r| r.tag == tag)
+            {
                 return Err(Error::Busy {
                     what: format!("snapshot {tag} of {origin_id} is being rolled back"),
                 });
             }
-            if let Some(id) = o.tree.untag(tag) {
-                m.dirty_versions.insert((index, id));
-            }
+            o.tree(|t, changed| changed.extend(t.untag(tag)));
         }
         self.flush()
     }
@@ -235,9 +194,9 @@ impl Store {
         let m = self.inner.meta()?;
         let o = m.origin_ref(m.origin(origin_id)?)?;
         let mut tags: Vec<u32> = o
-            .tree
+            .tree()
             .ids()
-            .filter_map(|v| o.tree.get(v))
+            .filter_map(|v| o.tree().get(v))
             .map(|v| v.tag)
             .filter(|&t| t != 0)
             .collect();
@@ -247,16 +206,13 @@ impl Store {
 
     /// Ids of the bound origins.
     pub fn origins(&self) -> Result<Vec<String>> {
-        let m = self.inner.meta()?;
-        let mut ids: Vec<String> = m.by_id.keys().cloned().collect();
-        ids.sort();
-        Ok(ids)
+        Ok(self.inner.meta()?.origin_ids())
     }
 
     /// The recorded size of an origin in bytes.
     pub fn origin_size(&self, origin_id: &str) -> Result<u64> {
         let m = self.inner.meta()?;
-        Ok(m.origin_ref(m.origin(origin_id)?)?.rec.size)
+        Ok(m.origin_ref(m.origin(origin_id)?)?.rec().size)
     }
 }
 
@@ -273,30 +229,24 @@ pub(super) fn new_version(
     memo: &str,
     tagged: bool,
 ) -> Result<(u32, u32)> {
-    let o = m.origin_mut(index)?;
+    let mut o = m.edit(index)?;
     let tag = if tagged {
-        if o.rec.next_tag == u32::MAX {
+        if o.get().rec().next_tag == u32::MAX {
             return Err(Error::LimitReached("tags of this origin"));
         }
-        o.rec.next_tag
+        o.get().rec().next_tag
     } else {
         0
     };
-    let mut changed = Vec::new();
-    let mut next = o.rec.next_version;
-    let id = match of {
-        None => o
-            .tree
-            .snapshot_origin(tag, now(), memo.to_string(), &mut next, &mut changed)?,
-        Some(v) => o
-            .tree
-            .snapshot_of(v, tag, now(), memo.to_string(), &mut next, &mut changed)?,
-    };
-    o.rec.next_version = next;
+    let mut next = o.get().rec().next_version;
+    let id = o.tree(|t, changed| match of {
+        None => t.snapshot_origin(tag, now(), memo.to_string(), &mut next, changed),
+        Some(v) => t.snapshot_of(v, tag, now(), memo.to_string(), &mut next, changed),
+    })?;
+    let rec = o.rec();
+    rec.next_version = next;
     if tagged {
-        o.rec.next_tag += 1;
+        rec.next_tag += 1;
     }
-    m.dirty_origins.insert(index);
-    m.mark_versions(index, &changed);
     Ok((tag, id))
 }

@@ -51,7 +51,7 @@ pub(crate) fn plan_write(
     chunk: u64,
     durable: u64,
 ) -> Result<Plan> {
-    let first = origin_of(m, o)?.tree.only_child(version);
+    let first = origin_of(m, o)?.tree().only_child(version);
     if version == 0 {
         match first {
             None => return Ok(Plan::Direct { wait: None }),
@@ -78,7 +78,7 @@ pub(crate) fn plan_write(
             }),
             Some(h) => Ok(Plan::CopyOut {
                 heir: h,
-                n: m.space.alloc.alloc_data()?,
+                n: m.alloc_data()?,
             }),
         };
     }
@@ -91,16 +91,16 @@ pub(crate) fn plan_write(
         (Some(e), Some(h)) => Ok(Plan::Move {
             e,
             heir: h,
-            n: m.space.alloc.alloc_data()?,
+            n: m.alloc_data()?,
         }),
         (None, heir) => {
-            let src = resolve(&org.tree, version, &excs);
-            let n = m.space.alloc.alloc_data()?;
+            let src = resolve(org.tree(), version, &excs);
+            let n = m.alloc_data()?;
             let heir = match heir {
-                Some(h) => match m.space.alloc.alloc_data() {
+                Some(h) => match m.alloc_data() {
                     Ok(c) => Some((h, c)),
                     Err(e) => {
-                        m.space.alloc.free_data(n);
+                        m.free_data(n);
                         return Err(e);
                     }
                 },
@@ -115,7 +115,7 @@ pub(crate) fn plan_write(
 pub(crate) fn release(m: &mut Meta, plans: &[Plan]) {
     for plan in plans {
         for c in plan.allocated() {
-            m.space.alloc.free_data(c);
+            m.free_data(c);
         }
     }
 }

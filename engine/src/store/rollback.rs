@@ -60,7 +60,7 @@ impl Store {
             let mut m = self.inner.meta()?;
             let v = m.version_of(index, tag)?;
             let o = m.origin_ref(index)?;
-            if o.rec.rollback.is_some() {
+            if o.rec().rollback.is_some() {
                 return Err(Error::Busy {
                     what: format!("origin {origin_id} is already being rolled back"),
                 });
@@ -69,17 +69,15 @@ impl Store {
                 return Err(Error::OriginNotAttached(origin_id.to_string()));
             }
             let (_, source) = new_version(&mut m, index, Some(v), "", false)?;
-            let o = m.origin_mut(index)?;
-            if let Some(s) = o.tree.get_mut(source) {
+            let mut o = m.edit(index)?;
+            if let Some(s) = o.version(source) {
                 s.flags |= flags::PINNED;
             }
-            o.rec.rollback = Some(RollbackState {
+            o.rec().rollback = Some(RollbackState {
                 tag,
                 source,
                 cursor: 0,
             });
-            m.dirty_versions.insert((index, source));
-            m.dirty_origins.insert(index);
         }
         self.flush()
     }
@@ -88,7 +86,7 @@ impl Store {
     pub fn rollback_pending(&self, origin_id: &str) -> Result<Option<u32>> {
         let m = self.inner.meta()?;
         Ok(m.origin_ref(m.origin(origin_id)?)?
-            .rec
+            .rec()
             .rollback
             .as_ref()
             .map(|r| r.tag))
@@ -111,18 +109,16 @@ impl Store {
             let (chunks, last) = {
                 let mut m = inner.meta()?;
                 let o = m.origin_ref(index)?;
-                let Some(rb) = o.rec.rollback.clone() else {
+                let Some(rb) = o.rec().rollback.clone() else {
                     return Ok(());
                 };
                 let entries = m.exception_range(index, rb.cursor, BATCH)?;
                 if entries.is_empty() {
-                    let o = m.origin_mut(index)?;
-                    if let Some(s) = o.tree.get_mut(rb.source) {
+                    let mut o = m.edit(index)?;
+                    if let Some(s) = o.version(rb.source) {
                         s.flags &= !flags::PINNED;
                     }
-                    o.rec.rollback = None;
-                    m.dirty_versions.insert((index, rb.source));
-                    m.dirty_origins.insert(index);
+                    o.rec().rollback = None;
                     drop(m);
                     return self.flush();
                 }
@@ -136,12 +132,12 @@ impl Store {
             };
             inner.merge_in_parallel(index, &chunks)?;
             let mut m = inner.meta()?;
-            if let Some(r) = m.origin_mut(index)?.rec.rollback.as_mut() {
+            if let Some(r) = m.edit(index)?.rec().rollback.as_mut() {
                 r.cursor = r.cursor.max(last + 1);
             }
-            m.dirty_origins.insert(index);
-            m.needs_origin_sync = true;
-            let txn = m.txn;
+            // The cursor stands for merged data: its commit syncs the origins.
+            m.note_merged_data();
+            let txn = m.txn();
             drop(m);
             batches += 1;
             // Commit now and then so a restart redoes little.
@@ -229,7 +225,7 @@ impl Inner {
     /// for writes that replace the whole chunk. The caller holds the stripes.
     pub(crate) fn mark_merged(&self, index: u32, chunks: &[u64]) -> Result<()> {
         let mut m = self.meta()?;
-        let Some(rb) = m.origin_ref(index)?.rec.rollback.clone() else {
+        let Some(rb) = m.origin_ref(index)?.rec().rollback.clone() else {
             return Ok(());
         };
         for &c in chunks.iter().filter(|&&c| c >= rb.cursor) {
@@ -259,14 +255,14 @@ impl Inner {
         let (rb, dev, size, dirty) = {
             let m = self.meta()?;
             let o = m.origin_ref(index)?;
-            let Some(rb) = o.rec.rollback.clone() else {
+            let Some(rb) = o.rec().rollback.clone() else {
                 return Ok(None);
             };
             let dev = o
                 .dev
                 .clone()
-                .ok_or_else(|| Error::OriginNotAttached(o.rec.id.clone()))?;
-            (rb, dev, o.rec.size, o.dirty.clone())
+                .ok_or_else(|| Error::OriginNotAttached(o.rec().id.clone()))?;
+            (rb, dev, o.rec().size, o.dirty.clone())
         };
         let source = rb.source;
         // Every chunk handled here is settled from now on: merged, or
@@ -282,11 +278,11 @@ impl Inner {
                 for &c in &marks {
                     let excs = m.exceptions(index, c)?;
                     let o = m.origin_ref(index)?;
-                    let Src::Cow(e) = resolve(&o.tree, source, &excs) else {
+                    let Src::Cow(e) = resolve(o.tree(), source, &excs) else {
                         continue;
                     };
-                    let copy = match heir_target(&o.cleaning, o.tree.only_child(0), &excs) {
-                        Some(h) => Some((h, m.space.alloc.alloc_data()?)),
+                    let copy = match heir_target(&o.cleaning, o.tree().only_child(0), &excs) {
+                        Some(h) => Some((h, m.alloc_data()?)),
                         None => None,
                     };
                     if copy.is_none() {
@@ -350,7 +346,7 @@ impl Inner {
                         m.add_new_exception(index, c, h, n)?;
                     }
                 }
-                m.txn
+                m.txn()
             };
             wait = Some(txn);
         }
@@ -387,7 +383,7 @@ type Merge = (u64, u64, Option<(u32, u64)>);
 fn release(m: &mut Meta, work: &[Merge]) {
     for &(_, _, copy) in work {
         if let Some((_, n)) = copy {
-            m.space.alloc.free_data(n);
+            m.free_data(n);
         }
     }
 }

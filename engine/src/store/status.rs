@@ -82,23 +82,22 @@ impl Store {
     pub fn status(&self) -> Result<StoreStatus> {
         let valid = self.inner.check_failed().is_ok();
         let m = super::lock(&self.inner.meta);
-        let alloc = &m.space.alloc;
+        let alloc = m.alloc();
         let cp = u64::from(alloc.chunk_pages());
         let used_pages = alloc.used_pages();
         let mut origins = Vec::new();
         let mut used_versions = 0u64;
-        let mut ids: Vec<&u32> = m.origins.keys().collect();
-        ids.sort_by_key(|i| &m.origins[i].rec.id);
-        for i in ids {
-            let o = &m.origins[i];
-            let plan = o.tree.plan_cleaning(false);
+        let mut sorted: Vec<&super::meta::Origin> = m.origins().collect();
+        sorted.sort_by_key(|o| &o.rec().id);
+        for o in sorted {
+            let plan = o.tree().plan_cleaning(false);
             let mut list = Vec::new();
-            for v in o.tree.ids() {
-                let Some(x) = o.tree.get(v) else { continue };
+            for v in o.tree().ids() {
+                let Some(x) = o.tree().get(v) else { continue };
                 let mut parent_tag = None;
                 let mut p = x.parent;
                 while p != NONE {
-                    match o.tree.get(p) {
+                    match o.tree().get(p) {
                         Some(pv) if pv.tag != 0 || p == 0 => {
                             parent_tag = Some(pv.tag);
                             break;
@@ -118,19 +117,19 @@ impl Store {
                     memo: x.memo.clone(),
                 });
             }
-            used_versions += o.tree.len() as u64;
+            used_versions += o.tree().len() as u64;
             // Version ids are not reused: those of deleted versions are gone.
-            let dead = u64::from(o.rec.next_version).saturating_sub(o.tree.len() as u64);
+            let dead = u64::from(o.rec().next_version).saturating_sub(o.tree().len() as u64);
             let max_versions = u64::from(MAX_VERSION_ID).saturating_sub(dead);
             let chunks = o.chunks(self.inner.chunk_bytes);
             origins.push(OriginStatus {
-                id: o.rec.id.clone(),
-                size: o.rec.size,
+                id: o.rec().id.clone(),
+                size: o.rec().size,
                 attached: o.dev.is_some(),
-                versions: o.tree.len() as u64,
+                versions: o.tree().len() as u64,
                 max_versions,
-                rollback: o.rec.rollback.as_ref().map(|r| (r.tag, r.cursor, chunks)),
-                cleaning: o.rec.clean_cursor,
+                rollback: o.rec().rollback.as_ref().map(|r| (r.tag, r.cursor, chunks)),
+                cleaning: o.rec().clean_cursor,
                 ghosts: plan.len() as u64,
                 list,
             });
@@ -146,7 +145,7 @@ impl Store {
             max_versions: u64::from(MAX_VERSION_ID),
             valid,
             full: alloc.is_full(),
-            generation: m.sb.generation,
+            generation: m.sb().generation,
             origins,
         })
     }

@@ -74,7 +74,7 @@ impl Store {
             origin: index,
             origin_id: origin_id.to_string(),
             tag,
-            size: o.rec.size,
+            size: o.rec().size,
         })
     }
 }
@@ -82,7 +82,7 @@ impl Store {
 impl Drop for Volume {
     fn drop(&mut self) {
         let mut m = lock(&self.store.inner.meta);
-        if let Some(o) = m.origins.get_mut(&self.origin) {
+        if let Ok(o) = m.origin_mut(self.origin) {
             o.open_volumes = o.open_volumes.saturating_sub(1);
         }
     }
@@ -130,7 +130,7 @@ impl Volume {
             version,
             dev,
             dirty: o.dirty.clone(),
-            size: o.rec.size,
+            size: o.rec().size,
         })
     }
 
@@ -138,7 +138,7 @@ impl Volume {
     fn rollback_source(&self) -> Result<Option<(u32, u64)>> {
         let m = self.inner().meta()?;
         Ok(m.origin_ref(self.origin)?
-            .rec
+            .rec()
             .rollback
             .as_ref()
             .map(|r| (r.source, r.cursor)))

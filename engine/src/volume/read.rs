@@ -38,7 +38,7 @@ impl Volume {
                         continue;
                     }
                     let excs = m.exceptions(self.origin, p.chunk)?;
-                    out.push(resolve(&m.origin_ref(self.origin)?.tree, source, &excs));
+                    out.push(resolve(m.origin_ref(self.origin)?.tree(), source, &excs));
                 }
                 out
             } else if ctx.version == 0 {
@@ -49,7 +49,7 @@ impl Volume {
                 for p in batch {
                     let excs = m.exceptions(self.origin, p.chunk)?;
                     out.push(resolve(
-                        &m.origin_ref(self.origin)?.tree,
+                        m.origin_ref(self.origin)?.tree(),
                         ctx.version,
                         &excs,
                     ));

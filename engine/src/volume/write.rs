@@ -95,9 +95,9 @@ impl Volume {
                         release(&mut m, &plans);
                         // Pages freed in the open transaction come back once
                         // it is durable: ENOSPC only if that is not enough.
-                        if matches!(e, Error::NoSpace) && !retried && m.space.alloc.has_pending() {
+                        if matches!(e, Error::NoSpace) && !retried && m.alloc().has_pending() {
                             retried = true;
-                            let txn = m.txn;
+                            let txn = m.txn();
                             drop(m);
                             inner.commit_until(txn, false)?;
                             continue 'plan;
@@ -132,7 +132,7 @@ impl Volume {
                     match *plan {
                         Plan::CopyOut { heir, n } => {
                             m.add_new_exception(self.origin, p.chunk, heir, n)?;
-                            need = Some(m.txn);
+                            need = Some(m.txn());
                         }
                         Plan::Move { heir, n, .. } => {
                             m.relabel(self.origin, p.chunk, ctx.version, heir)?;
