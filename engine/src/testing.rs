@@ -200,3 +200,14 @@ pub fn set_background_committer(store: &Store, on: bool) {
 pub fn settle(store: &Store) -> Result<()> {
     store.inner.drain(None, false)
 }
+
+/// Panic in a thread while it holds the store's metadata lock, as a bug in
+/// the middle of a change would: the lock is left poisoned.
+pub fn panic_holding_the_metadata_lock(store: &Store) {
+    let inner = store.inner.clone();
+    let _ = std::thread::spawn(move || {
+        let _held = inner.meta.lock();
+        panic!("a bug while the metadata is half changed (a test)");
+    })
+    .join();
+}

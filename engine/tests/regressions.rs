@@ -388,3 +388,37 @@ fn a_store_holds_a_million_versions() {
     assert_eq!(st.tags("o99").unwrap().len(), per_origin as usize);
     assert!(st.check().unwrap().is_clean());
 }
+
+#[test]
+fn a_panic_while_the_metadata_lock_is_held_fails_the_store() {
+    let (cow, st) = store(16 * MIB, 1);
+    st.bind(ORIGIN, origin(MIB, 12)).unwrap();
+    let t = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    o.write_at(&[0x31; 8192], 4096).unwrap();
+    st.flush().unwrap();
+    let before = cow.to_bytes();
+    dms_engine::testing::panic_holding_the_metadata_lock(&st);
+    // Nothing goes on with metadata that may be half changed.
+    for r in [
+        o.write_at(&[0x32; 4096], 0),
+        st.flush(),
+        st.snapshot_origin(ORIGIN, "").map(|_| ()),
+        st.delete(ORIGIN, t),
+    ] {
+        assert!(matches!(r, Err(Error::Failed(_))), "{r:?}");
+    }
+    assert!(!st.status().unwrap().valid);
+    drop((o, st));
+    assert!(
+        cow.to_bytes() == before,
+        "a failed store wrote to its device"
+    );
+    let st = Store::open(Arc::new(MemDev::from_bytes("cow", &before))).unwrap();
+    st.attach(ORIGIN, origin(MIB, 12)).unwrap();
+    assert!(st.check().unwrap().is_clean());
+    assert_eq!(
+        read_all(&st.volume(ORIGIN, t).unwrap()),
+        pattern(MIB as usize, 12)
+    );
+}

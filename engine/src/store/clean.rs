@@ -90,10 +90,7 @@ impl Store {
                 break;
             }
             for &c in &chunks {
-                let mut stripe = inner
-                    .stripe(index, c)
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut stripe = inner.stripe_write(super::Inner::stripe_index(index, c))?;
                 let mut m = inner.meta()?;
                 let excs = m.exceptions(index, c)?;
                 let o = m.origin_ref(index)?;

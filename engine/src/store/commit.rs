@@ -12,7 +12,7 @@ impl Inner {
     /// `sync_origins`, origin writes are made durable too (a flush); other
     /// commits leave origin devices to the next flush.
     pub(crate) fn commit_until(&self, target: u64, sync_origins: bool) -> Result<()> {
-        let mut cs = lock(&self.commit);
+        let mut cs = self.guard(&self.commit, "commit")?;
         loop {
             if cs.durable >= target && (!sync_origins || cs.synced >= target) {
                 return Ok(());
@@ -22,7 +22,10 @@ impl Inner {
                 cs.want_sync = cs.want_sync.max(target);
             }
             if cs.running {
-                cs = self.commit_cv.wait(cs).unwrap_or_else(|e| e.into_inner());
+                cs = self
+                    .commit_cv
+                    .wait(cs)
+                    .map_err(|_| self.poisoned("commit"))?;
                 continue;
             }
             cs.running = true;
@@ -38,7 +41,7 @@ impl Inner {
             } else {
                 self.commit_once(do_sync)
             };
-            cs = lock(&self.commit);
+            cs = self.guard(&self.commit, "commit")?;
             cs.running = false;
             match res {
                 Ok(txn) if sync_only => {
@@ -80,7 +83,7 @@ impl Inner {
     /// device if it was written, and the origins written since their sync.
     fn sync_devices(&self) -> Result<()> {
         self.check_failed()?;
-        let origins = self.take_dirty_origins(&lock(&self.meta));
+        let origins = self.take_dirty_origins(&*self.meta_now()?);
         self.cow.sync_if_written()?;
         for dev in &origins {
             dev.sync()?;
@@ -94,7 +97,7 @@ impl Inner {
             // The plain lock, not `meta()`: a background thread running the
             // commit runs it for everyone waiting.
             self.check_failed()?;
-            let mut m = lock(&self.meta);
+            let mut m = self.meta_now()?;
             // Markers recorded in this commit stand for merged origin data:
             // the origins are synced before the superblock makes them durable.
             let (txn, merged_data) = m.begin_commit();
@@ -128,7 +131,7 @@ impl Inner {
             )?;
             self.cow.sync()?;
         }
-        lock(&self.meta).commit_done(txn, sb.is_some());
+        self.meta_now()?.commit_done(txn, sb.is_some());
         Ok(txn)
     }
 }

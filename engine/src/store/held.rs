@@ -276,17 +276,13 @@ impl Inner {
         &self,
         origin: u32,
         chunks: impl Iterator<Item = u64>,
-    ) -> ReadLocked<'_> {
+    ) -> Result<ReadLocked<'_>> {
         let idx = self.stripe_set(origin, chunks);
         let guards = idx
             .iter()
-            .map(|&i| {
-                self.stripe_at(i)
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-            })
-            .collect();
-        Locked { idx, guards }
+            .map(|&i| self.stripe_read(i))
+            .collect::<Result<_>>()?;
+        Ok(Locked { idx, guards })
     }
 
     /// Lock the stripes of `chunks` of origin `origin` for writing.
@@ -294,17 +290,13 @@ impl Inner {
         &self,
         origin: u32,
         chunks: impl Iterator<Item = u64>,
-    ) -> WriteLocked<'_> {
+    ) -> Result<WriteLocked<'_>> {
         let idx = self.stripe_set(origin, chunks);
         let guards = idx
             .iter()
-            .map(|&i| {
-                self.stripe_at(i)
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-            })
-            .collect();
-        Locked { idx, guards }
+            .map(|&i| self.stripe_write(i))
+            .collect::<Result<_>>()?;
+        Ok(Locked { idx, guards })
     }
 
     /// Start holding `loc` (absent from `stripe`) with its current content
@@ -377,7 +369,7 @@ impl Inner {
     }
 
     fn target(&self, origin: u32) -> Result<Target> {
-        let m = lock(&self.meta);
+        let m = self.meta_now()?;
         let o = m.origin_ref(origin)?;
         let dev = o
             .dev
@@ -456,10 +448,7 @@ impl Inner {
             if !self.held.any() {
                 break;
             }
-            let mut s = self
-                .stripe_at(i)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut s = self.stripe_write(i)?;
             if s.held.is_empty() {
                 continue;
             }
@@ -490,10 +479,7 @@ impl Inner {
         if !later.is_empty() && first_err.is_none() {
             self.commit_until(later_txn, false)?;
             for (i, loc, o) in later {
-                let mut s = self
-                    .stripe_at(i)
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut s = self.stripe_write(i)?;
                 if let Err(e) = self.settle_in_drain(&mut s, loc, o, &mut targets) {
                     first_err.get_or_insert(e);
                 }

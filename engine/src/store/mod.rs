@@ -27,7 +27,7 @@ pub use check::CheckReport;
 pub use clean::CleanReport;
 pub use dump::ExceptionEntry;
 pub use held::{HeldStats, DEFAULT_HELD_LIMIT, HELD_OVERHEAD};
-pub(crate) use held::{Loc, WriteLocked};
+pub(crate) use held::{Loc, Stripe, WriteLocked};
 pub(crate) use plan::{plan_write, release, Plan};
 pub use status::{OriginStatus, StoreStatus, VersionStatus};
 
@@ -40,7 +40,9 @@ use crate::space::SpaceMap;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 use std::time::{Duration, Instant};
 
 /// Smallest and largest chunk size, in 4 KiB pages.
@@ -185,7 +187,7 @@ impl Store {
         for slot in 0..SUPERBLOCK_SLOTS {
             cow.write_at(&zero, slot * PAGE_SIZE as u64)?;
         }
-        lock(&store.inner.meta).force_commit();
+        store.inner.meta_now()?.force_commit();
         store.flush()?;
         Ok(store)
     }
@@ -395,7 +397,36 @@ impl Inner {
         }
     }
 
-    /// Lock the metadata, refusing if the store has failed.
+    /// Lock a mutex that guards store state. If a thread panicked while
+    /// holding it, what it guards may be half changed: the store fails
+    /// (nothing more is written, every call is `Error::Failed`) rather than
+    /// carry on with it. Locks that guard nothing recover quietly instead.
+    pub(crate) fn guard<'a, T>(&self, m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
+        m.lock().map_err(|_| self.poisoned(what))
+    }
+
+    pub(crate) fn poisoned(&self, what: &str) -> Error {
+        let e = Error::Failed(format!("a thread panicked while holding the {what} lock"));
+        self.fail(&e);
+        e
+    }
+
+    /// The metadata lock, taken at once (no giving way to foreground I/O):
+    /// for commits, which run for everyone waiting.
+    pub(crate) fn meta_now(&self) -> Result<MutexGuard<'_, Meta>> {
+        self.guard(&self.meta, "metadata")
+    }
+
+    /// A stripe's lock for reading (its held entries guard data).
+    pub(crate) fn stripe_read(&self, i: usize) -> Result<RwLockReadGuard<'_, Stripe>> {
+        self.stripes[i].read().map_err(|_| self.poisoned("stripe"))
+    }
+
+    /// A stripe's lock for writing.
+    pub(crate) fn stripe_write(&self, i: usize) -> Result<RwLockWriteGuard<'_, Stripe>> {
+        self.stripes[i].write().map_err(|_| self.poisoned("stripe"))
+    }
+
     /// The metadata lock. Background jobs (rollback merges, cleaning) let
     /// foreground I/O that is waiting for it go first: the lock is not
     /// fair, and a job that takes it once per chunk would otherwise win it
@@ -411,17 +442,17 @@ impl Inner {
                 }
                 std::thread::yield_now();
             }
-            return Ok(lock(&self.meta));
+            return self.meta_now();
         }
         match self.meta.try_lock() {
             Ok(g) => return Ok(g),
-            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(TryLockError::Poisoned(_)) => return Err(self.poisoned("metadata")),
             Err(TryLockError::WouldBlock) => {}
         }
         self.fg_waiting.fetch_add(1, Ordering::AcqRel);
-        let g = lock(&self.meta);
+        let g = self.meta_now();
         self.fg_waiting.fetch_sub(1, Ordering::AcqRel);
-        Ok(g)
+        g
     }
 
     pub(crate) fn stripe_index(origin: u32, chunk: u64) -> usize {
@@ -431,10 +462,6 @@ impl Inner {
         (h as usize) % STRIPES
     }
 
-    pub(crate) fn stripe(&self, origin: u32, chunk: u64) -> &held::StripeLock {
-        &self.stripes[Self::stripe_index(origin, chunk)]
-    }
-
     /// Stripe indices for a set of chunks, sorted and unique: taking several
     /// stripes always in ascending order rules out deadlock.
     pub(crate) fn stripe_set(&self, origin: u32, chunks: impl Iterator<Item = u64>) -> Vec<usize> {
@@ -442,10 +469,6 @@ impl Inner {
         v.sort_unstable();
         v.dedup();
         v
-    }
-
-    pub(crate) fn stripe_at(&self, i: usize) -> &held::StripeLock {
-        &self.stripes[i]
     }
 
     pub(crate) fn shape(&self, origin: u32) -> Arc<RwLock<()>> {

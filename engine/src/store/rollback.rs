@@ -171,9 +171,11 @@ impl Inner {
                     return;
                 }
                 let group = groups[g];
-                let mut locked = self.lock_write(index, group.iter().copied());
-                let res = self.merge_for_rollback(index, group, false, defer, &mut locked);
-                drop(locked);
+                let res = self
+                    .lock_write(index, group.iter().copied())
+                    .and_then(|mut locked| {
+                        self.merge_for_rollback(index, group, false, defer, &mut locked)
+                    });
                 match res {
                     Ok(Some(txn)) => {
                         lock(&deferred).push(g);

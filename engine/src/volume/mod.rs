@@ -7,7 +7,7 @@ mod write;
 use crate::error::{Error, Result};
 use crate::exceptions::Src;
 use crate::io::Dev;
-use crate::store::{lock, Inner, Store};
+use crate::store::{Inner, Store};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -81,9 +81,10 @@ impl Store {
 
 impl Drop for Volume {
     fn drop(&mut self) {
-        let mut m = lock(&self.store.inner.meta);
-        if let Ok(o) = m.origin_mut(self.origin) {
-            o.open_volumes = o.open_volumes.saturating_sub(1);
+        if let Ok(mut m) = self.store.inner.meta_now() {
+            if let Ok(o) = m.origin_mut(self.origin) {
+                o.open_volumes = o.open_volumes.saturating_sub(1);
+            }
         }
     }
 }

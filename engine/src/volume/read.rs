@@ -20,7 +20,7 @@ impl Volume {
         let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
         let all = pieces(offset, buf.len(), cb);
         for batch in all.chunks(BATCH_CHUNKS as usize) {
-            let locked = inner.lock_read(self.origin, batch.iter().map(|p| p.chunk));
+            let locked = inner.lock_read(self.origin, batch.iter().map(|p| p.chunk))?;
             let ctx = self.ctx()?;
             let rolling = if ctx.version == 0 {
                 self.rollback_source()?

@@ -46,7 +46,7 @@ impl Volume {
         let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
         let all = pieces(offset, buf.len(), cb);
         for batch in all.chunks(BATCH_CHUNKS as usize) {
-            let mut locked = inner.lock_write(self.origin, batch.iter().map(|p| p.chunk));
+            let mut locked = inner.lock_write(self.origin, batch.iter().map(|p| p.chunk))?;
             self.write_batch(buf, batch, cb, &mut locked)?;
         }
         Ok(())
