@@ -22,6 +22,8 @@ fn spawn_daemon(run: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("daemon")
+        .arg("--log")
+        .arg(run.join("daemon.log"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -5,12 +5,13 @@ mod client;
 mod daemon;
 mod demo;
 mod inspect;
+mod manpage;
 mod paths;
 mod progress;
 mod proto;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dms_engine::table::quote;
 use proto::{Request, Response};
 use std::io::Write;
@@ -110,7 +111,16 @@ enum Command {
         /// Default 64M; also DMS_HELD_LIMIT.
         #[arg(long, value_parser = parse_bytes)]
         held_limit: Option<u64>,
+        /// The log file the daemon's stderr goes to, reopened on SIGHUP
+        /// (a daemon that `dms` starts logs to <run dir>/daemon.log).
+        #[arg(long)]
+        log: Option<std::path::PathBuf>,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), as docs/dms.1 holds it.
+    #[command(hide = true)]
+    Manpage,
     /// Stop the daemon cleanly.
     Shutdown {
         #[arg(long)]
@@ -434,6 +444,16 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             }
         }
         Command::Settle => send(&Request::Settle),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dms", &mut out);
+            Ok(Response::ok(String::from_utf8_lossy(&out).into_owned()))
+        }
+        Command::Manpage => {
+            let mut out = Vec::new();
+            manpage::render(Cli::command(), &mut out).map_err(|e| Exit(1, e.to_string()))?;
+            Ok(Response::ok(String::from_utf8_lossy(&out).into_owned()))
+        }
         Command::Check { cow_dev, json } => check(&cow_dev, json),
         Command::Dump {
             cow_dev,
@@ -451,8 +471,10 @@ fn run(cmd: Command) -> Result<Response, Exit> {
         Command::Daemon {
             nbd_listen,
             held_limit,
+            log,
         } => match daemon::run(daemon::Options {
             nbd_listen,
+            log: log.map(|p| std::path::absolute(&p).unwrap_or(p)),
             held_limit: held_limit.or_else(|| {
                 std::env::var("DMS_HELD_LIMIT")
                     .ok()

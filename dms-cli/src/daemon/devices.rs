@@ -142,6 +142,17 @@ pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response>
         } => id.clone(),
         _ => origin_path.display().to_string(),
     };
+    if let Target::Snapshot { tag, .. } = &target {
+        if st
+            .deleting
+            .contains(&(cow_path.clone(), origin_id.clone(), *tag))
+        {
+            return Err(Fail::kind(
+                format!("snapshot {tag} of {origin_id} is being deleted"),
+                ErrorKind::NotFound,
+            ));
+        }
+    }
     let origin_bytes = paths::device_size(&origin_path).or_else(fail)?;
     if sectors != origin_bytes / 512 {
         return fail(format!(
@@ -187,6 +198,16 @@ pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response>
             )?,
             _ => Store::open(cow)?,
         };
+        if matches!(
+            target,
+            Target::Origin {
+                format: Some(_),
+                ..
+            }
+        ) {
+            // A new store: what the registry knew of the old one is gone.
+            st.known.remove(&cow_path);
+        }
         if let Some(limit) = d.opts.held_limit {
             store.set_held_limit(limit);
         }
@@ -258,6 +279,10 @@ pub(crate) fn attach_and_expose(
         entry
             .origins
             .insert(origin_id.to_string(), origin_path.clone());
+        st.known
+            .entry(cow_path.clone())
+            .or_default()
+            .insert(origin_id.to_string(), origin_path.clone());
     } else {
         match entry.origins.get(origin_id) {
             Some(p) if p != origin_path => {
@@ -278,6 +303,10 @@ pub(crate) fn attach_and_expose(
                 store.attach(origin_id, open_file(origin_path)?)?;
                 entry
                     .origins
+                    .insert(origin_id.to_string(), origin_path.clone());
+                st.known
+                    .entry(cow_path.clone())
+                    .or_default()
                     .insert(origin_id.to_string(), origin_path.clone());
             }
         }
@@ -379,27 +408,68 @@ pub(crate) fn st_loop(dev: &DmDev) -> bool {
     dev.loop_dev.is_some()
 }
 
-/// Freeze the filesystems mounted on the dm_devs that show `tag` of an
-/// origin, so that a snapshot or rollback sees what they have written.
-pub(crate) fn freeze_tag(
+/// Mount points of the filesystems on the dm_devs that show `tag` of an
+/// origin: what a snapshot or rollback of it freezes.
+pub(crate) fn mounts_of_tag(
     d: &Daemon,
     st: &State,
     cow: &PathBuf,
     origin_id: &str,
     tag: u32,
-) -> Res<Vec<loopdev::Frozen>> {
-    let mut frozen = Vec::new();
+) -> Vec<String> {
+    let mut mounts = Vec::new();
     for (n, x) in &st.devs {
         if &x.cow == cow && x.origin_id == origin_id && x.target.tag() == tag {
-            for m in loopdev::mounts_of(&d.mapper.path(n)) {
-                frozen.push(loopdev::freeze(&m).or_else(fail)?);
-            }
+            mounts.extend(loopdev::mounts_of(&d.mapper.path(n)));
         }
     }
-    Ok(frozen)
+    mounts
 }
 
-pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res<()> {
+/// Freeze filesystems, so that a snapshot or rollback sees what they have
+/// written; they thaw when the result is dropped. Called without the state
+/// lock: a freeze writes the filesystem's cache out through the daemon.
+pub(crate) fn freeze(mounts: &[String]) -> Res<Vec<loopdev::Frozen>> {
+    mounts
+        .iter()
+        .map(|m| loopdev::freeze(m).or_else(fail))
+        .collect()
+}
+
+/// What a removal leaves to do once the state lock is let go: write the
+/// dm_dev's data out, and close its store if nothing else uses it.
+#[must_use = "finish the removal with Removed::finish, without the state lock"]
+pub(crate) struct Removed {
+    volume: Arc<dms_engine::Volume>,
+    cow: PathBuf,
+}
+
+impl Removed {
+    /// Flush the removed dm_dev's store, then close it if nothing uses it,
+    /// nothing runs on it and the cleaner has nothing left (taking the state
+    /// lock only for that last step).
+    pub(crate) fn finish(self, d: &Daemon) -> Res<()> {
+        self.volume.flush()?;
+        let Removed { volume, cow } = self;
+        drop(volume);
+        let mut st = d.lock();
+        if users_of(&st, &cow).is_none() && !st.rolling.iter().any(|(c, _)| *c == cow) {
+            if let Some(e) = st.stores.get(&cow) {
+                if !e.store.cleaning_pending().unwrap_or(false) {
+                    let store = e.store.clone();
+                    st.stores.remove(&cow);
+                    drop(st);
+                    store.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Take a dm_dev away (refused while busy unless forced); its data goes out
+/// in [`Removed::finish`], after the state lock is let go.
+pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res<Removed> {
     let Some(dev) = st.devs.get(name) else {
         return Err(Fail::kind(
             format!("dm_dev {name} does not exist"),
@@ -418,24 +488,18 @@ pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res
         .remove(name)
         .map_err(|e| Fail::new(1, format!("removing {name}: {e}")))?;
     let Some(dev) = st.devs.remove(name) else {
-        return Ok(());
+        return Err(Fail::kind(
+            format!("dm_dev {name} does not exist"),
+            ErrorKind::NotFound,
+        ));
     };
     dev.alive.store(false, Ordering::SeqCst);
-    dev.volume.flush()?;
-    let cow = dev.cow.clone();
-    drop(dev);
     d.save_registry(st)
         .map_err(|e| Fail::new(1, format!("{e:#}")))?;
-    // Close the store once nothing uses it, unless work is running on it.
-    if users_of(st, &cow).is_none() && !st.rolling.iter().any(|(c, _)| *c == cow) {
-        if let Some(e) = st.stores.get(&cow) {
-            if !e.store.cleaning_pending().unwrap_or(false) {
-                e.store.flush()?;
-                st.stores.remove(&cow);
-            }
-        }
-    }
-    Ok(())
+    Ok(Removed {
+        volume: dev.volume.clone(),
+        cow: dev.cow.clone(),
+    })
 }
 
 pub(crate) fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
@@ -448,8 +512,13 @@ pub(crate) fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
             }
         }
     }
+    let mut removed = Vec::new();
     for n in names {
-        remove(d, &mut st, &n, force)?;
+        removed.push(remove(d, &mut st, &n, force)?);
+    }
+    drop(st);
+    for r in removed {
+        r.finish(d)?;
     }
     Ok(Response::ok(String::new()))
 }
@@ -463,6 +532,15 @@ pub(crate) fn restore(d: &Arc<Daemon>) {
             return;
         }
     };
+    {
+        let mut st = d.lock();
+        for s in &reg.stores {
+            let origins = st.known.entry(PathBuf::from(&s.cow)).or_default();
+            for (id, p) in &s.origins {
+                origins.insert(id.clone(), PathBuf::from(p));
+            }
+        }
+    }
     for e in reg.devices {
         let opts = CreateOptions {
             name: &e.name,

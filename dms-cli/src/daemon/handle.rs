@@ -2,7 +2,8 @@
 //! happens before anything changes.
 
 use super::devices::{
-    busy, create, create_args, freeze_tag, remove, remove_all, users_of, CreateOptions, Exposure,
+    busy, create, create_args, freeze, mounts_of_tag, remove, remove_all, users_of, CreateOptions,
+    Exposure,
 };
 use super::fail::{fail, Fail, Res};
 use super::{Daemon, State};
@@ -49,8 +50,10 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
             },
         ),
         Request::Remove { name, force } => {
-            let mut st = d.lock();
-            remove(d, &mut st, &name, force).map(|_| Response::ok(String::new()))
+            let removed = remove(d, &mut d.lock(), &name, force);
+            removed
+                .and_then(|r| r.finish(d))
+                .map(|_| Response::ok(String::new()))
         }
         Request::RemoveAll { force } => remove_all(d, force),
         Request::Message { name, args } => message(d, &name, &args),
@@ -87,8 +90,13 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
             .map(|(n, _)| n.clone())
     };
     match msg {
+        // Freezes and commits run without the state lock: `dms list`, NBD
+        // connections and other devices' commands go on meanwhile.
         Message::SnapshotOrigin { memo } => {
-            let frozen = freeze_tag(d, &st, &cow, &origin_id, 0)?;
+            let mounts = mounts_of_tag(d, &st, &cow, &origin_id, 0);
+            drop(st);
+            let frozen = freeze(&mounts)?;
+            test_pause();
             let tag = store.snapshot_origin(&origin_id, &memo);
             drop(frozen);
             let tag = tag?;
@@ -98,11 +106,13 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
             })
         }
         Message::SnapshotOf { tag, memo } => {
-            let frozen = if tag != 0 {
-                freeze_tag(d, &st, &cow, &origin_id, tag)?
+            let mounts = if tag != 0 {
+                mounts_of_tag(d, &st, &cow, &origin_id, tag)
             } else {
                 Vec::new()
             };
+            drop(st);
+            let frozen = freeze(&mounts)?;
             let new = store.snapshot_of(&origin_id, tag, &memo);
             drop(frozen);
             let new = new?;
@@ -119,8 +129,14 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
                     ));
                 }
             }
-            store.delete(&origin_id, tag)?;
+            // While the delete commits without the state lock, the tag
+            // cannot be exposed.
+            let key = (cow.clone(), origin_id.clone(), tag);
+            st.deleting.insert(key.clone());
             drop(st);
+            let res = store.delete(&origin_id, tag);
+            d.lock().deleting.remove(&key);
+            res?;
             d.kick();
             Ok(Response::ok(String::new()))
         }
@@ -145,8 +161,19 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
                     others.join(", ")
                 ));
             }
-            remove(d, &mut st, name, false)?;
+            let removed = remove(d, &mut st, name, false)?;
+            drop(st);
+            removed.finish(d)?;
             store.unbind(&origin_id)?;
+            let mut st = d.lock();
+            if let Some(k) = st.known.get_mut(&cow) {
+                k.remove(&origin_id);
+                if k.is_empty() {
+                    st.known.remove(&cow);
+                }
+            }
+            d.save_registry(&st)
+                .map_err(|e| Fail::new(1, format!("{e:#}")))?;
             if let Some(e) = st.stores.get_mut(&cow) {
                 e.origins.remove(&origin_id);
             }
@@ -179,12 +206,20 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
                 }
                 .into());
             }
-            let frozen = freeze_tag(d, &st, &cow, &origin_id, tag)?;
-            let started = store.rollback_start(&origin_id, tag);
-            drop(frozen);
-            started?;
+            let mounts = mounts_of_tag(d, &st, &cow, &origin_id, tag);
+            // Marked as rolling before the lock is let go: a second rollback
+            // is refused meanwhile.
             st.rolling.insert((cow.clone(), origin_id.clone()));
             drop(st);
+            let started = freeze(&mounts).and_then(|frozen| {
+                let r = store.rollback_start(&origin_id, tag);
+                drop(frozen);
+                r.map_err(Fail::from)
+            });
+            if let Err(e) = started {
+                d.lock().rolling.remove(&(cow.clone(), origin_id.clone()));
+                return Err(e);
+            }
             let job = {
                 let (d, cow, origin_id) = (d.clone(), cow.clone(), origin_id.clone());
                 move || {
@@ -206,6 +241,18 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
                 Ok(Response::ok(String::new()))
             }
         }
+    }
+}
+
+/// A test hook: `DMS_TEST_SNAPSHOT_PAUSE_MS` in the daemon's environment
+/// makes a snapshot of an origin take that much longer while its
+/// filesystems are frozen, so that tests can see what goes on meanwhile.
+fn test_pause() {
+    if let Some(ms) = std::env::var("DMS_TEST_SNAPSHOT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
     }
 }
 

@@ -7,6 +7,7 @@ use crate::proto::Response;
 use dms_engine::ErrorKind;
 use dms_engine::StoreStatus;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// One row of the table under an origin's header.
@@ -99,68 +100,126 @@ fn gather(st: &State, only: Option<&str>) -> Result<ListData, Fail> {
         },
         None => None,
     };
-    let mut cows: Vec<&PathBuf> = st.stores.keys().collect();
+    let mut cows: Vec<&PathBuf> = st.stores.keys().chain(st.known.keys()).collect();
     cows.sort();
+    cows.dedup();
     for cow in cows {
-        let entry = &st.stores[cow];
-        let status = entry.store.status()?;
+        if want.as_ref().is_some_and(|(c, _)| c != cow) {
+            continue;
+        }
+        let no_paths = BTreeMap::new();
+        let known = st.known.get(cow).unwrap_or(&no_paths);
+        let status = match st.stores.get(cow) {
+            Some(entry) => entry.store.status()?,
+            // A store the registry knows with nothing exposed: opened for
+            // the moment (it is not in use, or someone else has it).
+            None => match open_status(cow) {
+                Ok(s) => s,
+                Err(why) => {
+                    for (id, path) in known {
+                        data.origins.push(unavailable(cow, id, path, &why));
+                    }
+                    continue;
+                }
+            },
+        };
         for o in &status.origins {
-            if want.as_ref().is_some_and(|(c, id)| c != cow || *id != o.id) {
+            if want.as_ref().is_some_and(|(_, id)| *id != o.id) {
                 continue;
             }
-            let origin_path = entry
-                .origins
-                .get(&o.id)
+            let origin_path = st
+                .stores
+                .get(cow)
+                .and_then(|e| e.origins.get(&o.id))
+                .or_else(|| known.get(&o.id))
                 .cloned()
                 .unwrap_or_else(|| PathBuf::from(&o.id));
-            let rolling = o.rollback.map(|(tag, done, total)| Rollback {
-                tag,
-                done_chunks: done.min(total),
-                total_chunks: total,
-            });
-            let mut rows = Vec::new();
-            for v in o.list.iter().filter(|v| !v.ghost) {
-                let dm_dev = st
-                    .devs
-                    .iter()
-                    .find(|(_, d)| &d.cow == cow && d.origin_id == o.id && d.target.tag() == v.tag)
-                    .map(|(n, _)| n.clone());
-                rows.push(Row {
-                    date: date(v.birthday),
-                    birthday: v.birthday,
-                    tag: v.tag,
-                    rollback: rolling.as_ref().is_some_and(|r| r.tag == v.tag),
-                    chunks: v.exceptions,
-                    dm_dev,
-                    memo: if v.tag == 0 {
-                        "ORIGIN".into()
-                    } else {
-                        v.memo.clone()
-                    },
-                    parent: v.parent_tag,
-                });
-            }
-            rows.sort_by_key(|r| r.tag);
-            data.origins.push(OriginList {
-                origin_device: origin_path.display().to_string(),
-                origin_numbers: paths::dev_numbers(&origin_path),
-                origin_id: o.id.clone(),
-                cow_device: cow.display().to_string(),
-                cow_numbers: paths::dev_numbers(cow),
-                chunk_pages: status.chunk_pages,
-                used_versions: o.versions,
-                max_versions: o.max_versions,
-                used_chunks: status.used_chunks,
-                total_chunks: status.total_chunks,
-                cow_status: cow_status(&status).into(),
-                cleaning: o.cleaning.is_some() || o.ghosts > 0,
-                cleaning_versions: o.ghosts,
-                rollbacking: rolling,
-                snapshots: rows,
-            });
+            data.origins
+                .push(origin_list(st, cow, &origin_path, &status, o));
         }
     }
     Ok(data)
+}
+
+/// The status of a store no dm_dev holds open, read without changing it.
+fn open_status(cow: &PathBuf) -> Result<StoreStatus, String> {
+    let dev = dms_engine::io::FileDev::open(cow, true).map_err(|e| e.to_string())?;
+    let store = dms_engine::Store::open(std::sync::Arc::new(dev)).map_err(|e| e.to_string())?;
+    store.status().map_err(|e| e.to_string())
+}
+
+fn unavailable(cow: &std::path::Path, id: &str, path: &std::path::Path, why: &str) -> OriginList {
+    OriginList {
+        origin_device: path.display().to_string(),
+        origin_numbers: paths::dev_numbers(path),
+        origin_id: id.to_string(),
+        cow_device: cow.display().to_string(),
+        cow_numbers: paths::dev_numbers(cow),
+        chunk_pages: 0,
+        used_versions: 0,
+        max_versions: 0,
+        used_chunks: 0,
+        total_chunks: 0,
+        cow_status: format!("unavailable ({why})"),
+        cleaning: false,
+        cleaning_versions: 0,
+        rollbacking: None,
+        snapshots: Vec::new(),
+    }
+}
+
+fn origin_list(
+    st: &State,
+    cow: &PathBuf,
+    origin_path: &std::path::Path,
+    status: &StoreStatus,
+    o: &dms_engine::OriginStatus,
+) -> OriginList {
+    let rolling = o.rollback.map(|(tag, done, total)| Rollback {
+        tag,
+        done_chunks: done.min(total),
+        total_chunks: total,
+    });
+    let mut rows = Vec::new();
+    for v in o.list.iter().filter(|v| !v.ghost) {
+        let dm_dev = st
+            .devs
+            .iter()
+            .find(|(_, d)| &d.cow == cow && d.origin_id == o.id && d.target.tag() == v.tag)
+            .map(|(n, _)| n.clone());
+        rows.push(Row {
+            date: date(v.birthday),
+            birthday: v.birthday,
+            tag: v.tag,
+            rollback: rolling.as_ref().is_some_and(|r| r.tag == v.tag),
+            chunks: v.exceptions,
+            dm_dev,
+            memo: if v.tag == 0 {
+                "ORIGIN".into()
+            } else {
+                v.memo.clone()
+            },
+            parent: v.parent_tag,
+        });
+    }
+    rows.sort_by_key(|r| r.tag);
+    OriginList {
+        origin_device: origin_path.display().to_string(),
+        origin_numbers: paths::dev_numbers(origin_path),
+        origin_id: o.id.clone(),
+        cow_device: cow.display().to_string(),
+        cow_numbers: paths::dev_numbers(cow),
+        chunk_pages: status.chunk_pages,
+        used_versions: o.versions,
+        max_versions: o.max_versions,
+        used_chunks: status.used_chunks,
+        total_chunks: status.total_chunks,
+        cow_status: cow_status(status).into(),
+        cleaning: o.cleaning.is_some() || o.ghosts > 0,
+        cleaning_versions: o.ghosts,
+        rollbacking: rolling,
+        snapshots: rows,
+    }
 }
 
 fn with_numbers(path: &str, numbers: &Option<String>) -> String {

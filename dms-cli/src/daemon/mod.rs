@@ -9,6 +9,7 @@ mod list;
 mod loopdev;
 mod nbd;
 pub mod registry;
+mod service;
 
 use crate::paths;
 use crate::proto::{Request, Response};
@@ -63,6 +64,12 @@ pub(crate) struct State {
     pub devs: BTreeMap<String, DmDev>,
     /// (cow, origin id) with a rollback running in the background.
     pub rolling: HashSet<(PathBuf, String)>,
+    /// (cow, origin id, tag) of snapshots being deleted: the commit runs
+    /// without the state lock, and no dm_dev may expose them meanwhile.
+    pub deleting: HashSet<(PathBuf, String, u32)>,
+    /// Every store used, open or not, with its origins (id -> device):
+    /// kept in the registry for `dms list`.
+    pub known: BTreeMap<PathBuf, BTreeMap<String, PathBuf>>,
 }
 
 /// How the daemon runs (`dms daemon` flags).
@@ -72,6 +79,8 @@ pub struct Options {
     pub nbd_listen: Option<String>,
     /// Bound on held overwrites per store (bytes); None: the engine's default.
     pub held_limit: Option<u64>,
+    /// The log file, reopened on SIGHUP (the daemon's stderr goes there).
+    pub log: Option<PathBuf>,
 }
 
 pub(crate) struct Daemon {
@@ -98,8 +107,17 @@ impl Daemon {
     pub fn save_registry(&self, st: &State) -> Result<()> {
         let mut reg = registry::Registry {
             version: 1,
-            devices: Vec::new(),
+            ..Default::default()
         };
+        for (cow, origins) in &st.known {
+            reg.stores.push(registry::KnownStore {
+                cow: cow.display().to_string(),
+                origins: origins
+                    .iter()
+                    .map(|(id, p)| (id.clone(), p.display().to_string()))
+                    .collect(),
+            });
+        }
         for (name, d) in &st.devs {
             reg.devices.push(registry::Entry {
                 name: name.clone(),
@@ -199,6 +217,62 @@ impl nbd::Exports for DaemonExports {
     }
 }
 
+/// A stop asked for by SIGTERM or SIGINT.
+#[derive(Default)]
+struct Stopping {
+    /// Signals acted on.
+    seen: usize,
+    /// Why the last look could not stop (logged when it changes).
+    busy: Vec<String>,
+    last_look: Option<std::time::Instant>,
+}
+
+impl Stopping {
+    /// Stop once no dm_dev is busy after a first signal; at once after a
+    /// second (everything is still written out on the way).
+    fn poll(&mut self, d: &Daemon) {
+        let n = service::stops();
+        if n == 0 {
+            return;
+        }
+        if n >= 2 {
+            if self.seen < 2 {
+                tracing::warn!("stopping now (signal {n}): devices still in use are cut off");
+            }
+            self.seen = n;
+            d.stop.store(true, Ordering::SeqCst);
+            return;
+        }
+        if self.seen == 0 {
+            tracing::info!("stopping (signal): as `dms shutdown` does");
+            self.seen = 1;
+        }
+        if self
+            .last_look
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.last_look = Some(std::time::Instant::now());
+        let busy: Vec<String> = {
+            let st = d.lock();
+            st.devs
+                .iter()
+                .filter_map(|(n, dev)| devices::busy(d, n, dev))
+                .collect()
+        };
+        if busy.is_empty() {
+            d.stop.store(true, Ordering::SeqCst);
+        } else if busy != self.busy {
+            tracing::warn!(
+                "not stopping yet: {}; serving until that is over (signal again to stop now)",
+                busy.join("; ")
+            );
+            self.busy = busy;
+        }
+    }
+}
+
 /// Threads serving the mapper files. A loop device with direct I/O hands
 /// the daemon as many requests at once as its submitter keeps in flight
 /// (fio at iodepth 16: 16); 16 threads serve those and leave room for
@@ -216,6 +290,7 @@ fn fuse_threads() -> usize {
 
 /// `dms daemon`: run in the foreground until `dms shutdown`.
 pub fn run(opts: Options) -> Result<()> {
+    service::install();
     let run = paths::run_dir();
     std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
@@ -263,7 +338,16 @@ pub fn run(opts: Options) -> Result<()> {
         std::thread::spawn(move || handle::cleaner(&d))
     };
     listener.set_nonblocking(true)?;
+    service::notify("READY=1");
+    let mut stopping = Stopping::default();
     while !d.stop.load(Ordering::SeqCst) {
+        if service::take_hup() {
+            match &opts.log {
+                Some(p) => service::reopen_log(p),
+                None => tracing::info!("SIGHUP: no log file to reopen (the log is stderr)"),
+            }
+        }
+        stopping.poll(&d);
         match listener.accept() {
             Ok((stream, _)) => {
                 let _ = stream.set_nonblocking(false);
@@ -280,6 +364,7 @@ pub fn run(opts: Options) -> Result<()> {
             Err(e) => tracing::warn!("accept: {e}"),
         }
     }
+    service::notify("STOPPING=1");
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(&nbd_sock);
     for s in servers {

@@ -17,10 +17,21 @@ pub struct Entry {
     pub read_only: bool,
 }
 
+/// A store the daemon has used, with the origins bound in it and their
+/// devices: `dms list` shows it even when no dm_dev of it is exposed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KnownStore {
+    pub cow: String,
+    /// (origin id, origin device).
+    pub origins: Vec<(String, String)>,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Registry {
     pub version: u32,
     pub devices: Vec<Entry>,
+    #[serde(default)]
+    pub stores: Vec<KnownStore>,
 }
 
 pub fn load(path: &Path) -> std::io::Result<Registry> {
@@ -29,7 +40,7 @@ pub fn load(path: &Path) -> std::io::Result<Registry> {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry {
             version: 1,
-            devices: Vec::new(),
+            ..Default::default()
         }),
         Err(e) => Err(e),
     }
