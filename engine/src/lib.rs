@@ -4,10 +4,12 @@
 //! One COW device (the [`Store`]) keeps any number of snapshots of several
 //! origin devices. Each [`Volume`] is one version, origin (tag 0) or
 //! snapshot, readable and writable at any byte offset. The layers, bottom
-//! up: `io` (block backends) -> `format` (on-disk blocks) -> `space`
-//! (allocation) -> `btree` (copy-on-write B-tree of versioned pointers) ->
-//! `versions` (version tree) -> `store` (transactions, commands, status,
-//! cleaning, rollback, checking) -> `volume` (byte-level I/O).
+//! up, each using only those below it: `io` (block backends) -> `format`
+//! (on-disk blocks) -> `btree` (copy-on-write B-tree) -> `space`
+//! (allocation) -> `versions` (version tree) -> `exceptions` (versioned
+//! pointers: key, codec, resolution) -> `store` (transactions, commands,
+//! write planning, held overwrites, status, cleaning, rollback, checking)
+//! -> `volume` (byte-level I/O).
 
 mod btree;
 mod error;
