@@ -6,7 +6,7 @@
 # handle.rs, may use devices.rs and list.rs; they may not use it).
 set -euo pipefail
 cd "$(dirname "$0")/../engine/src"
-order=(io format btree space versions exceptions store volume)
+order=(io format btree space versions exceptions store volume stream)
 bad=0
 for i in "${!order[@]}"; do
     m=${order[$i]}

@@ -74,6 +74,18 @@ pub enum Error {
     Busy { what: String },
     /// The store failed earlier (I/O error during commit); reopen it.
     Failed(String),
+    /// A stream that is damaged or not a stream: where (bytes into it) and
+    /// what is wrong.
+    BadStream { at: u64, reason: String },
+    /// An incremental stream whose base the receiving origin does not hold.
+    WrongBase(String),
+    /// A resume token that is malformed or names nothing here.
+    BadToken(String),
+    /// A receive cut short (the stream ended or its source failed) with
+    /// what it holds kept: the token continues it.
+    Interrupted { cause: String, token: String },
+    /// No interrupted receive on this origin.
+    NoReceive(String),
 }
 
 /// What kind of failure an error is: one vocabulary for the engine, the
@@ -180,10 +192,13 @@ impl Error {
     /// The kind of error, for scripts and bindings.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => ErrorKind::Io,
-            Error::Corrupt { .. } | Error::NotAStore { .. } => ErrorKind::Corrupt,
+            Error::Io { .. } | Error::Interrupted { .. } => ErrorKind::Io,
+            Error::Corrupt { .. } | Error::NotAStore { .. } | Error::BadStream { .. } => {
+                ErrorKind::Corrupt
+            }
             Error::AlreadyFormatted { .. } | Error::OriginExists(_) => ErrorKind::Exists,
             Error::UnknownOrigin(_)
+            | Error::NoReceive(_)
             | Error::UnknownTag { .. }
             | Error::OriginNotAttached(_)
             | Error::NoSuchDevice { .. } => ErrorKind::NotFound,
@@ -198,6 +213,8 @@ impl Error {
             | Error::BadOriginId(_)
             | Error::TagZero { .. }
             | Error::MemoTooLong { .. }
+            | Error::WrongBase(_)
+            | Error::BadToken(_)
             | Error::OutOfRange { .. } => ErrorKind::Invalid,
         }
     }
@@ -301,6 +318,18 @@ impl fmt::Display for Error {
             ),
             Error::Busy { what } => write!(f, "busy: {what}"),
             Error::Failed(why) => write!(f, "the store failed earlier and must be reopened: {why}"),
+            Error::BadStream { at, reason } => {
+                write!(f, "the stream is damaged at byte {at}: {reason}")
+            }
+            Error::WrongBase(why) => write!(f, "wrong base: {why}"),
+            Error::BadToken(why) => write!(f, "bad resume token: {why}"),
+            Error::Interrupted { cause, token } => write!(
+                f,
+                "the receive was interrupted ({cause}); what arrived is kept: resume with token {token}"
+            ),
+            Error::NoReceive(origin) => {
+                write!(f, "origin {origin} has no interrupted receive")
+            }
         }
     }
 }

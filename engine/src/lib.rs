@@ -18,6 +18,7 @@ mod format;
 pub mod io;
 mod space;
 mod store;
+pub mod stream;
 pub mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -27,9 +28,9 @@ mod volume;
 pub use error::{Error, ErrorKind, Result};
 pub use format::{PAGE_SIZE, SECTOR_SIZE};
 pub use store::{
-    CheckReport, CleanReport, ExceptionEntry, FormatOptions, HeldStats, OriginStatus, Store,
-    StoreStatus, VersionStatus, DEFAULT_HELD_LIMIT, HELD_OVERHEAD, MAX_CHUNK_PAGES,
-    MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
+    CheckReport, CleanReport, ExceptionEntry, FormatOptions, HeldStats, OriginStatus,
+    ReceiveStatus, Store, StoreStatus, VersionStatus, DEFAULT_HELD_LIMIT, HELD_OVERHEAD,
+    MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
 };
 pub use versions::record::{MAX_MEMO, MAX_ORIGIN_ID};
 pub use volume::Volume;

@@ -211,3 +211,11 @@ pub fn panic_holding_the_metadata_lock(store: &Store) {
     })
     .join();
 }
+
+/// Make a receive's progress durable after every `bytes` of data (the
+/// default is 64 MiB), so that small tests see resume points inside a
+/// stream. Process-wide.
+pub fn set_receive_progress_every(bytes: u64) {
+    crate::stream::receive::PROGRESS_EVERY
+        .store(bytes.max(1), std::sync::atomic::Ordering::Relaxed);
+}

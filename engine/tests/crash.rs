@@ -205,3 +205,166 @@ fn crash_at_every_point_of_a_held_workload() {
     }
     assert!(total > 200, "only {total} crash points");
 }
+
+/// A receive crashed at every write and sync: afterwards the metadata
+/// checks clean and either the new snapshot is there and reads as sent,
+/// or it is not and every snapshot reads as before; a receive left in
+/// progress resumes with its token, or aborts back to the base, and one
+/// that never began durably leaves an origin that takes the stream again.
+#[test]
+fn crash_at_every_point_of_a_receive() {
+    use dms_engine::io::{Dev, FaultController, FaultDev, MemDev};
+    use dms_engine::stream::{ReceiveOptions, SendOptions};
+    use dms_engine::{Error, FormatOptions, Store};
+    use std::sync::Arc;
+
+    const SIZE: usize = 128 * 1024;
+    // Progress made durable every few chunks: resume points inside.
+    dms_engine::testing::set_receive_progress_every(16 * 1024);
+    let read = |s: &Store, tag: u32| read_all(&s.volume(ORIGIN, tag).unwrap());
+    // The sender: snapshot 1, then some chunks changed (some to zeros),
+    // snapshot 2.
+    let a = Store::format(
+        Arc::new(MemDev::new("a-cow", 4 << 20)),
+        &FormatOptions::default(),
+    )
+    .unwrap();
+    a.bind(
+        ORIGIN,
+        Arc::new(MemDev::from_bytes("a", &pattern(SIZE, 0x21))),
+    )
+    .unwrap();
+    a.snapshot_origin(ORIGIN, "one").unwrap();
+    let o = a.volume(ORIGIN, 0).unwrap();
+    o.write_at(&pattern(9000, 0x55), 3000).unwrap();
+    o.write_at(&[0u8; 8192], 40960).unwrap();
+    o.write_at(&pattern(100, 0x77), 60000).unwrap();
+    o.write_at(&pattern(30000, 0x78), 80000).unwrap();
+    a.snapshot_origin(ORIGIN, "two").unwrap();
+    let send = |from: Option<u32>, tag: u32, resume: Option<String>| {
+        let mut out = Vec::new();
+        let opts = SendOptions {
+            from,
+            resume,
+            ..Default::default()
+        };
+        a.send(ORIGIN, tag, &opts, &mut out, &mut |_, _| {})
+            .unwrap();
+        out
+    };
+    let (full, inc) = (send(None, 1, None), send(Some(1), 2, None));
+    let (want1, want2) = (read(&a, 1), read(&a, 2));
+    let recv = |s: &Store, stream: &[u8]| {
+        let mut input = stream;
+        s.receive(
+            ORIGIN,
+            &ReceiveOptions::default(),
+            &mut input,
+            &mut |_, _| {},
+        )
+    };
+
+    // The receiver, crashed at op `at` of the incremental (or, with
+    // `in_full`, of the full stream).
+    let run = |at: Option<u64>, in_full: bool| -> (u64, bool) {
+        let ctl = FaultController::new();
+        let origin = Arc::new(FaultDev::new("origin", vec![0u8; SIZE], ctl.clone()));
+        let cow = Arc::new(FaultDev::new("cow", vec![0u8; 4 << 20], ctl.clone()));
+        let store = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+        let dev: Dev = origin.clone();
+        store.bind(ORIGIN, dev).unwrap();
+        let start = ctl.ops();
+        if in_full {
+            if let Some(at) = at {
+                ctl.crash_after(start + at);
+            }
+        }
+        let r = recv(&store, &full);
+        if !in_full {
+            r.unwrap();
+            store.flush().unwrap();
+            if let Some(at) = at {
+                ctl.crash_after(ctl.ops() + at);
+            }
+            let _ = recv(&store, &inc);
+        }
+        let used = ctl.ops() - start;
+        if !ctl.crashed() {
+            return (used, false);
+        }
+        let at = at.unwrap();
+        let seed = at.wrapping_mul(0x9E37_79B9) ^ u64::from(in_full);
+        let (oi, ci) = (origin.crash_image(seed), cow.crash_image(seed ^ 0xFFFF));
+        drop(store);
+        let ctl = FaultController::new();
+        let store = Store::open(Arc::new(FaultDev::new("cow", ci, ctl.clone())))
+            .unwrap_or_else(|e| panic!("crash at {at}: open: {e}"));
+        store
+            .attach(ORIGIN, Arc::new(FaultDev::new("origin", oi, ctl)))
+            .unwrap();
+        let report = store.check().unwrap();
+        assert!(report.is_clean(), "crash at {at}: {:?}", report.problems);
+        let tags = store.tags(ORIGIN).unwrap();
+        let (base, target, stream): (Option<&Vec<u8>>, &Vec<u8>, &[u8]) = if in_full {
+            (None, &want1, &full)
+        } else {
+            assert_eq!(read(&store, 1), want1, "crash at {at}: snapshot 1");
+            (Some(&want1), &want2, &inc)
+        };
+        let before = usize::from(!in_full);
+        if tags.len() > before {
+            // It finished before the crash.
+            assert_eq!(read(&store, tags[before]), *target, "crash at {at}");
+        } else if let Some(token) = store.receive_token(ORIGIN).unwrap() {
+            if at % 2 == 0 {
+                let rest = send((!in_full).then_some(1), 2, Some(token));
+                let t = recv(&store, &rest)
+                    .map(|r| r.tag)
+                    .unwrap_or_else(|e| panic!("resume after {at}: {e}"));
+                assert_eq!(read(&store, t), *target, "resumed after crash at {at}");
+            } else {
+                store.receive_abort(ORIGIN).unwrap();
+                if let Some(b) = base {
+                    assert_eq!(read(&store, 0), *b, "aborted after crash at {at}");
+                }
+                let t = recv(&store, stream)
+                    .map(|r| r.tag)
+                    .unwrap_or_else(|e| panic!("again after {at}: {e}"));
+                assert_eq!(
+                    read(&store, t),
+                    *target,
+                    "received again after crash at {at}"
+                );
+            }
+        } else {
+            // It never began durably: the origin is as it was.
+            if let Some(b) = base {
+                assert_eq!(read(&store, 0), *b, "crash at {at}: origin");
+            }
+            match recv(&store, stream).map(|r| r.tag) {
+                Ok(t) => assert_eq!(read(&store, t), *target, "after crash at {at}"),
+                Err(e @ Error::WrongBase(_)) => panic!("after crash at {at}: {e}"),
+                Err(e) => panic!("after crash at {at}: {e}"),
+            }
+        }
+        store.clean().unwrap();
+        assert!(
+            store.check().unwrap().is_clean(),
+            "crash at {at}: after clean"
+        );
+        (used, true)
+    };
+    let mut points = 0;
+    for in_full in [true, false] {
+        let (total, _) = run(None, in_full);
+        let stride = (total / 150).max(1);
+        let mut at = 1;
+        while at <= total {
+            if run(Some(at), in_full).1 {
+                points += 1;
+            }
+            at += stride;
+        }
+    }
+    assert!(points > 80, "only {points} crash points");
+}

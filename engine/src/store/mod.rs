@@ -22,6 +22,7 @@ mod ops;
 mod plan;
 mod rollback;
 mod status;
+mod transfer;
 
 pub use check::CheckReport;
 pub use clean::CleanReport;
@@ -29,7 +30,7 @@ pub use dump::ExceptionEntry;
 pub use held::{HeldStats, DEFAULT_HELD_LIMIT, HELD_OVERHEAD};
 pub(crate) use held::{Loc, Stripe, WriteLocked};
 pub(crate) use plan::{plan_write, release, Plan};
-pub use status::{OriginStatus, StoreStatus, VersionStatus};
+pub use status::{OriginStatus, ReceiveStatus, StoreStatus, VersionStatus};
 
 pub(crate) use meta::Meta;
 
@@ -121,6 +122,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A fresh 128-bit identity: a hash of the time, the process, the thread
+/// and a counter (unique, not secret).
+pub(crate) fn new_uuid() -> [u8; 16] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{:?}{}{:?}{}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        std::thread::current().id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..16]);
+    u
+}
+
 pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -154,17 +171,7 @@ impl Store {
                 }
             }
         }
-        let mut uuid = [0u8; 16];
-        let seed = blake3::hash(
-            format!(
-                "{:?}{}{:?}",
-                std::time::SystemTime::now(),
-                std::process::id(),
-                cow.name()
-            )
-            .as_bytes(),
-        );
-        uuid.copy_from_slice(&seed.as_bytes()[..16]);
+        let uuid = new_uuid();
         let sb = Superblock {
             generation: 0,
             chunk_pages: cp,

@@ -2,10 +2,11 @@
 //! when it returns and changes nothing when it fails.
 
 use super::meta::Meta;
-use super::{now, Store, MAX_ORIGIN_BYTES};
+use super::{new_uuid, now, Store, MAX_ORIGIN_BYTES};
 use crate::error::{Error, Result};
 use crate::io::Dev;
 use crate::versions::record::{OriginRecord, MAX_MEMO, MAX_ORIGIN_ID};
+use crate::versions::Birth;
 use std::sync::PoisonError;
 
 fn check_memo(memo: &str) -> Result<()> {
@@ -40,6 +41,7 @@ impl Store {
             next_version: 1,
             rollback: None,
             clean_cursor: None,
+            receive: None,
         };
         self.inner.meta()?.add_origin(rec, dev)?;
         self.flush()
@@ -229,6 +231,20 @@ pub(super) fn new_version(
     memo: &str,
     tagged: bool,
 ) -> Result<(u32, u32)> {
+    new_version_born(m, index, of, tagged, now(), memo, new_uuid())
+}
+
+/// [`new_version`] with a given birthday and identity (a received
+/// snapshot carries its sender's).
+pub(super) fn new_version_born(
+    m: &mut Meta,
+    index: u32,
+    of: Option<u32>,
+    tagged: bool,
+    birthday: u64,
+    memo: &str,
+    uuid: crate::versions::Uuid,
+) -> Result<(u32, u32)> {
     let mut o = m.edit(index)?;
     let tag = if tagged {
         if o.get().rec().next_tag == u32::MAX {
@@ -239,9 +255,15 @@ pub(super) fn new_version(
         0
     };
     let mut next = o.get().rec().next_version;
+    let birth = Birth {
+        tag,
+        birthday,
+        memo: memo.to_string(),
+        uuid,
+    };
     let id = o.tree(|t, changed| match of {
-        None => t.snapshot_origin(tag, now(), memo.to_string(), &mut next, changed),
-        Some(v) => t.snapshot_of(v, tag, now(), memo.to_string(), &mut next, changed),
+        None => t.snapshot_origin(birth, &mut next, changed),
+        Some(v) => t.snapshot_of(v, birth, &mut next, changed),
     })?;
     let rec = o.rec();
     rec.next_version = next;

@@ -21,6 +21,23 @@ pub struct VersionStatus {
     /// Exceptions this version owns.
     pub exceptions: u64,
     pub memo: String,
+    /// Stable identity (kept across send and receive; a write to a version
+    /// that was sent gives it a new one).
+    pub uuid: [u8; 16],
+}
+
+/// A receive in progress into an origin (interrupted, or running).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveStatus {
+    pub stream: [u8; 16],
+    pub base: [u8; 16],
+    pub target: [u8; 16],
+    /// Below this offset everything has arrived (durably).
+    pub next_offset: u64,
+    /// The stream's device size.
+    pub size: u64,
+    /// A native stream, resumable with a token (RBD diffs are not).
+    pub resumable: bool,
 }
 
 /// One origin.
@@ -40,6 +57,8 @@ pub struct OriginStatus {
     pub cleaning: Option<u64>,
     /// Ghosts waiting for the cleaner.
     pub ghosts: u64,
+    /// A receive in progress.
+    pub receive: Option<ReceiveStatus>,
     /// All versions, in id order (the origin first).
     pub list: Vec<VersionStatus>,
 }
@@ -120,6 +139,7 @@ impl Store {
                     birthday: x.birthday,
                     exceptions: x.exceptions,
                     memo: x.memo.clone(),
+                    uuid: x.uuid,
                 });
             }
             used_versions += o.tree().len() as u64;
@@ -136,6 +156,14 @@ impl Store {
                 rollback: o.rec().rollback.as_ref().map(|r| (r.tag, r.cursor, chunks)),
                 cleaning: o.rec().clean_cursor,
                 ghosts: plan.len() as u64,
+                receive: o.rec().receive.as_ref().map(|r| ReceiveStatus {
+                    stream: r.stream,
+                    base: r.base,
+                    target: r.target,
+                    next_offset: r.next_offset,
+                    size: r.size,
+                    resumable: r.format == 0,
+                }),
                 list,
             });
         }

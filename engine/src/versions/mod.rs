@@ -29,6 +29,21 @@ pub const NONE: u32 = u32::MAX;
 /// 256 MiB even for a crafted catalog.
 pub const MAX_VERSION_ID: u32 = 1 << 24;
 
+/// A 128-bit version identity: the same for two versions (in any stores)
+/// only if they hold the same content. A stream names the versions it goes
+/// from and to by it, so that an incremental applies only on top of its base.
+pub type Uuid = [u8; 16];
+
+/// What a new version is born with.
+#[derive(Clone, Debug)]
+pub struct Birth {
+    /// 0 = untagged (hidden).
+    pub tag: u32,
+    pub birthday: u64,
+    pub memo: String,
+    pub uuid: Uuid,
+}
+
 /// One version in memory.
 #[derive(Clone, Debug)]
 pub struct Version {
@@ -39,18 +54,20 @@ pub struct Version {
     pub birthday: u64,
     pub exceptions: u64,
     pub memo: String,
+    pub uuid: Uuid,
 }
 
 impl Version {
-    fn new(parent: u32, tag: u32, birthday: u64, memo: String) -> Version {
+    fn new(parent: u32, birth: Birth) -> Version {
         Version {
             parent,
             children: Vec::new(),
-            tag,
+            tag: birth.tag,
             flags: 0,
-            birthday,
+            birthday: birth.birthday,
             exceptions: 0,
-            memo,
+            memo: birth.memo,
+            uuid: birth.uuid,
         }
     }
 
@@ -62,6 +79,7 @@ impl Version {
             birthday: self.birthday,
             exceptions: self.exceptions,
             memo: self.memo.clone(),
+            uuid: Some(self.uuid),
         }
     }
 
@@ -89,9 +107,12 @@ impl VersionTree {
         let mut t = VersionTree {
             slots: vec![Some(Box::new(Version::new(
                 NONE,
-                0,
-                birthday,
-                String::new(),
+                Birth {
+                    tag: 0,
+                    birthday,
+                    memo: String::new(),
+                    uuid: [0; 16],
+                },
             )))],
             labels: vec![(0, 0)],
             tags: HashMap::new(),
@@ -128,7 +149,17 @@ impl VersionTree {
             if t.slots.len() <= idx {
                 t.slots.resize(idx + 1, None);
             }
-            let mut v = Version::new(r.parent, r.tag, r.birthday, r.memo);
+            let mut v = Version::new(
+                r.parent,
+                Birth {
+                    tag: r.tag,
+                    birthday: r.birthday,
+                    memo: r.memo,
+                    // Records written before identities existed get one
+                    // when the origin is loaded (`Meta::load`).
+                    uuid: r.uuid.unwrap_or([0; 16]),
+                },
+            );
             v.flags = r.flags;
             v.exceptions = r.exceptions;
             t.slots[idx] = Some(Box::new(v));
@@ -259,14 +290,13 @@ impl VersionTree {
     /// Returns the new version's id; `changed` gets every id to persist.
     pub fn snapshot_origin(
         &mut self,
-        tag: u32,
-        birthday: u64,
-        memo: String,
+        birth: Birth,
         next_version: &mut u32,
         changed: &mut Vec<u32>,
     ) -> Result<u32> {
         let id = self.alloc_id(next_version)?;
-        let mut v = Version::new(0, tag, birthday, memo);
+        let tag = birth.tag;
+        let mut v = Version::new(0, birth);
         if let Some(child) = self.only_child(0) {
             v.children.push(child);
             self.must_mut(child).parent = id;
@@ -284,15 +314,14 @@ impl VersionTree {
     pub fn snapshot_of(
         &mut self,
         of: u32,
-        tag: u32,
-        birthday: u64,
-        memo: String,
+        birth: Birth,
         next_version: &mut u32,
         changed: &mut Vec<u32>,
     ) -> Result<u32> {
+        let tag = birth.tag;
         if self.must(of).children.is_empty() {
             let id = self.alloc_id(next_version)?;
-            self.place(id, Version::new(of, tag, birthday, memo));
+            self.place(id, Version::new(of, birth));
             self.must_mut(of).children.push(id);
             self.set_tag(tag, id);
             changed.push(id);
@@ -301,13 +330,25 @@ impl VersionTree {
             let keep = self.alloc_id(next_version)?;
             let id = self.alloc_id(next_version)?;
             let old = self.must(of).clone();
-            let mut heir = Version::new(of, old.tag, old.birthday, old.memo.clone());
+            // The tag's content is unchanged: its identity moves with it.
+            let mut heir = Version::new(
+                of,
+                Birth {
+                    tag: old.tag,
+                    birthday: old.birthday,
+                    memo: old.memo.clone(),
+                    uuid: old.uuid,
+                },
+            );
             heir.flags = old.flags;
             self.place(keep, heir);
-            self.place(id, Version::new(of, tag, birthday, memo));
+            self.place(id, Version::new(of, birth));
             let g = self.must_mut(of);
             g.tag = 0;
             g.memo.clear();
+            // The identity went with the tag; the ghost has none of its own.
+            g.uuid = [0; 16];
+            g.flags &= !flags::EXPORTED;
             g.children.push(keep);
             g.children.push(id);
             self.set_tag(old.tag, keep);

@@ -18,6 +18,29 @@ pub struct RollbackState {
     pub cursor: u64,
 }
 
+/// A receive in progress into an origin: what a resume must continue and
+/// an abort must undo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveState {
+    /// The stream's identity, as its header gives it.
+    pub stream: [u8; 16],
+    /// The base version's identity (zeros for a full stream).
+    pub base: [u8; 16],
+    /// The identity the received snapshot will carry.
+    pub target: [u8; 16],
+    /// The hidden version holding what the origin was before: an abort
+    /// rolls the origin back to it.
+    pub undo: u32,
+    /// Bytes of the device below this offset are received and durable.
+    pub next_offset: u64,
+    /// The stream's device size, birthday and memo.
+    pub size: u64,
+    pub birthday: u64,
+    pub memo: String,
+    /// 0 = the native stream (resumable); 1 and 2 = RBD diff v1 and v2.
+    pub format: u8,
+}
+
 /// What the store keeps of an origin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OriginRecord {
@@ -29,14 +52,25 @@ pub struct OriginRecord {
     pub rollback: Option<RollbackState>,
     /// A cleaning pass in progress: chunks below this are done.
     pub clean_cursor: Option<u64>,
+    /// A receive in progress (kind 4 records only).
+    pub receive: Option<ReceiveState>,
 }
 
 /// Version flags.
 pub mod flags {
     /// Being removed by the current cleaning pass.
     pub const CLEANING: u32 = 1;
-    /// Hidden copy read by a rollback; the cleaner leaves it alone.
+    /// Hidden copy read by a rollback, a send or a receive's undo; the
+    /// cleaner leaves it alone.
     pub const PINNED: u32 = 2;
+    /// Its identity was given out (sent in a stream, or received): the
+    /// first write to it gives it a new one.
+    pub const EXPORTED: u32 = 4;
+    /// A hidden frozen copy read by a send: dropped (left to the cleaner)
+    /// when the store is opened again.
+    pub const SENDING: u32 = 8;
+    /// A receive's undo point: dropped when no receive is in progress.
+    pub const UNDO: u32 = 16;
 }
 
 /// What the store keeps of a version.
@@ -49,6 +83,9 @@ pub struct VersionRecord {
     pub birthday: u64,
     pub exceptions: u64,
     pub memo: String,
+    /// The version's identity (None in records written before identities
+    /// existed: kind 2).
+    pub uuid: Option<[u8; 16]>,
 }
 
 /// Catalog key: (origin, version); version 0 holds the origin record.
@@ -84,7 +121,10 @@ impl Codec for CatalogCodec {
     type Key = CatKey;
     type Value = CatValue;
     const KIND: Kind = Kind::CatalogNode;
-    const MAX_ENTRY: usize = 10 + 1 + 5 * 6 + 10 * 6 + 2 * 10 + MAX_MEMO + MAX_ORIGIN_ID;
+    // The larger of an origin record with a receive in progress (three
+    // identities, a memo) and a version record (an identity, a memo).
+    const MAX_ENTRY: usize =
+        10 + 1 + 5 * 6 + 10 * 8 + 2 * 10 + 3 * 16 + 1 + MAX_MEMO + MAX_ORIGIN_ID;
 
     fn put_key(prev: Option<&CatKey>, k: &CatKey, out: &mut Vec<u8>) {
         match prev {
@@ -131,7 +171,7 @@ impl Codec for CatalogCodec {
     fn put_value(_prev: Option<&CatValue>, v: &CatValue, out: &mut Vec<u8>) {
         match v {
             CatValue::Origin(o) => {
-                out.push(1);
+                out.push(if o.receive.is_some() { 4 } else { 1 });
                 put_str(out, &o.id);
                 varint::put(out, o.size);
                 varint::put(out, o.birthday);
@@ -153,15 +193,29 @@ impl Codec for CatalogCodec {
                     }
                     None => out.push(0),
                 }
+                if let Some(rs) = &o.receive {
+                    out.extend_from_slice(&rs.stream);
+                    out.extend_from_slice(&rs.base);
+                    out.extend_from_slice(&rs.target);
+                    varint::put(out, u64::from(rs.undo));
+                    varint::put(out, rs.next_offset);
+                    varint::put(out, rs.size);
+                    varint::put(out, rs.birthday);
+                    put_str(out, &rs.memo);
+                    out.push(rs.format);
+                }
             }
             CatValue::Version(v) => {
-                out.push(2);
+                out.push(if v.uuid.is_some() { 3 } else { 2 });
                 varint::put(out, u64::from(v.parent));
                 varint::put(out, u64::from(v.tag));
                 varint::put(out, u64::from(v.flags));
                 varint::put(out, v.birthday);
                 varint::put(out, v.exceptions);
                 put_str(out, &v.memo);
+                if let Some(u) = &v.uuid {
+                    out.extend_from_slice(u);
+                }
             }
         }
     }
@@ -169,7 +223,7 @@ impl Codec for CatalogCodec {
     fn get_value(_prev: Option<&CatValue>, r: &mut Reader) -> Result<CatValue> {
         let kind = r.bytes(1)?[0];
         match kind {
-            1 => {
+            1 | 4 => {
                 let id = get_str(r, MAX_ORIGIN_ID)?;
                 let size = r.get()?;
                 let birthday = r.get()?;
@@ -189,6 +243,29 @@ impl Codec for CatalogCodec {
                     1 => Some(r.get()?),
                     _ => return Err(r.err("bad cleaning flag")),
                 };
+                let receive = if kind == 4 {
+                    let id16 = |r: &mut Reader| -> Result<[u8; 16]> {
+                        let mut u = [0u8; 16];
+                        u.copy_from_slice(r.bytes(16)?);
+                        Ok(u)
+                    };
+                    Some(ReceiveState {
+                        stream: id16(r)?,
+                        base: id16(r)?,
+                        target: id16(r)?,
+                        undo: r.get_u32()?,
+                        next_offset: r.get()?,
+                        size: r.get()?,
+                        birthday: r.get()?,
+                        memo: get_str(r, MAX_MEMO)?,
+                        format: match r.bytes(1)?[0] {
+                            f @ 0..=2 => f,
+                            _ => return Err(r.err("bad stream format")),
+                        },
+                    })
+                } else {
+                    None
+                };
                 Ok(CatValue::Origin(OriginRecord {
                     id,
                     size,
@@ -197,16 +274,26 @@ impl Codec for CatalogCodec {
                     next_version,
                     rollback,
                     clean_cursor,
+                    receive,
                 }))
             }
-            2 => Ok(CatValue::Version(VersionRecord {
-                parent: r.get_u32()?,
-                tag: r.get_u32()?,
-                flags: r.get_u32()?,
-                birthday: r.get()?,
-                exceptions: r.get()?,
-                memo: get_str(r, MAX_MEMO)?,
-            })),
+            2 | 3 => {
+                let mut v = VersionRecord {
+                    parent: r.get_u32()?,
+                    tag: r.get_u32()?,
+                    flags: r.get_u32()?,
+                    birthday: r.get()?,
+                    exceptions: r.get()?,
+                    memo: get_str(r, MAX_MEMO)?,
+                    uuid: None,
+                };
+                if kind == 3 {
+                    let mut u = [0u8; 16];
+                    u.copy_from_slice(r.bytes(16)?);
+                    v.uuid = Some(u);
+                }
+                Ok(CatValue::Version(v))
+            }
             _ => Err(r.err("unknown record kind")),
         }
     }

@@ -1,15 +1,24 @@
 use super::*;
 
+fn birth(tag: u32, memo: &str) -> Birth {
+    Birth {
+        tag,
+        birthday: 0,
+        memo: memo.into(),
+        uuid: [tag as u8; 16],
+    }
+}
+
 #[test]
 fn chain_of_origin_snapshots_runs_newest_to_oldest() {
     let mut t = VersionTree::new(0);
     let mut next = 1;
     let mut ch = vec![];
     let a = t
-        .snapshot_origin(1, 0, "a".into(), &mut next, &mut ch)
+        .snapshot_origin(birth(1, "a"), &mut next, &mut ch)
         .unwrap();
     let b = t
-        .snapshot_origin(2, 0, "b".into(), &mut next, &mut ch)
+        .snapshot_origin(birth(2, "b"), &mut next, &mut ch)
         .unwrap();
     assert_eq!(t.only_child(0), Some(b));
     assert_eq!(t.only_child(b), Some(a));
@@ -22,16 +31,10 @@ fn snapshot_of_a_parent_makes_a_ghost() {
     let mut t = VersionTree::new(0);
     let mut next = 1;
     let mut ch = vec![];
-    let a = t
-        .snapshot_origin(1, 0, "".into(), &mut next, &mut ch)
-        .unwrap();
-    let b = t
-        .snapshot_of(a, 2, 0, "".into(), &mut next, &mut ch)
-        .unwrap();
+    let a = t.snapshot_origin(birth(1, ""), &mut next, &mut ch).unwrap();
+    let b = t.snapshot_of(a, birth(2, ""), &mut next, &mut ch).unwrap();
     assert_eq!(t.only_child(a), Some(b));
-    let c = t
-        .snapshot_of(a, 3, 0, "".into(), &mut next, &mut ch)
-        .unwrap();
+    let c = t.snapshot_of(a, birth(3, ""), &mut next, &mut ch).unwrap();
     let a2 = t.by_tag(1).unwrap();
     assert_ne!(a2, a);
     assert!(t.get(a).unwrap().is_ghost());

@@ -20,6 +20,8 @@ pub struct Volume {
     origin: u32,
     origin_id: String,
     tag: u32,
+    /// A version named by id rather than by tag (a hidden frozen copy).
+    version: Option<u32>,
     size: u64,
 }
 
@@ -74,6 +76,35 @@ impl Store {
             origin: index,
             origin_id: origin_id.to_string(),
             tag,
+            version: None,
+            size: o.rec().size,
+        })
+    }
+}
+
+impl Volume {
+    /// A volume on version `version` of origin `index` by id: for reading
+    /// a hidden frozen copy (a send's).
+    pub(crate) fn open_version(store: &Store, index: u32, version: u32) -> Result<Volume> {
+        let mut m = store.inner.meta()?;
+        let o = m.origin_ref(index)?;
+        let tag = o
+            .tree()
+            .get(version)
+            .map(|v| v.tag)
+            .ok_or_else(|| Error::UnknownOrigin(format!("#{index}/{version}")))?;
+        let id = o.rec().id.clone();
+        let o = m.origin_mut(index)?;
+        if o.dev.is_none() {
+            return Err(Error::OriginNotAttached(id));
+        }
+        o.open_volumes += 1;
+        Ok(Volume {
+            store: store.clone(),
+            origin: index,
+            origin_id: id,
+            tag,
+            version: Some(version),
             size: o.rec().size,
         })
     }
@@ -121,7 +152,10 @@ impl Volume {
 
     fn ctx(&self) -> Result<Ctx> {
         let m = self.inner().meta()?;
-        let version = m.version_of(self.origin, self.tag)?;
+        let version = match self.version {
+            Some(v) => v,
+            None => m.version_of(self.origin, self.tag)?,
+        };
         let o = m.origin_ref(self.origin)?;
         let dev = o
             .dev

@@ -86,6 +86,7 @@ impl Volume {
         let mut retried = false;
         let plans = 'plan: loop {
             let mut m = inner.meta()?;
+            m.content_changes(self.origin, ctx.version)?;
             let durable = inner.durable();
             let mut plans = Vec::with_capacity(batch.len());
             for p in batch {

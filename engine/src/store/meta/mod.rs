@@ -243,9 +243,51 @@ impl Meta {
             let tree = VersionTree::from_records(rec.birthday, versions, rec.next_version, block)?;
             origins.insert(index, Origin::new(index, rec, tree, None));
         }
+        let store_uuid = sb.uuid;
         let mut m = Meta::new(cow, sb, space, origins, 1);
         m.cat = cat;
+        let indices: Vec<u32> = m.origins.keys().copied().collect();
+        for index in indices {
+            m.settle_versions(index, &store_uuid)?;
+        }
         Ok(m)
+    }
+
+    /// After loading an origin: versions from records without an identity
+    /// get one derived from the store, origin and version (the same at
+    /// every open until the record is rewritten with it); a send's frozen
+    /// copy left by a stop becomes a ghost for the cleaner, and so does a
+    /// receive's undo point when no receive is in progress.
+    fn settle_versions(&mut self, index: u32, store_uuid: &[u8; 16]) -> Result<()> {
+        use crate::versions::record::flags;
+        let mut o = self.edit(index)?;
+        let receiving = o.get().rec().receive.is_some();
+        let ids: Vec<u32> = o.get().tree().ids().filter(|&v| v != 0).collect();
+        for v in ids {
+            let Some(x) = o.get().tree().get(v) else {
+                continue;
+            };
+            let stale = x.flags & flags::SENDING != 0 || (x.flags & flags::UNDO != 0 && !receiving);
+            let anonymous = x.uuid == [0u8; 16];
+            if !stale && !anonymous {
+                continue;
+            }
+            if let Some(x) = o.version(v) {
+                if stale {
+                    x.flags &= !(flags::SENDING | flags::UNDO | flags::PINNED);
+                }
+                if anonymous {
+                    let mut seed = b"dms version identity".to_vec();
+                    seed.extend_from_slice(store_uuid);
+                    seed.extend_from_slice(&index.to_le_bytes());
+                    seed.extend_from_slice(&v.to_le_bytes());
+                    seed.extend_from_slice(&x.birthday.to_le_bytes());
+                    x.uuid
+                        .copy_from_slice(&blake3::hash(&seed).as_bytes()[..16]);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn origin(&self, id: &str) -> Result<u32> {
@@ -274,6 +316,27 @@ impl Meta {
             origin: o.rec.id.clone(),
             tag,
         })
+    }
+
+    /// A write to `version` changes its content: an identity it gave out
+    /// (sent, received) no longer names it, so it gets a new one.
+    pub fn content_changes(&mut self, index: u32, version: u32) -> Result<()> {
+        use crate::versions::record::flags;
+        if version == 0 {
+            return Ok(());
+        }
+        let exported = self
+            .origin_ref(index)?
+            .tree()
+            .get(version)
+            .is_some_and(|v| v.flags & flags::EXPORTED != 0);
+        if exported {
+            if let Some(v) = self.edit(index)?.version(version) {
+                v.flags &= !flags::EXPORTED;
+                v.uuid = super::new_uuid();
+            }
+        }
+        Ok(())
     }
 
     /// Change origin `index`'s records (see [`OriginEdit`]).
