@@ -41,6 +41,19 @@ fn spawn_daemon(run: &Path) -> Result<()> {
 
 /// Send one request; start the daemon first if `start` and none answers.
 pub fn call(req: &Request, start: bool) -> Result<Response> {
+    let stream = open(req, start)?;
+    let mut reader = BufReader::new(&stream);
+    let mut resp = String::new();
+    reader.read_line(&mut resp)?;
+    if resp.is_empty() {
+        return Err(anyhow!("the daemon closed the connection"));
+    }
+    Ok(serde_json::from_str(&resp)?)
+}
+
+/// Connect and write the request line; the caller reads the answer (a
+/// line, or frames for send and receive).
+pub fn open(req: &Request, start: bool) -> Result<UnixStream> {
     let run = paths::run_dir();
     let sock = paths::control_socket(&run);
     let stream = match connect(&sock) {
@@ -66,11 +79,5 @@ pub fn call(req: &Request, start: bool) -> Result<Response> {
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     (&stream).write_all(line.as_bytes())?;
-    let mut reader = BufReader::new(&stream);
-    let mut resp = String::new();
-    reader.read_line(&mut resp)?;
-    if resp.is_empty() {
-        return Err(anyhow!("the daemon closed the connection"));
-    }
-    Ok(serde_json::from_str(&resp)?)
+    Ok(stream)
 }

@@ -1,9 +1,47 @@
-//! `dms dump` and `dms delta`: reading a store offline.
+//! `dms dump`, `dms delta` and `dms check`: through the daemon when it
+//! holds the store (on its committed state, while I/O goes on), else
+//! offline.
 
+use crate::client;
 use crate::paths;
-use crate::proto::Response;
+use crate::proto::{Inspect, Request, Response};
 use crate::Exit;
 use dms_engine::Store;
+
+/// Run an inspection of `cow_dev`: the daemon's answer when it holds the
+/// store, else this process opens it.
+pub fn run(cow_dev: &str, what: Inspect) -> Result<Response, Exit> {
+    let path = paths::device(cow_dev).map_err(|e| Exit(1, e))?;
+    let req = Request::Inspect {
+        cow: path.display().to_string(),
+        what: what.clone(),
+    };
+    if let Ok(r) = client::call(&req, false) {
+        if !r.is_not_held() {
+            return Ok(r);
+        }
+    }
+    let store = open(cow_dev)?;
+    on_store(&store, &path.display().to_string(), what)
+}
+
+/// An inspection of an open store.
+pub fn on_store(store: &Store, name: &str, what: Inspect) -> Result<Response, Exit> {
+    match what {
+        Inspect::Dump {
+            origin_id,
+            tag,
+            json,
+        } => dump(store, origin_id, tag, json),
+        Inspect::Delta {
+            origin_id,
+            tag_a,
+            tag_b,
+            json,
+        } => delta(store, tag_a, tag_b, origin_id, json),
+        Inspect::Check { json } => check(store, name, json),
+    }
+}
 
 /// Open a store that no daemon holds.
 pub fn open(cow_dev: &str) -> Result<Store, Exit> {
@@ -12,7 +50,7 @@ pub fn open(cow_dev: &str) -> Result<Store, Exit> {
     Store::open(std::sync::Arc::new(dev)).map_err(|e| Exit(1, e.to_string()))
 }
 
-fn the_origin(store: &Store, origin_id: Option<String>) -> Result<String, Exit> {
+pub fn the_origin(store: &Store, origin_id: Option<String>) -> Result<String, Exit> {
     let origins = store.origins().map_err(|e| Exit(1, e.to_string()))?;
     match origin_id {
         Some(id) => Ok(id),
@@ -27,13 +65,12 @@ fn the_origin(store: &Store, origin_id: Option<String>) -> Result<String, Exit> 
     }
 }
 
-pub fn dump(
-    cow_dev: &str,
+fn dump(
+    store: &Store,
     origin_id: Option<String>,
     tag: Option<u32>,
     json: bool,
 ) -> Result<Response, Exit> {
-    let store = open(cow_dev)?;
     let st = store.status().map_err(|e| Exit(1, e.to_string()))?;
     let fail = |e: dms_engine::Error| Exit(1, e.to_string());
     if let Some(id) = &origin_id {
@@ -111,15 +148,14 @@ pub fn dump(
     Ok(Response::ok(out))
 }
 
-pub fn delta(
-    cow_dev: &str,
+fn delta(
+    store: &Store,
     a: u32,
     b: u32,
     origin_id: Option<String>,
     json: bool,
 ) -> Result<Response, Exit> {
-    let store = open(cow_dev)?;
-    let origin = the_origin(&store, origin_id)?;
+    let origin = the_origin(store, origin_id)?;
     let chunks = store
         .delta(&origin, a, b)
         .map_err(|e| Exit(1, e.to_string()))?;
@@ -155,4 +191,48 @@ pub fn delta(
         s
     };
     Ok(Response::ok(out))
+}
+
+/// Commit what is pending, then walk every metadata block, the version
+/// trees and the allocation.
+fn check(store: &Store, name: &str, json: bool) -> Result<Response, Exit> {
+    let r = store.check().map_err(|e| Exit(1, e.to_string()))?;
+    let out = if json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "clean": r.is_clean(),
+            "problems": r.problems,
+            "exceptions": r.exceptions,
+            "data_chunks": r.data_chunks,
+            "metadata_pages": r.metadata_pages,
+                        "exception_tree_depth": r.exception_tree_depth,
+            "metadata": r.metadata,
+        }))
+        .unwrap_or_default()
+            + "\n"
+    } else {
+        let mut s = format!(
+            "{}: {} exceptions, {} data chunks, {} metadata pages, exception tree depth {}\n",
+            name, r.exceptions, r.data_chunks, r.metadata_pages, r.exception_tree_depth
+        );
+        for p in &r.problems {
+            s.push_str(&format!("problem: {p}\n"));
+        }
+        s.push_str(if r.is_clean() {
+            "clean\n"
+        } else {
+            "NOT CLEAN\n"
+        });
+        s
+    };
+    if r.is_clean() {
+        Ok(Response::ok(out))
+    } else {
+        let mut resp = Response::fail(
+            1,
+            format!("{}: {} problem(s) found", name, r.problems.len()),
+            dms_engine::ErrorKind::Corrupt,
+        );
+        resp.output = out;
+        Ok(resp)
+    }
 }

@@ -4,16 +4,18 @@
 mod client;
 mod daemon;
 mod demo;
+mod frames;
 mod inspect;
 mod manpage;
 mod paths;
 mod progress;
 mod proto;
+mod transfer;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use dms_engine::table::quote;
-use proto::{Request, Response};
+use proto::{Inspect, Request, Response};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -128,14 +130,21 @@ enum Command {
     },
     /// Wait until background work (cleaning, rollbacks) is done.
     Settle,
-    /// Check a store offline: every metadata block, the version trees, and
-    /// the allocation (no leaked or doubly used chunk). Exit 0 when clean.
+    /// Write a stream of snapshot <tag> to stdout: all of it, or with
+    /// --from only what differs from an older tag.
+    Send(transfer::SendCmd),
+    /// Read a stream from stdin into an origin; print the new snapshot's tag.
+    Receive(transfer::ReceiveCmd),
+    /// Check a store: every metadata block, the version trees, and the
+    /// allocation (no leaked or doubly used chunk). Exit 0 when clean.
+    /// Through the daemon when it holds the store (after a commit).
     Check {
         cow_dev: String,
         #[arg(long)]
         json: bool,
     },
-    /// Print a store's origins, versions and exceptions (offline).
+    /// Print a store's origins, versions and exceptions (its committed
+    /// state, through the daemon when it holds the store).
     Dump {
         cow_dev: String,
         /// Only this origin.
@@ -444,6 +453,8 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             }
         }
         Command::Settle => send(&Request::Settle),
+        Command::Send(cmd) => cmd.run(),
+        Command::Receive(cmd) => cmd.run(),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "dms", &mut out);
@@ -454,20 +465,35 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             manpage::render(Cli::command(), &mut out).map_err(|e| Exit(1, e.to_string()))?;
             Ok(Response::ok(String::from_utf8_lossy(&out).into_owned()))
         }
-        Command::Check { cow_dev, json } => check(&cow_dev, json),
+        Command::Check { cow_dev, json } => inspect::run(&cow_dev, Inspect::Check { json }),
         Command::Dump {
             cow_dev,
             origin_id,
             tag,
             json,
-        } => inspect::dump(&cow_dev, origin_id, tag, json),
+        } => inspect::run(
+            &cow_dev,
+            Inspect::Dump {
+                origin_id,
+                tag,
+                json,
+            },
+        ),
         Command::Delta {
             cow_dev,
             tag_a,
             tag_b,
             origin_id,
             json,
-        } => inspect::delta(&cow_dev, tag_a, tag_b, origin_id, json),
+        } => inspect::run(
+            &cow_dev,
+            Inspect::Delta {
+                origin_id,
+                tag_a,
+                tag_b,
+                json,
+            },
+        ),
         Command::Daemon {
             nbd_listen,
             held_limit,
@@ -506,57 +532,6 @@ fn alive(pid: i32) -> bool {
             .rsplit_once(") ")
             .is_none_or(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
-    }
-}
-
-/// `dms check`: open the store here (it must not be in use) and walk it.
-fn check(cow_dev: &str, json: bool) -> Result<Response, Exit> {
-    let path = paths::device(cow_dev).map_err(|e| Exit(1, e))?;
-    let dev = dms_engine::io::FileDev::open(&path, true).map_err(|e| Exit(1, e.to_string()))?;
-    let store =
-        dms_engine::Store::open(std::sync::Arc::new(dev)).map_err(|e| Exit(1, e.to_string()))?;
-    let r = store.check().map_err(|e| Exit(1, e.to_string()))?;
-    let out = if json {
-        serde_json::to_string_pretty(&serde_json::json!({
-            "clean": r.is_clean(),
-            "problems": r.problems,
-            "exceptions": r.exceptions,
-            "data_chunks": r.data_chunks,
-            "metadata_pages": r.metadata_pages,
-                        "exception_tree_depth": r.exception_tree_depth,
-            "metadata": r.metadata,
-        }))
-        .unwrap_or_default()
-            + "\n"
-    } else {
-        let mut s = format!(
-            "{}: {} exceptions, {} data chunks, {} metadata pages, exception tree depth {}\n",
-            path.display(),
-            r.exceptions,
-            r.data_chunks,
-            r.metadata_pages,
-            r.exception_tree_depth
-        );
-        for p in &r.problems {
-            s.push_str(&format!("problem: {p}\n"));
-        }
-        s.push_str(if r.is_clean() {
-            "clean\n"
-        } else {
-            "NOT CLEAN\n"
-        });
-        s
-    };
-    if r.is_clean() {
-        Ok(Response::ok(out))
-    } else {
-        let mut resp = Response::fail(
-            1,
-            format!("{}: {} problem(s) found", path.display(), r.problems.len()),
-            dms_engine::ErrorKind::Corrupt,
-        );
-        resp.output = out;
-        Ok(resp)
     }
 }
 

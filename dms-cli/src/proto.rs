@@ -51,9 +51,85 @@ pub enum Request {
     },
     /// Wait until background work (cleaning) is done.
     Settle,
+    /// A stream of a snapshot, in frames (src/frames.rs), then the
+    /// response. Answered `held: false` when the daemon does not hold the
+    /// store (the client then sends offline).
+    Send(SendArgs),
+    /// Frames of a stream follow; the response comes last.
+    Receive(ReceiveArgs),
+    /// `dms dump`, `dms delta` and `dms check` on a store the daemon holds.
+    Inspect {
+        cow: String,
+        what: Inspect,
+    },
     Ping,
     Shutdown {
         force: bool,
+    },
+}
+
+/// `dms send` arguments.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct SendArgs {
+    /// The COW device (an absolute path).
+    pub cow: String,
+    pub origin_id: Option<String>,
+    /// The origin device, when the store does not know where it is.
+    pub origin_dev: Option<String>,
+    pub tag: u32,
+    pub from: Option<u32>,
+    /// `dms`, `rbd-v1` or `rbd-v2`.
+    pub format: String,
+    pub resume: Option<String>,
+}
+
+/// What `dms receive` does.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiveAction {
+    /// Read a stream.
+    #[default]
+    Stream,
+    /// Print the resume token of an interrupted receive.
+    Token,
+    /// Undo an interrupted receive.
+    Abort,
+}
+
+/// `dms receive` arguments.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct ReceiveArgs {
+    /// The origin and COW devices (absolute paths).
+    pub origin: String,
+    pub cow: String,
+    pub origin_id: Option<String>,
+    /// Bind the origin first (-b); format the store (-f: Some(false), -F:
+    /// Some(true)) with chunk size -c.
+    pub bind: bool,
+    pub format_store: Option<bool>,
+    pub chunk_pages: Option<u32>,
+    pub format: String,
+    pub force: bool,
+    pub action: ReceiveAction,
+}
+
+/// An offline command run on a live store.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Inspect {
+    Dump {
+        origin_id: Option<String>,
+        tag: Option<u32>,
+        json: bool,
+    },
+    Delta {
+        origin_id: Option<String>,
+        tag_a: u32,
+        tag_b: u32,
+        json: bool,
+    },
+    Check {
+        json: bool,
     },
 }
 
@@ -79,6 +155,22 @@ impl Response {
             output,
             ..Default::default()
         }
+    }
+
+    /// The answer to a command on a store the daemon does not hold: the
+    /// client runs it offline.
+    pub fn not_held(cow: &str) -> Response {
+        Response {
+            code: 1,
+            error: Some(format!("the daemon does not hold {cow}")),
+            kind: Some(ErrorKind::NotFound),
+            data: Some(serde_json::json!({ "held": false })),
+            ..Default::default()
+        }
+    }
+
+    pub fn is_not_held(&self) -> bool {
+        self.code != 0 && self.data.as_ref().is_some_and(|d| d["held"] == false)
     }
 
     pub fn fail(code: u8, error: impl Into<String>, kind: ErrorKind) -> Response {

@@ -142,6 +142,16 @@ pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response>
         } => id.clone(),
         _ => origin_path.display().to_string(),
     };
+    if matches!(target, Target::Origin { .. })
+        && st
+            .receiving
+            .contains(&(cow_path.clone(), origin_id.clone()))
+    {
+        return Err(Fail::kind(
+            format!("origin {origin_id} is receiving a stream; expose it when that ends"),
+            ErrorKind::Busy,
+        ));
+    }
     if let Target::Snapshot { tag, .. } = &target {
         if st
             .deleting

@@ -61,6 +61,9 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
         Request::Table { name } => super::list::table(d, name.as_deref()),
         Request::List { name } => super::list::list(d, name.as_deref()),
         Request::Settle => settle(d),
+        Request::Inspect { cow, what } => super::transfer::inspect(d, &cow, what),
+        // Answered in frames by serve().
+        Request::Send(_) | Request::Receive(_) => Err(Fail::new(2, "a stream request")),
         Request::Shutdown { force } => shutdown(d, force),
     };
     match res {
@@ -190,6 +193,12 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
             }
             if st.rolling.contains(&(cow.clone(), origin_id.clone())) {
                 return fail(format!("origin {origin_id} is already being rolled back"));
+            }
+            if st.receiving.contains(&(cow.clone(), origin_id.clone())) {
+                return Err(Fail::kind(
+                    format!("origin {origin_id} is receiving a stream"),
+                    ErrorKind::Busy,
+                ));
             }
             if tag == 0 {
                 return Err(Error::TagZero {

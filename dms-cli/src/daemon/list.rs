@@ -22,6 +22,20 @@ pub struct Row {
     pub dm_dev: Option<String>,
     pub memo: String,
     pub parent: Option<u32>,
+    /// The version's identity (hex), kept across send and receive.
+    pub uuid: String,
+}
+
+/// A receive into the origin that has not ended (interrupted, or running).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Receiving {
+    /// What `dms send --resume` takes (native streams only).
+    pub receive_token: Option<String>,
+    /// Bytes of the device that have arrived, of `size`.
+    pub done_bytes: u64,
+    pub size: u64,
+    /// A daemon thread is reading the stream now.
+    pub running: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -48,6 +62,7 @@ pub struct OriginList {
     pub cleaning: bool,
     pub cleaning_versions: u64,
     pub rollbacking: Option<Rollback>,
+    pub receiving: Option<Receiving>,
     pub snapshots: Vec<Row>,
 }
 
@@ -164,6 +179,7 @@ fn unavailable(cow: &std::path::Path, id: &str, path: &std::path::Path, why: &st
         cleaning: false,
         cleaning_versions: 0,
         rollbacking: None,
+        receiving: None,
         snapshots: Vec::new(),
     }
 }
@@ -200,6 +216,7 @@ fn origin_list(
                 v.memo.clone()
             },
             parent: v.parent_tag,
+            uuid: dms_engine::stream::hex_id(&v.uuid),
         });
     }
     rows.sort_by_key(|r| r.tag);
@@ -218,6 +235,12 @@ fn origin_list(
         cleaning: o.cleaning.is_some() || o.ghosts > 0,
         cleaning_versions: o.ghosts,
         rollbacking: rolling,
+        receiving: o.receive.as_ref().map(|r| Receiving {
+            receive_token: r.token(),
+            done_bytes: r.next_offset,
+            size: r.size,
+            running: st.receiving.contains(&(cow.clone(), o.id.clone())),
+        }),
         snapshots: rows,
     }
 }
@@ -275,6 +298,18 @@ pub fn render(data: &ListData) -> String {
                 r.total_chunks
             )),
             None => out.push_str("rollbacking : no\n"),
+        }
+        if let Some(r) = &o.receiving {
+            out.push_str(&format!(
+                "receiving : {} ({} of {} bytes{})\n",
+                if r.running { "yes" } else { "interrupted" },
+                r.done_bytes,
+                r.size,
+                r.receive_token
+                    .as_ref()
+                    .map(|t| format!("; token {t}"))
+                    .unwrap_or_default()
+            ));
         }
         out.push_str("YYYY/MM/DD HH:MM:SS Tag R Chunks DM_Dev Memo\n");
         for r in &o.snapshots {

@@ -10,6 +10,7 @@ mod loopdev;
 mod nbd;
 pub mod registry;
 mod service;
+mod transfer;
 
 use crate::paths;
 use crate::proto::{Request, Response};
@@ -67,6 +68,9 @@ pub(crate) struct State {
     /// (cow, origin id, tag) of snapshots being deleted: the commit runs
     /// without the state lock, and no dm_dev may expose them meanwhile.
     pub deleting: HashSet<(PathBuf, String, u32)>,
+    /// (cow, origin id) receiving a stream: its origin may not be exposed,
+    /// rolled back or receive another meanwhile.
+    pub receiving: HashSet<(PathBuf, String)>,
     /// Every store used, open or not, with its origins (id -> device):
     /// kept in the registry for `dms list`.
     pub known: BTreeMap<PathBuf, BTreeMap<String, PathBuf>>,
@@ -132,12 +136,24 @@ impl Daemon {
 
 fn serve(d: &Arc<Daemon>, stream: UnixStream) {
     // One request line, bounded: a peer cannot make the daemon buffer more.
-    let mut reader = BufReader::new(std::io::Read::take(&stream, 1 << 20));
+    let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    if reader.read_line(&mut line).is_err() || line.is_empty() {
+    if std::io::Read::take(&mut reader, 1 << 20)
+        .read_line(&mut line)
+        .is_err()
+        || line.is_empty()
+    {
         return;
     }
     let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Send(args)) => {
+            tracing::info!(?args, "send");
+            return transfer::send(d, &args, &stream);
+        }
+        Ok(Request::Receive(args)) => {
+            tracing::info!(?args, "receive");
+            return transfer::receive(d, &args, &mut reader, &stream);
+        }
         Ok(req) => {
             tracing::info!(?req, "request");
             handle::handle(d, req)
