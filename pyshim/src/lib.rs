@@ -7,6 +7,7 @@ use dms_engine as engine;
 use dms_engine::io::{Dev, FileDev};
 mod errors;
 mod records;
+mod stream;
 
 use errors::*;
 use pyo3::exceptions::PyValueError;
@@ -297,6 +298,79 @@ impl Store {
         Ok((h.chunks, h.bytes, h.peak_bytes))
     }
 
+    /// Write a stream of snapshot ``tag`` to ``file`` (anything with
+    /// ``write``): all of it, or with ``from_tag`` only what differs from
+    /// that older tag; with ``resume`` (a token) the rest of an interrupted
+    /// receive. ``format``: ``"dms"``, ``"rbd-v1"`` or ``"rbd-v2"``.
+    /// Returns the bytes written.
+    #[pyo3(signature = (origin_id, tag, file, *, from_tag = None, format = "dms", resume = None))]
+    fn send(
+        &self,
+        origin_id: &str,
+        tag: u32,
+        file: Bound<'_, PyAny>,
+        from_tag: Option<u32>,
+        format: &str,
+        resume: Option<String>,
+    ) -> PyResult<u64> {
+        let py = file.py();
+        let file = file.unbind();
+        let s = self.get()?;
+        let opts = engine::stream::SendOptions {
+            from: from_tag,
+            format: stream_format(format)?,
+            resume,
+        };
+        py.detach(|| {
+            let mut out = stream::PyWriter::new(file);
+            let r = s.send(origin_id, tag, &opts, &mut out, &mut |_, _| {})?;
+            std::io::Write::flush(&mut out).map_err(|e| engine::Error::Io {
+                device: "the stream's file".into(),
+                op: "write",
+                source: e,
+            })?;
+            Ok(r.bytes)
+        })
+        .map_err(err)
+    }
+
+    /// Read a stream from ``file`` (anything with ``read``) into an origin
+    /// and return the new snapshot's tag. ``force``: for an incremental
+    /// stream, roll the origin back to its base first.
+    #[pyo3(signature = (origin_id, file, *, format = "dms", force = false))]
+    fn receive(
+        &self,
+        py: Python<'_>,
+        origin_id: &str,
+        file: Py<PyAny>,
+        format: &str,
+        force: bool,
+    ) -> PyResult<u32> {
+        let s = self.get()?;
+        let opts = engine::stream::ReceiveOptions {
+            format: stream_format(format)?,
+            force,
+        };
+        py.detach(|| {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, stream::PyReader::new(file));
+            s.receive(origin_id, &opts, &mut input, &mut |_, _| {})
+                .map(|r| r.tag)
+        })
+        .map_err(err)
+    }
+
+    /// The token to resume an interrupted receive into an origin with
+    /// (``None`` when there is none).
+    fn receive_token(&self, origin_id: &str) -> PyResult<Option<String>> {
+        self.get()?.receive_token(origin_id).map_err(err)
+    }
+
+    /// Undo an interrupted receive: the origin reads as before it began.
+    fn receive_abort(&self, py: Python<'_>, origin_id: &str) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.receive_abort(origin_id)).map_err(err)
+    }
+
     /// Open version ``tag`` of an origin (0 = the origin itself).
     #[pyo3(signature = (origin_id, tag = 0))]
     fn volume(&self, origin_id: &str, tag: u32) -> PyResult<Volume> {
@@ -341,6 +415,7 @@ impl Store {
                 birthday: v.birthday,
                 chunks: v.exceptions,
                 memo: v.memo.clone(),
+                uuid: engine::stream::hex_id(&v.uuid),
             })
             .collect();
         out.sort_by_key(|v| (v.ghost, v.tag, v.version));
@@ -421,6 +496,14 @@ impl Store {
             if self.closed() { "closed" } else { "open" }
         )
     }
+}
+
+fn stream_format(name: &str) -> PyResult<engine::stream::StreamFormat> {
+    engine::stream::StreamFormat::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown stream format {name:?} (dms, rbd-v1, rbd-v2)"
+        ))
+    })
 }
 
 /// Compiled core of the ``dms`` package.

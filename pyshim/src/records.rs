@@ -30,6 +30,8 @@ pub(crate) struct Version {
     /// Chunks this version owns (its own exceptions).
     pub(crate) chunks: u64,
     pub(crate) memo: String,
+    /// The version's identity (32 hex digits), kept across send and receive.
+    pub(crate) uuid: String,
 }
 
 #[pymethods]

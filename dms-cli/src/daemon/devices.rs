@@ -321,6 +321,21 @@ pub(crate) fn attach_and_expose(
             }
         }
     }
+    if target.tag() == 0 {
+        let st = store.status()?;
+        if st
+            .origins
+            .iter()
+            .any(|o| o.id == origin_id && o.receive.is_some())
+        {
+            return Err(Fail::kind(
+                format!(
+                    "origin {origin_id} has an interrupted receive; resume it (dms send --resume) or undo it (dms receive --abort) first"
+                ),
+                ErrorKind::Busy,
+            ));
+        }
+    }
     let volume = Arc::new(store.volume(origin_id, target.tag())?);
     let path = d
         .mapper

@@ -8,7 +8,8 @@ Two ways in:
 * the daemon, as the ``dms`` command drives it: :func:`create`,
   :func:`remove`, :func:`snapshot`, :func:`delete`, :func:`rollback`,
   :func:`list`, :func:`status`, :func:`message` and friends, acting on the
-  dm_devs that the daemon exposes as files and NBD exports.
+  dm_devs that the daemon exposes as files and NBD exports; :func:`send`
+  and :func:`receive` move snapshots as streams.
 
 Errors are :class:`DmsError` subclasses named after their kind.
 """
@@ -56,6 +57,7 @@ from ._client import (
     status,
     table,
 )
+from ._transfer import receive, receive_abort, receive_token, send
 
 __all__ = [
     "AlreadyExistsError",
@@ -88,8 +90,12 @@ __all__ = [
     "message",
     "remove",
     "remove_all",
+    "receive",
+    "receive_abort",
+    "receive_token",
     "rollback",
     "run_dir",
+    "send",
     "settle",
     "shutdown",
     "snapshot",

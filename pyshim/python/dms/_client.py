@@ -145,6 +145,7 @@ class SnapshotInfo:
     dm_dev: Optional[str]
     memo: str
     parent: Optional[int]
+    uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,9 @@ class OriginInfo:
     cleaning_versions: int
     rollbacking: Optional[RollbackInfo]
     snapshots: List[SnapshotInfo] = field(default_factory=lambda: [])
+    #: The token of an interrupted receive into this origin (``dms send
+    #: --resume`` takes it), else None.
+    receive_token: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,7 @@ def list(dm_dev: Optional[str] = None) -> List[OriginInfo]:  # noqa: A001 - mirr
                 cleaning_versions=o["cleaning_versions"],
                 rollbacking=RollbackInfo(**rb) if rb else None,
                 snapshots=[SnapshotInfo(**s) for s in o["snapshots"]],
+                receive_token=(o.get("receiving") or {}).get("receive_token"),
             )
         )
     return out
