@@ -18,6 +18,9 @@ command -v fio >/dev/null || need+=(fio)
 command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v rbd >/dev/null || need+=(ceph-common)
+command -v socat >/dev/null || need+=(socat)
+command -v ip >/dev/null || need+=(iproute2)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}"

@@ -32,9 +32,9 @@ impl PyWriter {
         Python::attach(|py| -> PyResult<()> {
             let mut at = 0;
             while at < self.buf.len() {
-                let n = self
-                    .file
-                    .call_method1(py, "write", (PyBytes::new(py, &self.buf[at..]),))?;
+                let n =
+                    self.file
+                        .call_method1(py, "write", (PyBytes::new(py, &self.buf[at..]),))?;
                 // Raw files may write less; None means everything.
                 let n: Option<usize> = n.extract(py)?;
                 at += n.unwrap_or(self.buf.len() - at).max(1);
@@ -85,9 +85,9 @@ impl io::Read for PyReader {
         let want = buf.len().min(PIECE);
         Python::attach(|py| -> PyResult<usize> {
             let got = self.file.call_method1(py, "read", (want,))?;
-            let b: &[u8] = got.extract::<&[u8]>(py).map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err("read() must return bytes")
-            })?;
+            let b: &[u8] = got
+                .extract::<&[u8]>(py)
+                .map_err(|_| pyo3::exceptions::PyTypeError::new_err("read() must return bytes"))?;
             let n = b.len().min(buf.len());
             buf[..n].copy_from_slice(&b[..n]);
             Ok(n)

@@ -307,6 +307,15 @@ impl Allocator {
         v
     }
 
+    /// Pages marked in use that nothing names on a live store, and are not
+    /// leaked: reserved chunks (copy-outs whose exceptions are not recorded
+    /// yet) and pages freed by a transaction that is not durable yet.
+    pub fn transient_pages(&self) -> Vec<u64> {
+        let mut v = self.hidden_pages();
+        v.extend_from_slice(&self.inflight);
+        v
+    }
+
     /// Reserved chunks (handed out, not yet referenced).
     pub fn reserved_chunks(&self) -> u64 {
         self.reserved.len() as u64

@@ -161,6 +161,12 @@ impl Store {
                 }
             }
         }
+        // On a live store, copy-outs in flight hold chunks that no exception
+        // names yet, and freed pages stay marked until their commit is
+        // durable: transient, not leaked.
+        for p in m.alloc().transient_pages() {
+            owner.entry(p).or_insert("transient");
+        }
         let used = m.alloc().used_page_list();
         let mut leaked = 0u64;
         for &p in &used {
