@@ -265,10 +265,17 @@ fn crash_at_every_point_of_a_receive() {
     };
 
     // The receiver, crashed at op `at` of the incremental (or, with
-    // `in_full`, of the full stream).
-    let run = |at: Option<u64>, in_full: bool| -> (u64, bool) {
+    // `in_full`, of the full stream, into an origin of zeros or, with
+    // `dirty`, one holding data: the two ways an abort goes back).
+    let dirty_origin = pattern(SIZE, 0x33);
+    let run = |at: Option<u64>, in_full: bool, dirty: bool| -> (u64, bool) {
         let ctl = FaultController::new();
-        let origin = Arc::new(FaultDev::new("origin", vec![0u8; SIZE], ctl.clone()));
+        let before_bytes = if dirty {
+            dirty_origin.clone()
+        } else {
+            vec![0u8; SIZE]
+        };
+        let origin = Arc::new(FaultDev::new("origin", before_bytes.clone(), ctl.clone()));
         let cow = Arc::new(FaultDev::new("cow", vec![0u8; 4 << 20], ctl.clone()));
         let store = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
         let dev: Dev = origin.clone();
@@ -306,7 +313,7 @@ fn crash_at_every_point_of_a_receive() {
         assert!(report.is_clean(), "crash at {at}: {:?}", report.problems);
         let tags = store.tags(ORIGIN).unwrap();
         let (base, target, stream): (Option<&Vec<u8>>, &Vec<u8>, &[u8]) = if in_full {
-            (None, &want1, &full)
+            (Some(&before_bytes), &want1, &full)
         } else {
             assert_eq!(read(&store, 1), want1, "crash at {at}: snapshot 1");
             (Some(&want1), &want2, &inc)
@@ -355,16 +362,16 @@ fn crash_at_every_point_of_a_receive() {
         (used, true)
     };
     let mut points = 0;
-    for in_full in [true, false] {
-        let (total, _) = run(None, in_full);
+    for (in_full, dirty) in [(true, false), (true, true), (false, false)] {
+        let (total, _) = run(None, in_full, dirty);
         let stride = (total / 150).max(1);
         let mut at = 1;
         while at <= total {
-            if run(Some(at), in_full).1 {
+            if run(Some(at), in_full, dirty).1 {
                 points += 1;
             }
             at += stride;
         }
     }
-    assert!(points > 80, "only {points} crash points");
+    assert!(points > 100, "only {points} crash points");
 }

@@ -335,6 +335,38 @@ fn the_whole_stream_again_continues_a_cut_receive() {
 }
 
 #[test]
+fn a_full_stream_into_a_fresh_origin_copies_nothing_out_and_an_abort_zeroes_it() {
+    let a = sender();
+    let full = a.send(1, None, StreamFormat::Dms);
+    let b = side(SIZE);
+    let empty = b.store.status().unwrap().used_chunks;
+    // Cut short: what arrived is there, no copy-out was made for it (only
+    // metadata pages).
+    let e = b.receive(&full[..full.len() * 3 / 4], StreamFormat::Dms, false);
+    assert!(matches!(e, Err(Error::Interrupted { .. })), "{e:?}");
+    assert!(b.store.status().unwrap().used_chunks <= empty + 2);
+    b.store.receive_abort(O).unwrap();
+    assert!(
+        b.read(0).iter().all(|&x| x == 0),
+        "the abort zeroes the origin"
+    );
+    b.check_clean();
+    // Damaged: refused, and the origin reads as zeros again by itself.
+    let mut bad = full.clone();
+    let at = bad.len() - 100;
+    bad[at] ^= 1;
+    let e = b.receive(&bad, StreamFormat::Dms, false);
+    assert!(matches!(e, Err(Error::BadStream { .. })), "{e:?}");
+    assert!(b.read(0).iter().all(|&x| x == 0));
+    assert_eq!(b.store.receive_token(O).unwrap(), None);
+    // Whole: the snapshot, and still nothing copied out.
+    let t = b.receive(&full, StreamFormat::Dms, false).unwrap();
+    assert_eq!(b.read(t), a.read(1));
+    assert!(b.store.status().unwrap().used_chunks <= empty + 2);
+    b.check_clean();
+}
+
+#[test]
 fn a_cut_receive_survives_a_reopen_and_abort_puts_the_origin_back() {
     let a = sender();
     let cow = mem("cow", 8 << 20);

@@ -157,4 +157,20 @@ impl BlockDev for FileDev {
             .sync_data()
             .map_err(|e| Error::io(&self.name, "sync", e))
     }
+
+    fn next_data(&self, offset: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let off = libc::off_t::try_from(offset).ok()?;
+        // SAFETY: lseek on a descriptor we own; reads and writes are
+        // positional (pread/pwrite), so moving the offset changes nothing.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if r >= 0 {
+            return Some(r as u64);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            // No data past `offset`.
+            Some(libc::ENXIO) => Some(self.size.max(offset)),
+            _ => None,
+        }
+    }
 }

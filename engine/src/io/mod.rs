@@ -28,6 +28,12 @@ pub trait BlockDev: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     /// Make every completed write durable.
     fn sync(&self) -> Result<()>;
+    /// Where data may begin at or after `offset`: a sparse file's holes
+    /// read as zeros and are skipped (`SEEK_DATA`). `Some(size)` or more:
+    /// only holes from `offset` on. None: the device cannot tell.
+    fn next_data(&self, _offset: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// A shared handle to a backend.

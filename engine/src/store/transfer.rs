@@ -221,6 +221,15 @@ impl Store {
         self.finish_rollback(origin_id)
     }
 
+    /// The device an origin is attached to.
+    pub(crate) fn origin_device(&self, index: u32) -> Result<crate::io::Dev> {
+        let m = self.inner.meta()?;
+        let o = m.origin_ref(index)?;
+        o.dev
+            .clone()
+            .ok_or_else(|| Error::OriginNotAttached(o.rec().id.clone()))
+    }
+
     /// The receive in progress into an origin, if any.
     pub(crate) fn receive_state(&self, index: u32) -> Result<Option<ReceiveState>> {
         Ok(self.inner.meta()?.origin_ref(index)?.rec().receive.clone())
@@ -256,8 +265,10 @@ impl Store {
             if let Some(v) = o.version(id) {
                 v.flags |= flags::EXPORTED;
             }
-            if let Some(u) = o.version(state.undo) {
-                u.flags &= !(flags::PINNED | flags::UNDO);
+            if state.undo != 0 {
+                if let Some(u) = o.version(state.undo) {
+                    u.flags &= !(flags::PINNED | flags::UNDO);
+                }
             }
             o.rec().receive = None;
             tag
@@ -274,12 +285,20 @@ impl Store {
         index: u32,
         state: &ReceiveState,
     ) -> Result<()> {
-        self.rollback_to_version(origin_id, index, state.undo)?;
+        if state.undo == 0 {
+            // The origin read as zeros before the receive began.
+            self.zero_origin(index)?;
+            self.flush()?;
+        } else {
+            self.rollback_to_version(origin_id, index, state.undo)?;
+        }
         {
             let mut m = self.inner.meta()?;
             let mut o = m.edit(index)?;
-            if let Some(u) = o.version(state.undo) {
-                u.flags &= !(flags::PINNED | flags::UNDO);
+            if state.undo != 0 {
+                if let Some(u) = o.version(state.undo) {
+                    u.flags &= !(flags::PINNED | flags::UNDO);
+                }
             }
             o.rec().receive = None;
         }

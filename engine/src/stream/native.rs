@@ -96,14 +96,6 @@ fn chain_start(header: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-fn chain_next(prev: &[u8; 32], head: &[u8], payload: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(prev);
-    h.update(head);
-    h.update(payload);
-    *h.finalize().as_bytes()
-}
-
 /// Writes a stream segment.
 pub struct Writer<'a> {
     out: &'a mut dyn Write,
@@ -206,6 +198,8 @@ pub struct Reader<'a> {
     records: u64,
     covered: u64,
     done: bool,
+    /// A buffer for the next record's payload.
+    spare: Vec<u8>,
 }
 
 fn bad(at: u64, reason: impl Into<String>) -> ReadError {
@@ -225,6 +219,7 @@ impl<'a> Reader<'a> {
             records: 0,
             covered: 0,
             done: false,
+            spare: Vec::new(),
         };
         let fixed = r.exact(HEADER_FIXED)?;
         if &fixed[..8] != MAGIC {
@@ -273,8 +268,21 @@ impl<'a> Reader<'a> {
         Ok((r, header))
     }
 
+    /// Give back a data record's buffer for the next one.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.spare.capacity() {
+            self.spare = buf;
+        }
+    }
+
     fn exact(&mut self, n: usize) -> std::result::Result<Vec<u8>, ReadError> {
         let mut buf = vec![0u8; n];
+        self.fill(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
+        let n = buf.len();
         let mut got = 0;
         while got < n {
             match self.input.read(&mut buf[got..]) {
@@ -290,7 +298,7 @@ impl<'a> Reader<'a> {
             }
         }
         self.pos += n as u64;
-        Ok(buf)
+        Ok(())
     }
 
     /// The next verified record (None after the end record). Unknown
@@ -310,10 +318,21 @@ impl<'a> Reader<'a> {
             if len > MAX_PAYLOAD {
                 return Err(bad(at, format!("record of {len} bytes is too long")));
             }
-            let payload = self.exact(len as usize)?;
+            // The payload's first 8 bytes (a data record's offset) apart,
+            // the rest into a reused buffer: no copy, no fresh pages.
+            let prefix = self.exact((len as usize).min(8))?;
+            let mut rest = std::mem::take(&mut self.spare);
+            rest.clear();
+            rest.resize(len as usize - prefix.len(), 0);
+            self.fill(&mut rest)?;
             let chain_at = self.pos;
             let seal = self.exact(32)?;
-            let want = chain_next(&self.chain, &head, &payload);
+            let mut h = blake3::Hasher::new();
+            h.update(&self.chain);
+            h.update(&head);
+            h.update(&prefix);
+            h.update(&rest);
+            let want = *h.finalize().as_bytes();
             if seal[..] != want[..] {
                 return Err(bad(
                     chain_at,
@@ -321,11 +340,19 @@ impl<'a> Reader<'a> {
                 ));
             }
             self.chain = want;
+            if kind == REC_DATA && !rest.is_empty() {
+                let rec = Record::Data {
+                    offset: le64(&prefix),
+                    data: rest,
+                };
+                self.records += 1;
+                self.covered += len as u64 - 8;
+                return Ok(Some(rec));
+            }
+            let mut payload = prefix;
+            payload.extend_from_slice(&rest);
+            self.spare = rest;
             let rec = match kind {
-                REC_DATA if payload.len() > 8 => Record::Data {
-                    offset: le64(&payload),
-                    data: payload[8..].to_vec(),
-                },
                 REC_ZERO if payload.len() == 16 => Record::Zero {
                     offset: le64(&payload),
                     len: le64(&payload[8..]),

@@ -117,7 +117,16 @@ impl Store {
 
     /// Take the undo copy and record the receive, durably.
     fn begin_receive(&self, index: u32, mut state: ReceiveState) -> Result<ReceiveState> {
-        state.undo = self.freeze_copy(index, None, flags::UNDO)?;
+        // What an abort goes back to: a hidden copy of the origin (its
+        // writes then copy out first), or, when a full stream fills an
+        // origin that reads as zeros (a fresh device), nothing: an abort
+        // zeroes it again (`undo` 0), and the stream is written at the
+        // speed of plain writes.
+        state.undo = if state.base == ZERO_ID && self.origin_reads_zeros(index)? {
+            0
+        } else {
+            self.freeze_copy(index, None, flags::UNDO)?
+        };
         self.set_receive_state(index, Some(state.clone()))?;
         Ok(state)
     }
@@ -203,7 +212,10 @@ impl Store {
             }
             _ => self.begin_native(origin_id, index, &header, opts.force)?,
         };
-        let mut next = || -> std::result::Result<Option<Apply>, ReadError> {
+        let mut next = |spare: Option<Vec<u8>>| -> std::result::Result<Option<Apply>, ReadError> {
+            if let Some(b) = spare {
+                reader.recycle(b);
+            }
             Ok(match reader.next()? {
                 Some(Record::Data { offset, data }) => Some(Apply::Data(offset, data)),
                 Some(Record::Zero { offset, len }) => Some(Apply::Zero(offset, len)),
@@ -278,7 +290,7 @@ impl Store {
                 format: opts.format.code(),
             },
         )?;
-        let mut next = || -> std::result::Result<Option<Apply>, ReadError> {
+        let mut next = |_: Option<Vec<u8>>| -> std::result::Result<Option<Apply>, ReadError> {
             // An RBD diff carries no checksum: anything wrong is damage.
             Ok(match reader.next().map_err(ReadError::Bad)? {
                 Some(rbd::Record::Data { offset, data }) => Some(Apply::Data(offset, data)),
@@ -299,7 +311,7 @@ impl Store {
         index: u32,
         state: &mut ReceiveState,
         start: u64,
-        next: &mut dyn FnMut() -> std::result::Result<Option<Apply>, ReadError>,
+        next: &mut dyn FnMut(Option<Vec<u8>>) -> std::result::Result<Option<Apply>, ReadError>,
         progress: Progress<'_>,
     ) -> std::result::Result<(), ReadError> {
         let vol = match Volume::open_version(self, index, 0) {
@@ -313,8 +325,9 @@ impl Store {
         let full = state.base == ZERO_ID;
         let mut last_end = start;
         let mut since = 0u64;
+        let mut spare = None;
         loop {
-            let rec = match next() {
+            let rec = match next(spare.take()) {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     if full {
@@ -354,7 +367,11 @@ impl Store {
                 Ok(())
             };
             let done = gap.and_then(|()| match rec {
-                Apply::Data(o, d) => vol.write_at(&d, o),
+                Apply::Data(o, d) => {
+                    let r = vol.write_at(&d, o);
+                    spare = Some(d);
+                    r
+                }
                 Apply::Zero(o, n) => zero_range(&vol, o, n),
             });
             if let Err(e) = done {
@@ -416,6 +433,41 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether the origin reads as zeros everywhere (it stops at the first
+    /// byte that is not).
+    fn origin_reads_zeros(&self, index: u32) -> Result<bool> {
+        const STEP: u64 = 1 << 20;
+        // Held writes go to the device first: its holes are then zeros.
+        self.flush()?;
+        let dev = self.origin_device(index)?;
+        let vol = Volume::open_version(self, index, 0)?;
+        let mut buf = vec![0u8; STEP as usize];
+        let mut at = 0;
+        while at < vol.size() {
+            if let Some(d) = dev.next_data(at) {
+                if d >= vol.size() {
+                    break;
+                }
+                at = at.max(d);
+            }
+            let n = STEP.min(vol.size() - at) as usize;
+            vol.read_at(&mut buf[..n], at)?;
+            if !is_zero(&buf[..n]) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
+    }
+
+    /// Undo a receive that began on an origin reading as zeros.
+    pub(crate) fn zero_origin(&self, index: u32) -> Result<()> {
+        let vol = Volume::open_version(self, index, 0)?;
+        zero_range(&vol, 0, vol.size())
+    }
+}
+
 /// Make a range of the origin read as zeros, writing only where it does
 /// not already (a fresh device costs reads, not writes and copy-outs).
 fn zero_range(vol: &Volume, offset: u64, len: u64) -> Result<()> {
@@ -425,10 +477,17 @@ fn zero_range(vol: &Volume, offset: u64, len: u64) -> Result<()> {
     while at < offset + len {
         let n = STEP.min(offset + len - at) as usize;
         vol.read_at(&mut buf[..n], at)?;
-        if buf[..n].iter().any(|&b| b != 0) {
+        if !is_zero(&buf[..n]) {
             vol.write_zeroes(at, n as u64)?;
         }
         at += n as u64;
     }
     Ok(())
+}
+
+/// All zeros? (Folded in pieces, which vectorizes, rather than byte by
+/// byte with an early exit.)
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
 }

@@ -29,7 +29,8 @@ pub struct ReceiveState {
     /// The identity the received snapshot will carry.
     pub target: [u8; 16],
     /// The hidden version holding what the origin was before: an abort
-    /// rolls the origin back to it.
+    /// rolls the origin back to it. 0: the origin read as zeros when the
+    /// (full) receive began, and an abort zeroes it.
     pub undo: u32,
     /// Bytes of the device below this offset are received and durable.
     pub next_offset: u64,
