@@ -258,6 +258,21 @@ fn damaged_and_wrong_streams_are_refused_with_nothing_changed() {
     }
     let check = env.ok(&["check", &cow2]);
     assert!(check.ends_with("clean\n"), "{check}");
+    // An empty input, or one of another format, into a fresh COW device
+    // with -b -f: one line, and the device is not formatted.
+    let o9 = env.image("o9.img", 16 * MIB);
+    let c9 = env.image("c9.img", 64 * MIB);
+    std::fs::write(env.path("empty.dms"), b"").unwrap();
+    std::fs::write(env.path("other.dms"), b"rbd diff v1\nt\x01\x00\x00\x00x").unwrap();
+    for (file, says) in [("empty.dms", "empty"), ("other.dms", "RBD diff")] {
+        let err = receive_from(&env, &[&o9, &c9, "-b", "-f"], file).unwrap_err();
+        assert!(err.contains(says), "{file}: {err}");
+        let c = content(std::path::Path::new(&c9));
+        assert!(
+            c.iter().all(|&b| b == 0),
+            "{file}: the COW device was written"
+        );
+    }
     // Bad usage: exit 2, nothing read.
     env.fails(&["receive", &origin2, &cow2, "-f"], 2);
     env.fails(&["send", "c.img", "1", "--format", "zip"], 2);

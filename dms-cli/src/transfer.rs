@@ -281,8 +281,15 @@ impl ReceiveCmd {
         let pb = (action == ReceiveAction::Stream)
             .then(|| bar("receive"))
             .flatten();
+        // The stream's first bytes, checked before anything is formatted,
+        // bound or written: an empty or foreign input changes nothing.
+        let mut input: Option<Box<dyn Read + Send>> = None;
+        if action == ReceiveAction::Stream {
+            let head = stream_head(format)?;
+            input = Some(Box::new(std::io::Cursor::new(head).chain(std::io::stdin())));
+        }
         if let Ok(sock) = client::open(&Request::Receive(args.clone()), false) {
-            let r = receive_through(sock, &pb)?;
+            let r = receive_through(sock, &mut input, &pb)?;
             if !r.is_not_held() {
                 if let Some(pb) = pb {
                     pb.finish_and_clear();
@@ -327,7 +334,8 @@ impl ReceiveCmd {
                     format,
                     force: self.force,
                 };
-                let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+                let input = input.unwrap_or_else(|| Box::new(std::io::empty()));
+                let mut input = std::io::BufReader::with_capacity(1 << 20, input);
                 let rep = store
                     .receive(&id, &opts, &mut input, &mut |d, t| show(&pb, d, t))
                     .map_err(err)?;
@@ -342,15 +350,58 @@ impl ReceiveCmd {
     }
 }
 
+/// Read the start of the stream on stdin (up to its magic) and check it is
+/// one of `format`: one line and nothing changed when it is not.
+fn stream_head(format: StreamFormat) -> Result<Vec<u8>, Exit> {
+    let magic: &[&[u8]] = match format {
+        StreamFormat::Dms => &[b"dms-strm"],
+        StreamFormat::RbdV1 => &[b"rbd diff v1\n"],
+        StreamFormat::RbdV2 => &[b"rbd diff v2\n"],
+    };
+    let want = magic[0].len();
+    let mut head = Vec::with_capacity(want);
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 16];
+    while head.len() < want {
+        match stdin.read(&mut buf[..want - head.len()]) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Exit(1, format!("reading the stream: {e}"))),
+        }
+    }
+    if head.is_empty() {
+        return Err(Exit(1, "nothing on stdin: the stream is empty".into()));
+    }
+    if !magic.iter().any(|m| head[..] == m[..]) {
+        let other = if head.starts_with(b"dms-strm") {
+            " (it is a dms stream: --format dms)"
+        } else if head.starts_with(b"rbd diff") {
+            " (it is an RBD diff: --format rbd-v1 or rbd-v2)"
+        } else {
+            ""
+        };
+        return Err(Exit(
+            1,
+            format!(
+                "the input is not a {} stream{other}; nothing was changed",
+                format.name()
+            ),
+        ));
+    }
+    Ok(head)
+}
+
 /// A receive through the daemon: wait for its go, then pump stdin into
 /// frames while reading its progress and answer.
 fn receive_through(
     sock: std::os::unix::net::UnixStream,
+    input: &mut Option<Box<dyn Read + Send>>,
     pb: &Option<ProgressBar>,
 ) -> Result<Response, Exit> {
-    let mut input = std::io::BufReader::new(&sock);
+    let mut from_daemon = std::io::BufReader::new(&sock);
     let bad = |e: std::io::Error| Exit(1, format!("the daemon's answer: {e}"));
-    let (kind, payload) = frames::read_frame(&mut input).map_err(bad)?;
+    let (kind, payload) = frames::read_frame(&mut from_daemon).map_err(bad)?;
     match kind {
         frames::RESPONSE => {
             return serde_json::from_slice(&payload)
@@ -359,6 +410,7 @@ fn receive_through(
         frames::GO => {}
         k => return Err(Exit(1, format!("the daemon sent a frame of kind {k:#x}"))),
     }
+    let mut stdin = input.take().unwrap_or_else(|| Box::new(std::io::empty()));
     let writer = sock
         .try_clone()
         .map_err(|e| Exit(1, format!("the control socket: {e}")))?;
@@ -366,7 +418,6 @@ fn receive_through(
     // then answers why); it is not waited for.
     std::thread::spawn(move || {
         let mut out = FrameWriter::new(std::io::BufWriter::new(&writer));
-        let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; frames::MAX_FRAME];
         loop {
             match stdin.read(&mut buf) {
@@ -391,7 +442,7 @@ fn receive_through(
         }
     });
     loop {
-        let (kind, payload) = frames::read_frame(&mut input).map_err(bad)?;
+        let (kind, payload) = frames::read_frame(&mut from_daemon).map_err(bad)?;
         match kind {
             frames::PROGRESS => {
                 if let Some((d, t)) = frames::progress_of(&payload) {
