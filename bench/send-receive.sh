@@ -4,8 +4,10 @@
 #
 #   full send         dms send COW 1 > file          vs  dd origin -> file
 #   full receive      dms receive O2 C2 -b -f < file  vs  dd file -> origin copy (fsync)
-#   incremental send  dms send COW 2 --from 1 > file  vs  dd of as many bytes
-#   incremental recv  dms receive O2 C2 < file        vs  dd of as many bytes (fsync)
+#   incremental send  dms send COW 2 --from 1 > file  vs  the changed MiBs read from
+#                     their places into a file; and dd of as many bytes in a row
+#   incremental recv  dms receive O2 C2 < file        vs  those MiBs written to their
+#                     places in a copy of the origin; and dd in a row
 #
 # Sends go through the daemon (the store is held, its origin exposed);
 # receives run offline (no daemon holds the new store) and, with VIA=daemon,
@@ -40,6 +42,23 @@ secs() { # command... -> elapsed seconds on stdout
 dd_copy() { # src dst bytes
     dd if="$1" of="$2" bs=1M count="$3" iflag=count_bytes conv=fsync status=none
 }
+# The same bytes at the same places: the changed MiBs read from the origin
+# file into one file, or written from one file to their places in a copy.
+places() { # read|write src dst
+    python3 - "$1" "$2" "$3" "$DIR/places.txt" <<'EOF'
+import os, sys
+mode, src, dst, places = sys.argv[1:5]
+offs = [int(x) << 20 for x in open(places).read().split()]
+s = os.open(src, os.O_RDONLY)
+d = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
+for i, off in enumerate(offs):
+    if mode == "read":
+        os.pwrite(d, os.pread(s, 1 << 20, off), i << 20)
+    else:
+        os.pwrite(d, os.pread(s, 1 << 20, i << 20), off)
+os.fsync(d)
+EOF
+}
 send() { # file args...
     local f=$1; shift
     "$DMS" send "$@" > "$f" && sync "$f"
@@ -56,22 +75,25 @@ head -c $((SIZE_MB << 20)) /dev/urandom > "$DIR/o.img"
 truncate -s $((SIZE_MB * 3))M "$DIR/c.img"
 "$DMS" create src "$DIR/o.img" "$DIR/c.img" -bf -c "$CHUNK" >/dev/null
 "$DMS" snapshot src >/dev/null
-python3 - "$DMS_RUN_DIR/mapper/src" "$SIZE_MB" "$INC_MB" <<'EOF'
+python3 - "$DMS_RUN_DIR/mapper/src" "$SIZE_MB" "$INC_MB" "$DIR/places.txt" <<'EOF'
 import os, random, sys
 path, size, inc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 random.seed(7)
+places = sorted(random.sample(range(size), inc))
 with open(path, "r+b") as f:
-    for mib in random.sample(range(size), inc):
+    for mib in places:
         f.seek(mib << 20)
         f.write(os.urandom(1 << 20))
     f.flush()
     os.fsync(f.fileno())
+with open(sys.argv[4], "w") as p:
+    p.write("\n".join(str(m) for m in places) + "\n")
 EOF
 "$DMS" snapshot src >/dev/null
 
 printf 'round\tstep\tdms_s\tdd_s\tbytes\tdms_MBps\tdd_MBps\tratio\n' | tee "$DIR/results.tsv"
 for r in $(seq 1 "$ROUNDS"); do
-    rm -f "$DIR"/o2.img "$DIR"/c2.img "$DIR"/*.dms "$DIR"/copy.raw
+    rm -f "$DIR"/o2.img "$DIR"/c2.img "$DIR"/*.dms "$DIR"/*.raw
     truncate -s $((SIZE_MB))M "$DIR/o2.img"
     truncate -s $((SIZE_MB * 3))M "$DIR/c2.img"
     t=$(secs send "$DIR/full.dms" "$DIR/c.img" 1)
@@ -84,16 +106,21 @@ for r in $(seq 1 "$ROUNDS"); do
     printf '%s\tfull receive\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
     t=$(secs send "$DIR/inc.dms" "$DIR/c.img" 2 --from 1)
     n=$(stat -c %s "$DIR/inc.dms")
-    rm -f "$DIR/copy.raw"
-    b=$(secs dd_copy "$DIR/o.img" "$DIR/copy.raw" "$n")
-    printf '%s\tincremental send\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
+    rm -f "$DIR/inc.raw"
+    b=$(secs places read "$DIR/o.img" "$DIR/inc.raw")
+    printf '%s\tincremental send (same places)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
+    rm -f "$DIR/inc2.raw"
+    b=$(secs dd_copy "$DIR/o.img" "$DIR/inc2.raw" "$n")
+    printf '%s\tincremental send (dd in a row)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
     if [ "${VIA:-}" = daemon ]; then
         "$DMS" create dst1 "$DIR/o2.img" "$DIR/c2.img" 1 --read-only >/dev/null
     fi
     t=$(secs receive "$DIR/inc.dms" "$DIR/o2.img" "$DIR/c2.img")
+    b=$(secs places write "$DIR/inc.raw" "$DIR/copy.raw")
+    printf '%s\tincremental receive (same places)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
     rm -f "$DIR/copy2.raw"
     b=$(secs dd_copy "$DIR/inc.dms" "$DIR/copy2.raw" "$n")
-    printf '%s\tincremental receive\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
+    printf '%s\tincremental receive (dd in a row)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
     "$DMS" remove dst1 >/dev/null 2>&1 || true
 done
 echo "ratio = dd time / dms time (1.0: as fast as copying the bytes; target >= 0.8)"
