@@ -33,4 +33,4 @@ pub use store::{
     MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
 };
 pub use versions::record::{MAX_MEMO, MAX_ORIGIN_ID};
-pub use volume::Volume;
+pub use volume::{Extent, Volume};

@@ -131,6 +131,29 @@ pub fn device_path(arg: &str) -> Result<PathBuf> {
     }
 }
 
+impl FileDev {
+    /// `lseek(SEEK_DATA | SEEK_HOLE)`: None when the file cannot tell (a
+    /// block device, a file system without it).
+    fn seek(&self, offset: u64, whence: libc::c_int) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        if !self.file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let off = libc::off_t::try_from(offset).ok()?;
+        // SAFETY: lseek on a descriptor we own; reads and writes are
+        // positional (pread/pwrite), so moving the offset changes nothing.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if r >= 0 {
+            return Some((r as u64).min(self.size));
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            // Nothing (no data, or no hole) past `offset`: the end.
+            Some(libc::ENXIO) => Some(self.size.max(offset)),
+            _ => None,
+        }
+    }
+}
+
 impl BlockDev for FileDev {
     fn name(&self) -> &str {
         &self.name
@@ -159,18 +182,10 @@ impl BlockDev for FileDev {
     }
 
     fn next_data(&self, offset: u64) -> Option<u64> {
-        use std::os::fd::AsRawFd;
-        let off = libc::off_t::try_from(offset).ok()?;
-        // SAFETY: lseek on a descriptor we own; reads and writes are
-        // positional (pread/pwrite), so moving the offset changes nothing.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
-        if r >= 0 {
-            return Some(r as u64);
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            // No data past `offset`.
-            Some(libc::ENXIO) => Some(self.size.max(offset)),
-            _ => None,
-        }
+        self.seek(offset, libc::SEEK_DATA)
+    }
+
+    fn next_hole(&self, offset: u64) -> Option<u64> {
+        self.seek(offset, libc::SEEK_HOLE)
     }
 }

@@ -34,6 +34,11 @@ pub trait BlockDev: Send + Sync {
     fn next_data(&self, _offset: u64) -> Option<u64> {
         None
     }
+    /// Where the next hole begins at or after `offset` (`SEEK_HOLE`; the
+    /// device's end counts as one). None: the device cannot tell.
+    fn next_hole(&self, _offset: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// A shared handle to a backend.

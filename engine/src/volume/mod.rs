@@ -1,8 +1,11 @@
 //! Byte-level access to one version of an origin: the origin itself (tag 0)
 //! or a snapshot. Any offset and length; safe from many threads.
 
+mod map;
 mod read;
 mod write;
+
+pub use map::Extent;
 
 use crate::error::{Error, Result};
 use crate::exceptions::Src;

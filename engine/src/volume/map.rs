@@ -1,0 +1,200 @@
+//! Where each part of a version reads from: the map that NBD block status
+//! (`base:allocation`, `qemu:allocation-depth`) and `qemu-img map` show.
+
+use super::Volume;
+use crate::error::{Error, Result};
+use crate::exceptions::MERGED;
+use crate::io::BlockDev;
+use crate::store::{Inner, Loc};
+use std::sync::PoisonError;
+
+/// Chunks looked up under one set of stripe locks.
+const MAP_BATCH: u64 = 4096;
+
+/// A run of chunks of a version that read from one kind of place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    /// 0: the origin device; 1: a copy of this version's own; k: a copy
+    /// held by the version k − 1 steps above it in the version tree.
+    pub depth: u32,
+    /// Reads as zeros that were never stored: a hole of a sparse origin
+    /// device (and not a write held in memory).
+    pub hole: bool,
+}
+
+impl Volume {
+    /// The extents covering `[offset, offset + len)`, chunk-aligned (the
+    /// first starts at the chunk holding `offset`, the last ends at the end
+    /// of the chunk holding the last byte, or at the device's end), merged
+    /// where neighbours read alike. Empty for an empty range.
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or(Error::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            })?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner();
+        let cb = inner.chunk_bytes;
+        let shape = inner.shape(self.origin);
+        let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
+        let (first, last) = (offset / cb, (end - 1) / cb);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut c = first;
+        while c <= last {
+            let n = MAP_BATCH.min(last + 1 - c);
+            self.map_batch(inner, c, n, &mut out)?;
+            c += n;
+        }
+        if let Some(e) = out.last_mut() {
+            e.len = e.len.min(self.size - e.offset);
+        }
+        Ok(out)
+    }
+
+    fn map_batch(&self, inner: &Inner, from: u64, n: u64, out: &mut Vec<Extent>) -> Result<()> {
+        let cb = inner.chunk_bytes;
+        let locked = inner.lock_read(self.origin, from..from + n)?;
+        let ctx = self.ctx()?;
+        let rolling = if ctx.version == 0 {
+            self.rollback_source()?
+        } else {
+            None
+        };
+        // Depth of each chunk (0: the origin device).
+        let mut depth = vec![0u32; n as usize];
+        if ctx.version != 0 || rolling.is_some() {
+            let mut m = inner.meta()?;
+            let mut at = from;
+            let mut excs: Vec<(u64, u32, u64)> = Vec::new();
+            loop {
+                let batch = m.exception_range(self.origin, at, 4096)?;
+                let full = batch.len() == 4096;
+                let mut past = false;
+                for (k, v) in &batch {
+                    if k.chunk >= from + n {
+                        past = true;
+                        break;
+                    }
+                    excs.push((k.chunk, k.version, *v));
+                }
+                match batch.last() {
+                    Some((k, _)) if full && !past => at = k.chunk + 1,
+                    _ => break,
+                }
+            }
+            let tree = m.origin_ref(self.origin)?.tree();
+            let mut i = 0;
+            while i < excs.len() {
+                let chunk = excs[i].0;
+                let mut j = i;
+                while j < excs.len() && excs[j].0 == chunk {
+                    j += 1;
+                }
+                let reader = match rolling {
+                    // The origin reads the rollback's source where the
+                    // merge has not been yet.
+                    Some((source, cursor)) if chunk >= cursor => source,
+                    Some(_) => 0,
+                    None => ctx.version,
+                };
+                if reader != 0 {
+                    let here = &excs[i..j];
+                    if let Some(owner) = tree.nearest(reader, here.iter().map(|e| e.1)) {
+                        if here.iter().any(|e| e.1 == owner && e.2 != MERGED) {
+                            let mut d = 1u32;
+                            let mut v = reader;
+                            while v != owner {
+                                match tree.get(v) {
+                                    Some(x) if v != 0 => v = x.parent,
+                                    _ => break,
+                                }
+                                d += 1;
+                            }
+                            depth[(chunk - from) as usize] = d;
+                        }
+                    }
+                }
+                i = j;
+            }
+        }
+        // Holes of the origin device in this batch's bytes.
+        let (lo, hi) = (from * cb, ((from + n) * cb).min(ctx.size));
+        let holes = holes(&*ctx.dev, lo, hi);
+        let mut h = 0;
+        for k in 0..n {
+            let chunk = from + k;
+            let d = depth[k as usize];
+            let (s, e) = (chunk * cb, ((chunk + 1) * cb).min(ctx.size));
+            let hole = d == 0 && {
+                while h < holes.len() && holes[h].1 <= s {
+                    h += 1;
+                }
+                h < holes.len() && holes[h].0 <= s && e <= holes[h].1
+            } && !locked
+                .stripe(Inner::stripe_index(self.origin, chunk))
+                .holds(&Loc::Origin {
+                    origin: self.origin,
+                    chunk,
+                });
+            match out.last_mut() {
+                Some(x) if x.depth == d && x.hole == hole && x.offset + x.len == s => x.len += cb,
+                _ => out.push(Extent {
+                    offset: s,
+                    len: cb,
+                    depth: d,
+                    hole,
+                }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The holes of a device between `lo` and `hi`, as (start, end) ranges;
+/// none when the device cannot tell.
+fn holes(dev: &dyn BlockDev, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = lo;
+    while at < hi {
+        let Some(data) = dev.next_data(at) else {
+            break;
+        };
+        if data > at {
+            out.push((at, data.min(hi)));
+        }
+        if data >= hi {
+            break;
+        }
+        match dev.next_hole(data) {
+            Some(h) if h > data => at = h,
+            _ => break,
+        }
+    }
+    out
+}
+
+impl Volume {
+    /// The chunks whose content may differ between snapshot `tag` of this
+    /// version's origin and this version (`Store::delta`), ascending.
+    pub fn changed_since(&self, tag: u32) -> Result<Vec<u64>> {
+        self.store.delta(&self.origin_id, tag, self.tag)
+    }
+
+    /// The tags of this version's origin, ascending.
+    pub fn origin_tags(&self) -> Result<Vec<u32>> {
+        self.store.tags(&self.origin_id)
+    }
+
+    /// The chunk size in bytes.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.inner().chunk_bytes
+    }
+}

@@ -1,0 +1,108 @@
+//! Extents: where each part of a version reads from (NBD block status and
+//! `qemu-img map` show them): the depth in the version tree of the copy
+//! it reads, and the holes of a sparse origin file.
+
+use dms_engine::io::{FileDev, MemDev};
+use dms_engine::{Extent, FormatOptions, Store};
+use std::sync::Arc;
+
+const CB: u64 = 4096;
+
+fn ext(offset: u64, chunks: u64, depth: u32, hole: bool) -> Extent {
+    Extent {
+        offset: offset * CB,
+        len: chunks * CB,
+        depth,
+        hole,
+    }
+}
+
+#[test]
+fn depth_counts_the_steps_to_the_version_holding_the_copy() {
+    let store = Store::format(
+        Arc::new(MemDev::new("cow", 4 << 20)),
+        &FormatOptions::default(),
+    )
+    .unwrap();
+    store
+        .bind("o", Arc::new(MemDev::new("origin", 64 * CB)))
+        .unwrap();
+    let o = store.volume("o", 0).unwrap();
+    let t1 = store.snapshot_origin("o", "").unwrap();
+    o.write_at(&[1; 4096], 2 * CB).unwrap(); // copy of chunk 2 for t1
+    let t2 = store.snapshot_origin("o", "").unwrap();
+    o.write_at(&[2; 4096], 5 * CB).unwrap(); // copy of chunk 5 for t2 (t1 shares it)
+    let v1 = store.volume("o", t1).unwrap();
+    let v2 = store.volume("o", t2).unwrap();
+    // The origin reads its device everywhere; MemDev cannot tell holes.
+    assert_eq!(o.extents(0, 64 * CB).unwrap(), vec![ext(0, 64, 0, false)]);
+    assert_eq!(
+        v2.extents(0, 64 * CB).unwrap(),
+        vec![ext(0, 5, 0, false), ext(5, 1, 1, false), ext(6, 58, 0, false)]
+    );
+    // t1 sits below t2: chunk 2 is its own copy, chunk 5 is t2's.
+    assert_eq!(
+        v1.extents(0, 64 * CB).unwrap(),
+        vec![
+            ext(0, 2, 0, false),
+            ext(2, 1, 1, false),
+            ext(3, 2, 0, false),
+            ext(5, 1, 2, false),
+            ext(6, 58, 0, false),
+        ]
+    );
+    // A write to snapshot t1 makes its own copy.
+    v1.write_at(&[3; 100], 5 * CB + 7).unwrap();
+    assert_eq!(v1.extents(5 * CB, 1).unwrap(), vec![ext(5, 1, 1, false)]);
+    // Unaligned requests give the chunks they touch; empty ones nothing;
+    // past the end an error.
+    assert_eq!(
+        v1.extents(CB + 1, 2 * CB).unwrap(),
+        vec![ext(1, 1, 0, false), ext(2, 1, 1, false), ext(3, 1, 0, false)]
+    );
+    assert!(v1.extents(10, 0).unwrap().is_empty());
+    assert!(v1.extents(63 * CB, 2 * CB).is_err());
+    assert!(v1.extents(u64::MAX, 2).is_err());
+    // Changed since: what delta says.
+    assert_eq!(v2.changed_since(t1).unwrap(), vec![2, 5]); // 5: t1 was written
+    assert_eq!(o.changed_since(t2).unwrap(), vec![5]);
+}
+
+#[test]
+fn holes_of_a_sparse_origin_file_and_held_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("origin.img");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(256 * CB).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[9; 8192], 16 * CB).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let store = Store::format(
+        Arc::new(MemDev::new("cow", 4 << 20)),
+        &FormatOptions::default(),
+    )
+    .unwrap();
+    store
+        .bind("o", Arc::new(FileDev::open(&path, true).unwrap()))
+        .unwrap();
+    let o = store.volume("o", 0).unwrap();
+    assert_eq!(
+        o.extents(0, 256 * CB).unwrap(),
+        vec![ext(0, 16, 0, true), ext(16, 2, 0, false), ext(18, 238, 0, true)]
+    );
+    // A snapshot reads the same holes (it shares the origin there).
+    let t1 = store.snapshot_origin("o", "").unwrap();
+    let v1 = store.volume("o", t1).unwrap();
+    assert_eq!(v1.extents(0, 256 * CB).unwrap(), o.extents(0, 256 * CB).unwrap());
+    // A write into a hole after the snapshot, held in memory (the committer
+    // stopped): data at once, for the origin; the snapshot's copy of zeros
+    // is a copy (depth 1), not a hole.
+    dms_engine::testing::set_background_committer(&store, false);
+    o.write_at(&[7; 4096], 100 * CB).unwrap();
+    assert_eq!(o.extents(100 * CB, CB).unwrap(), vec![ext(100, 1, 0, false)]);
+    assert_eq!(v1.extents(100 * CB, CB).unwrap(), vec![ext(100, 1, 1, false)]);
+    store.flush().unwrap();
+    assert_eq!(o.extents(100 * CB, CB).unwrap(), vec![ext(100, 1, 0, false)]);
+    assert_eq!(o.extents(101 * CB, CB).unwrap(), vec![ext(101, 1, 0, true)]);
+}
