@@ -117,6 +117,18 @@ enum Command {
         /// (a daemon that `dms` starts logs to <run dir>/daemon.log).
         #[arg(long)]
         log: Option<std::path::PathBuf>,
+        /// TLS for NBD (STARTTLS), on the unix socket and on TCP: off, on
+        /// (for clients that ask) or require (every other option refused
+        /// before STARTTLS).
+        #[arg(long, value_enum, default_value_t = daemon::TlsMode::Off)]
+        tls: daemon::TlsMode,
+        /// The directory with server-cert.pem, server-key.pem and (for
+        /// --tls-verify-peer) ca-cert.pem.
+        #[arg(long)]
+        tls_certificates: Option<std::path::PathBuf>,
+        /// Require a client certificate signed by ca-cert.pem.
+        #[arg(long)]
+        tls_verify_peer: bool,
     },
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -498,8 +510,16 @@ fn run(cmd: Command) -> Result<Response, Exit> {
             nbd_listen,
             held_limit,
             log,
+            tls,
+            tls_certificates,
+            tls_verify_peer,
         } => match daemon::run(daemon::Options {
             nbd_listen,
+            tls: daemon::TlsOptions {
+                mode: tls,
+                certificates: tls_certificates.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                verify_peer: tls_verify_peer,
+            },
             log: log.map(|p| std::path::absolute(&p).unwrap_or(p)),
             held_limit: held_limit.or_else(|| {
                 std::env::var("DMS_HELD_LIMIT")

@@ -38,7 +38,11 @@ fn depth_counts_the_steps_to_the_version_holding_the_copy() {
     assert_eq!(o.extents(0, 64 * CB).unwrap(), vec![ext(0, 64, 0, false)]);
     assert_eq!(
         v2.extents(0, 64 * CB).unwrap(),
-        vec![ext(0, 5, 0, false), ext(5, 1, 1, false), ext(6, 58, 0, false)]
+        vec![
+            ext(0, 5, 0, false),
+            ext(5, 1, 1, false),
+            ext(6, 58, 0, false)
+        ]
     );
     // t1 sits below t2: chunk 2 is its own copy, chunk 5 is t2's.
     assert_eq!(
@@ -58,7 +62,11 @@ fn depth_counts_the_steps_to_the_version_holding_the_copy() {
     // past the end an error.
     assert_eq!(
         v1.extents(CB + 1, 2 * CB).unwrap(),
-        vec![ext(1, 1, 0, false), ext(2, 1, 1, false), ext(3, 1, 0, false)]
+        vec![
+            ext(1, 1, 0, false),
+            ext(2, 1, 1, false),
+            ext(3, 1, 0, false)
+        ]
     );
     assert!(v1.extents(10, 0).unwrap().is_empty());
     assert!(v1.extents(63 * CB, 2 * CB).is_err());
@@ -89,20 +97,36 @@ fn holes_of_a_sparse_origin_file_and_held_writes() {
     let o = store.volume("o", 0).unwrap();
     assert_eq!(
         o.extents(0, 256 * CB).unwrap(),
-        vec![ext(0, 16, 0, true), ext(16, 2, 0, false), ext(18, 238, 0, true)]
+        vec![
+            ext(0, 16, 0, true),
+            ext(16, 2, 0, false),
+            ext(18, 238, 0, true)
+        ]
     );
     // A snapshot reads the same holes (it shares the origin there).
     let t1 = store.snapshot_origin("o", "").unwrap();
     let v1 = store.volume("o", t1).unwrap();
-    assert_eq!(v1.extents(0, 256 * CB).unwrap(), o.extents(0, 256 * CB).unwrap());
+    assert_eq!(
+        v1.extents(0, 256 * CB).unwrap(),
+        o.extents(0, 256 * CB).unwrap()
+    );
     // A write into a hole after the snapshot, held in memory (the committer
     // stopped): data at once, for the origin; the snapshot's copy of zeros
     // is a copy (depth 1), not a hole.
     dms_engine::testing::set_background_committer(&store, false);
     o.write_at(&[7; 4096], 100 * CB).unwrap();
-    assert_eq!(o.extents(100 * CB, CB).unwrap(), vec![ext(100, 1, 0, false)]);
-    assert_eq!(v1.extents(100 * CB, CB).unwrap(), vec![ext(100, 1, 1, false)]);
+    assert_eq!(
+        o.extents(100 * CB, CB).unwrap(),
+        vec![ext(100, 1, 0, false)]
+    );
+    assert_eq!(
+        v1.extents(100 * CB, CB).unwrap(),
+        vec![ext(100, 1, 1, false)]
+    );
     store.flush().unwrap();
-    assert_eq!(o.extents(100 * CB, CB).unwrap(), vec![ext(100, 1, 0, false)]);
+    assert_eq!(
+        o.extents(100 * CB, CB).unwrap(),
+        vec![ext(100, 1, 0, false)]
+    );
     assert_eq!(o.extents(101 * CB, CB).unwrap(), vec![ext(101, 1, 0, true)]);
 }

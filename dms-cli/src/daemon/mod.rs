@@ -85,6 +85,17 @@ pub struct Options {
     pub held_limit: Option<u64>,
     /// The log file, reopened on SIGHUP (the daemon's stderr goes there).
     pub log: Option<PathBuf>,
+    pub tls: TlsOptions,
+}
+
+pub use nbd::tls::Mode as TlsMode;
+
+/// `--tls`, `--tls-certificates`, `--tls-verify-peer`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    pub mode: TlsMode,
+    pub certificates: Option<PathBuf>,
+    pub verify_peer: bool,
 }
 
 pub(crate) struct Daemon {
@@ -323,6 +334,17 @@ pub fn run(opts: Options) -> Result<()> {
         work: (Mutex::new(0), Condvar::new()),
     });
     devices::restore(&d);
+    let tls = match (&opts.tls.mode, &opts.tls.certificates) {
+        (TlsMode::Off, None) if !opts.tls.verify_peer => None,
+        (TlsMode::Off, _) => {
+            bail!("--tls-certificates and --tls-verify-peer need --tls on or require")
+        }
+        (_, None) => bail!("--tls on and --tls require need --tls-certificates DIR"),
+        (mode, Some(dir)) => Some(Arc::new(
+            nbd::tls::Server::load(dir, *mode, opts.tls.verify_peer)
+                .context("loading the TLS certificates")?,
+        )),
+    };
     let exports: Arc<dyn nbd::Exports> = Arc::new(DaemonExports(Arc::downgrade(&d)));
     let nbd_sock = run.join("nbd.sock");
     let _ = std::fs::remove_file(&nbd_sock);
@@ -331,17 +353,17 @@ pub fn run(opts: Options) -> Result<()> {
     std::fs::set_permissions(&nbd_sock, std::fs::Permissions::from_mode(0o600))?;
     let mut servers = Vec::new();
     {
-        let (ex, stop) = (exports.clone(), d.stop.clone());
+        let (ex, tls, stop) = (exports.clone(), tls.clone(), d.stop.clone());
         servers.push(std::thread::spawn(move || {
-            nbd::serve_unix(nbd_unix, ex, stop)
+            nbd::serve_unix(nbd_unix, ex, tls, stop)
         }));
     }
     if let Some(addr) = opts.nbd_listen {
         let l = std::net::TcpListener::bind(&addr)
             .with_context(|| format!("listening for NBD on {addr}"))?;
         tracing::info!("NBD on tcp {addr}");
-        let (ex, stop) = (exports.clone(), d.stop.clone());
-        servers.push(std::thread::spawn(move || nbd::serve_tcp(l, ex, stop)));
+        let (ex, tls, stop) = (exports.clone(), tls.clone(), d.stop.clone());
+        servers.push(std::thread::spawn(move || nbd::serve_tcp(l, ex, tls, stop)));
     }
     let sock = paths::control_socket(&run);
     let _ = std::fs::remove_file(&sock);

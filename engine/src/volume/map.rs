@@ -133,17 +133,19 @@ impl Volume {
             let chunk = from + k;
             let d = depth[k as usize];
             let (s, e) = (chunk * cb, ((chunk + 1) * cb).min(ctx.size));
-            let hole = d == 0 && {
-                while h < holes.len() && holes[h].1 <= s {
-                    h += 1;
+            let hole = d == 0
+                && {
+                    while h < holes.len() && holes[h].1 <= s {
+                        h += 1;
+                    }
+                    h < holes.len() && holes[h].0 <= s && e <= holes[h].1
                 }
-                h < holes.len() && holes[h].0 <= s && e <= holes[h].1
-            } && !locked
-                .stripe(Inner::stripe_index(self.origin, chunk))
-                .holds(&Loc::Origin {
-                    origin: self.origin,
-                    chunk,
-                });
+                && !locked
+                    .stripe(Inner::stripe_index(self.origin, chunk))
+                    .holds(&Loc::Origin {
+                        origin: self.origin,
+                        chunk,
+                    });
             match out.last_mut() {
                 Some(x) if x.depth == d && x.hole == hole && x.offset + x.len == s => x.len += cb,
                 _ => out.push(Extent {
