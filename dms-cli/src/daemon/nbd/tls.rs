@@ -95,7 +95,26 @@ impl Server {
                 return Err(e);
             }
         }
-        let (inner, outer) = UnixStream::pair()?;
+        // Replies of up to 32 MiB go through whole: the plain side bounds
+        // what is buffered.
+        tls.set_buffer_limit(None);
+        let (inner, mut outer) = UnixStream::pair()?;
+        // What came with the end of the handshake (the client's first
+        // options may have) is plain text already; and what the server
+        // still has to send (session tickets) goes now.
+        let state = tls
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let k = state.plaintext_bytes_to_read();
+        if k > 0 {
+            let mut early = vec![0u8; k];
+            tls.reader().read_exact(&mut early)?;
+            outer.write_all(&early)?;
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut net)?;
+        }
+        net.flush()?;
         let tls = Arc::new(Mutex::new(tls));
         let net_w = net.try_clone_conn()?;
         let net_w = Arc::new(Mutex::new(net_w));
