@@ -21,6 +21,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v rbd >/dev/null || need+=(ceph-common)
 command -v socat >/dev/null || need+=(socat)
 command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}"
