@@ -195,7 +195,7 @@ fn nbd_over_tls() {
     );
     assert!(nbdinfo(&[&unix]).0);
     // A held TLS connection (it waits, then reads) survives all that follows.
-    let mut held = Command::new("python3")
+    let held = Command::new("python3")
         .arg("-c")
         .arg(python_code(
             port,

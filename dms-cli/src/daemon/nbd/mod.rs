@@ -582,7 +582,8 @@ fn transmit(mut c: Box<dyn Conn>, s: Session) -> io::Result<()> {
     result
 }
 
-fn handle_conn(mut c: Box<dyn Conn>, exports: Arc<dyn Exports>, tls: Option<Arc<tls::Server>>) {
+/// Serve one connection: the handshake, then requests until it ends.
+pub fn handle_conn(mut c: Box<dyn Conn>, exports: Arc<dyn Exports>, tls: Option<Arc<tls::Server>>) {
     match negotiate(&mut c, &*exports, tls.as_deref()) {
         Ok(Some(s)) => {
             s.export.clients.fetch_add(1, Ordering::SeqCst);
