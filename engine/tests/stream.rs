@@ -711,3 +711,32 @@ fn streams_read_from_a_pipe_in_small_pieces() {
     assert_eq!(r.bytes, full.len() as u64);
     assert_eq!(b.read(r.tag), a.read(2));
 }
+
+/// Found by the stream fuzz target: an RBD v2 data record whose length
+/// field is near 2^64 (the length check overflowed).
+#[test]
+fn an_rbd_record_with_a_huge_length_is_refused() {
+    let hex = "72626420646966662076320a66050000000000000001000000317405000000000000000100000032730800000000000000000001000000000077ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff180000000000eb006400000000000000080000000000000043434343434343437a10000000000000000010000000000000000200fefffff9000000000065";
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let b = side(SIZE);
+    let t = b.store.snapshot_origin(O, "1").unwrap(); // its from-snapshot
+    let e = b.receive(&bytes, StreamFormat::RbdV2, false).unwrap_err();
+    assert!(matches!(e, Error::BadStream { .. }), "{e}");
+    assert_eq!(b.store.tags(O).unwrap(), vec![t]);
+    b.check_clean();
+    // The same with an offset that would wrap around.
+    let mut w = b"rbd diff v2\n".to_vec();
+    w.push(b's');
+    w.extend_from_slice(&8u64.to_le_bytes());
+    w.extend_from_slice(&(SIZE as u64).to_le_bytes());
+    w.push(b'z');
+    w.extend_from_slice(&16u64.to_le_bytes());
+    w.extend_from_slice(&(u64::MAX - 10).to_le_bytes());
+    w.extend_from_slice(&100u64.to_le_bytes());
+    w.push(b'e');
+    let e = b.receive(&w, StreamFormat::RbdV2, false).unwrap_err();
+    assert!(matches!(e, Error::BadStream { .. }), "{e}");
+}

@@ -264,8 +264,11 @@ impl<'a> Reader<'a> {
                 b'w' => {
                     let len = self.len()?;
                     let (offset, n) = (self.u64()?, self.u64()?);
-                    if self.v2 && len != 16 + n {
+                    if self.v2 && n.checked_add(16) != Some(len) {
                         return Err(bad(at, "data record length does not match"));
+                    }
+                    if offset.checked_add(n).is_none() {
+                        return Err(bad(at, "data record past any device's end"));
                     }
                     if n == 0 {
                         continue;
@@ -279,6 +282,9 @@ impl<'a> Reader<'a> {
                         return Err(bad(at, "zero record length does not match"));
                     }
                     let (offset, n) = (self.u64()?, self.u64()?);
+                    if offset.checked_add(n).is_none() {
+                        return Err(bad(at, "zero record past any device's end"));
+                    }
                     return Ok(Some(Record::Zero { offset, len: n }));
                 }
                 b'e' => {
