@@ -28,8 +28,8 @@ mod volume;
 pub use error::{Error, ErrorKind, Result};
 pub use format::{PAGE_SIZE, SECTOR_SIZE};
 pub use store::{
-    CheckReport, CleanReport, ExceptionEntry, FormatOptions, HeldStats, OriginStatus,
-    ReceiveStatus, Store, StoreStatus, VersionStatus, DEFAULT_HELD_LIMIT, HELD_OVERHEAD,
+    CheckReport, CleanReport, ExceptionEntry, FormatOptions, HeldStats, OriginStatus, OriginUsage,
+    ReceiveStatus, Store, StoreStatus, TagUsage, VersionStatus, DEFAULT_HELD_LIMIT, HELD_OVERHEAD,
     MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
 };
 pub use versions::record::{MAX_MEMO, MAX_ORIGIN_ID};

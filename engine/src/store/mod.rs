@@ -23,6 +23,7 @@ mod plan;
 mod rollback;
 mod status;
 mod transfer;
+mod usage;
 
 pub use check::CheckReport;
 pub use clean::CleanReport;
@@ -31,6 +32,7 @@ pub use held::{HeldStats, DEFAULT_HELD_LIMIT, HELD_OVERHEAD};
 pub(crate) use held::{Loc, Stripe, WriteLocked};
 pub(crate) use plan::{plan_write, release, Plan};
 pub use status::{OriginStatus, ReceiveStatus, StoreStatus, VersionStatus};
+pub use usage::{OriginUsage, TagUsage};
 
 pub(crate) use meta::Meta;
 

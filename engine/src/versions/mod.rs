@@ -244,7 +244,9 @@ impl VersionTree {
         self.get(id).and_then(|v| v.children.first().copied())
     }
 
-    fn label(&self, id: u32) -> Option<(u32, u32)> {
+    /// The interval label (preorder number, last preorder number of its
+    /// subtree) of a version.
+    pub fn label(&self, id: u32) -> Option<(u32, u32)> {
         self.get(id)?;
         self.labels.get(id as usize).copied()
     }

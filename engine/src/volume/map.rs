@@ -73,20 +73,31 @@ impl Volume {
         if ctx.version != 0 || rolling.is_some() {
             let mut m = inner.meta()?;
             let mut at = from;
+            let mut limit = 4096;
             let mut excs: Vec<(u64, u32, u64)> = Vec::new();
             loop {
-                let batch = m.exception_range(self.origin, at, 4096)?;
-                let full = batch.len() == 4096;
+                let batch = m.exception_range(self.origin, at, limit)?;
+                let full = batch.len() == limit;
+                // A batch that ends inside a chunk is read again from that
+                // chunk (a longer one if it is all one chunk's).
+                let last = batch.last().map(|(k, _)| k.chunk);
+                if full && batch.first().map(|(k, _)| k.chunk) == last {
+                    limit *= 2;
+                    continue;
+                }
                 let mut past = false;
                 for (k, v) in &batch {
                     if k.chunk >= from + n {
                         past = true;
                         break;
                     }
+                    if full && Some(k.chunk) == last {
+                        break;
+                    }
                     excs.push((k.chunk, k.version, *v));
                 }
-                match batch.last() {
-                    Some((k, _)) if full && !past => at = k.chunk + 1,
+                match last {
+                    Some(c) if full && !past => at = c,
                     _ => break,
                 }
             }
