@@ -10,6 +10,7 @@ mod manpage;
 mod paths;
 mod progress;
 mod proto;
+mod space;
 mod transfer;
 
 use anyhow::Result;
@@ -142,6 +143,11 @@ enum Command {
     },
     /// Wait until background work (cleaning, rollbacks) is done.
     Settle,
+    /// The space of an origin's snapshots: the copies each owns, how many
+    /// of them others read too, and what deleting it would free.
+    Du(space::DuCmd),
+    /// Delete the snapshots a rule does not keep (never an exposed one).
+    Prune(space::PruneCmd),
     /// Write a stream of snapshot <tag> to stdout: all of it, or with
     /// --from only what differs from an older tag.
     Send(transfer::SendCmd),
@@ -231,7 +237,7 @@ enum Dmsetup {
 /// A failure with its exit code.
 pub(crate) struct Exit(pub u8, pub String);
 
-fn send(req: &Request) -> Result<Response, Exit> {
+pub(crate) fn send(req: &Request) -> Result<Response, Exit> {
     let start = !matches!(req, Request::Shutdown { .. });
     client::call(req, start).map_err(|e| Exit(1, format!("{e:#}")))
 }
@@ -466,6 +472,8 @@ fn run(cmd: Command) -> Result<Response, Exit> {
         }
         Command::Settle => send(&Request::Settle),
         Command::Send(cmd) => cmd.run(),
+        Command::Du(cmd) => cmd.run(),
+        Command::Prune(cmd) => cmd.run(),
         Command::Receive(cmd) => cmd.run(),
         Command::Completions { shell } => {
             let mut out = Vec::new();

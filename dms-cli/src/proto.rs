@@ -51,6 +51,10 @@ pub enum Request {
     },
     /// Wait until background work (cleaning) is done.
     Settle,
+    /// `dms du`: the space of the snapshots of a dm_dev's origin.
+    Du {
+        name: String,
+    },
     /// A stream of a snapshot, in frames (src/frames.rs), then the
     /// response. Answered `held: false` when the daemon does not hold the
     /// store (the client then sends offline).

@@ -13,7 +13,7 @@ use errors::*;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyMemoryView, PyType};
+use pyo3::types::{PyDict, PyList, PyMemoryView, PyType};
 use records::{CheckReport, OriginStatus, StoreStatus, Version};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -369,6 +369,29 @@ impl Store {
     fn receive_abort(&self, py: Python<'_>, origin_id: &str) -> PyResult<()> {
         let s = self.get()?;
         py.detach(|| s.receive_abort(origin_id)).map_err(err)
+    }
+
+    /// The space of an origin's snapshots: ``{"chunks", "pending_free",
+    /// "tags": [{"tag", "owned", "shared", "freed_if_deleted"}]}`` (COW
+    /// chunks; ``freed_if_deleted`` is exactly what deleting that tag gives
+    /// back once the cleaner has run).
+    fn usage<'py>(&self, py: Python<'py>, origin_id: &str) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.get()?;
+        let u = py.detach(|| s.usage(origin_id)).map_err(err)?;
+        let d = PyDict::new(py);
+        d.set_item("chunks", u.chunks)?;
+        d.set_item("pending_free", u.pending_free)?;
+        let tags = PyList::empty(py);
+        for t in &u.tags {
+            let x = PyDict::new(py);
+            x.set_item("tag", t.tag)?;
+            x.set_item("owned", t.owned)?;
+            x.set_item("shared", t.shared)?;
+            x.set_item("freed_if_deleted", t.freed_if_deleted)?;
+            tags.append(x)?;
+        }
+        d.set_item("tags", tags)?;
+        Ok(d)
     }
 
     /// Open version ``tag`` of an origin (0 = the origin itself).

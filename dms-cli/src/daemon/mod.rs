@@ -11,6 +11,7 @@ mod nbd;
 pub mod registry;
 mod service;
 mod transfer;
+mod usage;
 
 use crate::paths;
 use crate::proto::{Request, Response};

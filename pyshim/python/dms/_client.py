@@ -39,6 +39,8 @@ __all__ = [
     "message",
     "settle",
     "shutdown",
+    "du",
+    "prune",
 ]
 
 
@@ -341,3 +343,37 @@ def shutdown(force: bool = False) -> None:
         _call({"op": "shutdown", "force": force}, start=False)
     except _dms.DaemonError:
         pass
+
+
+def du(dm_dev: str) -> dict:
+    """What ``dms du --json`` shows: per tag the COW chunks it owns, how many
+    of them other snapshots read too, and what deleting it frees."""
+    return _call({"op": "du", "name": dm_dev}).get("data") or {}
+
+
+def prune(
+    dm_dev: str,
+    keep_last: int,
+    keep_within: Optional[float] = None,
+    dry_run: bool = False,
+) -> List[int]:
+    """``dms prune``: delete the snapshots of ``dm_dev``'s origin that are
+    neither among the ``keep_last`` newest nor younger than ``keep_within``
+    seconds, never an exposed one. Returns the tags deleted (with
+    ``dry_run``, those it would delete)."""
+    if keep_last < 0:
+        raise _dms.UsageError("keep_last must be at least 0")
+    now = time.time()
+    snaps = [s for s in list(dm_dev)[0].snapshots if s.tag != 0]
+    snaps.sort(key=lambda s: (s.birthday, s.tag), reverse=True)
+    chosen = []
+    for i, s in enumerate(snaps):
+        recent = keep_within is not None and now - s.birthday < keep_within
+        if i < keep_last or recent or s.dm_dev is not None:
+            continue
+        chosen.append(s.tag)
+    chosen.sort()
+    if not dry_run:
+        for t in chosen:
+            delete(dm_dev, t)
+    return chosen

@@ -1,0 +1,96 @@
+//! `dms du`: what each snapshot of a dm_dev's origin owns, shares, and
+//! would give back if deleted (`Store::usage`).
+
+use super::fail::{Fail, Res};
+use super::Daemon;
+use crate::proto::Response;
+use dms_engine::ErrorKind;
+use std::sync::Arc;
+
+pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {
+    let (store, cow, origin_id, exposed) = {
+        let st = d.lock();
+        let Some(dev) = st.devs.get(name) else {
+            return Err(Fail::kind(
+                format!("dm_dev {name} does not exist"),
+                ErrorKind::NotFound,
+            ));
+        };
+        let store = st
+            .stores
+            .get(&dev.cow)
+            .map(|e| e.store.clone())
+            .ok_or_else(|| Fail::new(1, format!("the store of {name} is not open")))?;
+        let exposed: Vec<(u32, String)> = st
+            .devs
+            .iter()
+            .filter(|(_, x)| x.cow == dev.cow && x.origin_id == dev.origin_id)
+            .map(|(n, x)| (x.target.tag(), n.clone()))
+            .collect();
+        (store, dev.cow.clone(), dev.origin_id.clone(), exposed)
+    };
+    // Walks every exception of the origin: without the state lock.
+    let u = store.usage(&origin_id)?;
+    let status = store.status()?;
+    let memo_of = |tag: u32| {
+        status
+            .origins
+            .iter()
+            .find(|o| o.id == origin_id)
+            .and_then(|o| o.list.iter().find(|v| !v.ghost && v.tag == tag))
+            .map(|v| (v.memo.clone(), v.birthday))
+            .unwrap_or_default()
+    };
+    let devs_of = |tag: u32| -> Option<String> {
+        let v: Vec<&str> = exposed
+            .iter()
+            .filter(|(t, _)| *t == tag)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        (!v.is_empty()).then(|| v.join(","))
+    };
+    let cb = store.chunk_bytes();
+    let mut out = format!(
+        "origin : {origin_id}\ncow-device : {}\nchunk-size : {} bytes\nused-chunks : {} of {} (the store: data, metadata, superblocks)\ncopies : {} chunk(s) hold this origin's copies; the cleaner will free {} more\n",
+        cow.display(),
+        cb,
+        status.used_chunks,
+        status.total_chunks,
+        u.chunks,
+        u.pending_free
+    );
+    out.push_str("Tag Owned Shared Frees DM_Dev Memo\n");
+    let mut rows = Vec::new();
+    for t in &u.tags {
+        let (memo, birthday) = memo_of(t.tag);
+        let dm = devs_of(t.tag);
+        out.push_str(&format!(
+            "{} {} {} {} {} {:?}\n",
+            t.tag,
+            t.owned,
+            t.shared,
+            t.freed_if_deleted,
+            dm.as_deref().unwrap_or("-"),
+            memo
+        ));
+        rows.push(serde_json::json!({
+            "tag": t.tag, "owned": t.owned, "shared": t.shared,
+            "freed_if_deleted": t.freed_if_deleted, "dm_dev": dm,
+            "memo": memo, "birthday": birthday,
+        }));
+    }
+    Ok(Response {
+        output: out,
+        data: Some(serde_json::json!({
+            "origin_id": origin_id,
+            "cow_device": cow.display().to_string(),
+            "chunk_bytes": cb,
+            "used_chunks": status.used_chunks,
+            "total_chunks": status.total_chunks,
+            "chunks": u.chunks,
+            "pending_free": u.pending_free,
+            "tags": rows,
+        })),
+        ..Default::default()
+    })
+}

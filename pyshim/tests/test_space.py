@@ -1,0 +1,45 @@
+"""Space accounting and pruning from Python."""
+
+import os
+
+import dms
+
+MIB = 1 << 20
+
+
+def test_embedded_usage(images):
+    s = dms.Store.format(images("c.img", 16 * MIB))
+    s.bind("o", images("o.img", 4 * MIB))
+    o = s.volume("o")
+    t1 = s.snapshot("o")
+    o.write(0, b"x" * 3 * 4096)
+    t2 = s.snapshot("o")
+    o.write(5 * 4096, b"y" * 2 * 4096)
+    u = s.usage("o")
+    rows = {r["tag"]: r for r in u["tags"]}
+    assert u["chunks"] == 5 and u["pending_free"] == 0
+    assert rows[t1]["owned"] == 3 and rows[t1]["freed_if_deleted"] == 3
+    assert rows[t2]["owned"] == 2 and rows[t2]["shared"] == 2 and rows[t2]["freed_if_deleted"] == 0
+    s.delete("o", t2)
+    assert s.usage("o")["pending_free"] == 0, "t2's copies pass to t1"
+    s.close()
+
+
+def test_daemon_du_and_prune(daemon, images):
+    origin, cow = images("o.img", 4 * MIB), images("c.img", 16 * MIB)
+    dev = dms.create("orig", origin, cow, bind=True, format=True)
+    for i in range(4):
+        with open(dev.path, "r+b") as f:
+            f.seek(i * 4096)
+            f.write(bytes([i + 1]) * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        dms.snapshot("orig")
+    u = dms.du("orig")
+    assert [r["tag"] for r in u["tags"]] == [1, 2, 3, 4]
+    assert all(r["owned"] == 1 for r in u["tags"][:-1])
+    dms.create("keep1", origin, cow, 1, read_only=True)
+    assert dms.prune("orig", keep_last=1, dry_run=True) == [2, 3]
+    assert dms.prune("orig", keep_last=1) == [2, 3]
+    assert [s.tag for s in dms.list("orig")[0].snapshots] == [0, 1, 4]
+    assert dms.prune("orig", keep_last=0, keep_within=3600) == []

@@ -1,0 +1,138 @@
+//! `dms du` and `dms prune` through the daemon: what du says deleting a
+//! tag frees is what deleting it frees; prune keeps exactly what its rule
+//! says and never an exposed snapshot.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::FileExt;
+
+const MIB: u64 = 1 << 20;
+const CB: u64 = 4096;
+
+fn write(path: &std::path::Path, chunk: u64, n: u64, byte: u8) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![byte; (n * CB) as usize], chunk * CB)
+        .unwrap();
+    f.sync_all().unwrap();
+}
+
+fn du(env: &Env, dm: &str) -> serde_json::Value {
+    serde_json::from_str(&env.ok(&["du", dm, "--json"])).unwrap()
+}
+
+fn data_chunks(env: &Env, cow: &str) -> u64 {
+    let j: serde_json::Value = serde_json::from_str(&env.ok(&["check", cow, "--json"])).unwrap();
+    assert_eq!(j["clean"], true);
+    j["data_chunks"].as_u64().unwrap()
+}
+
+#[test]
+fn du_says_what_each_delete_frees() {
+    if !require("du_says_what_each_delete_frees") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 16 * MIB);
+    let cow = env.image("c.img", 64 * MIB);
+    env.ok(&["create", "orig", &origin, &cow, "-bf"]);
+    let o = env.mapper("orig");
+    env.ok(&["snapshot", "orig", "-m", "one"]); // 1
+    write(&o, 0, 3, 1);
+    env.ok(&["snapshot", "orig"]); // 2
+    write(&o, 5, 2, 2);
+    write(&o, 0, 1, 2);
+    env.ok(&["snapshot", "orig", "1"]); // 3, of 1: a ghost above 1
+    env.ok(&["create", "s3", &origin, &cow, "3"]);
+    write(&env.mapper("s3"), 8, 4, 3);
+    env.ok(&["snapshot", "orig"]); // 4
+    write(&o, 10, 6, 4);
+    let u = du(&env, "orig");
+    let tags = u["tags"].as_array().unwrap();
+    let row = |t: u64| tags.iter().find(|r| r["tag"] == t).unwrap().clone();
+    assert_eq!(row(1)["owned"], 3);
+    assert_eq!(row(2)["owned"], 3);
+    assert_eq!(row(2)["shared"], 2, "1 and 3 read 2's chunks 5 and 6");
+    assert_eq!(row(3)["owned"], 4);
+    assert_eq!(row(3)["dm_dev"], "s3");
+    assert_eq!(row(1)["memo"], "one");
+    let text = env.ok(&["du", "orig"]);
+    assert!(
+        text.contains("Tag Owned Shared Frees DM_Dev Memo"),
+        "{text}"
+    );
+    // Delete them one by one: each frees what du said just before.
+    env.ok(&["remove", "s3"]);
+    for t in [2u64, 4, 1, 3] {
+        let u = du(&env, "orig");
+        let want = u["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tag"] == t)
+            .unwrap()["freed_if_deleted"]
+            .as_u64()
+            .unwrap();
+        let before = data_chunks(&env, &cow);
+        env.ok(&["delete", "orig", &t.to_string()]);
+        env.ok(&["settle"]);
+        let after = data_chunks(&env, &cow);
+        assert_eq!(before - after, want, "deleting {t}");
+    }
+    assert_eq!(du(&env, "orig")["chunks"], 0);
+    env.fails(&["du", "nosuch"], 1);
+}
+
+#[test]
+fn prune_keeps_what_the_rule_says() {
+    if !require("prune_keeps_what_the_rule_says") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 4 * MIB);
+    let cow = env.image("c.img", 16 * MIB);
+    env.ok(&["create", "orig", &origin, &cow, "-bf"]);
+    for i in 0..6u8 {
+        write(&env.mapper("orig"), u64::from(i), 1, i + 1);
+        env.ok(&["snapshot", "orig"]);
+    }
+    env.ok(&["create", "old", &origin, &cow, "2", "--read-only"]);
+    let tags = |env: &Env| -> Vec<u64> {
+        let j: serde_json::Value =
+            serde_json::from_str(&env.ok(&["list", "orig", "--json"])).unwrap();
+        j["origins"][0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["tag"].as_u64().unwrap())
+            .filter(|&t| t != 0)
+            .collect()
+    };
+    // Everything is younger than an hour: nothing goes.
+    assert_eq!(
+        env.ok(&["prune", "orig", "--keep-last", "1", "--keep-within", "1h"]),
+        ""
+    );
+    assert_eq!(tags(&env), vec![1, 2, 3, 4, 5, 6]);
+    let dry = env.ok(&["prune", "orig", "--keep-last", "2", "--dry-run"]);
+    assert_eq!(
+        dry,
+        "kept 2: exposed as dm_dev old\nwould delete 1\nwould delete 3\nwould delete 4\n"
+    );
+    assert_eq!(
+        tags(&env),
+        vec![1, 2, 3, 4, 5, 6],
+        "a dry run deletes nothing"
+    );
+    let out = env.ok(&["prune", "orig", "--keep-last", "2"]);
+    assert!(out.contains("deleted 4") && out.contains("kept 2"), "{out}");
+    assert_eq!(tags(&env), vec![2, 5, 6]);
+    env.fails(
+        &["prune", "orig", "--keep-last", "2", "--keep-within", "7"],
+        2,
+    );
+    env.fails(&["prune", "orig"], 2);
+    env.ok(&["settle"]);
+    let c = env.ok(&["check", &cow]);
+    assert!(c.ends_with("clean\n"), "{c}");
+}
