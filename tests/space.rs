@@ -136,3 +136,65 @@ fn prune_keeps_what_the_rule_says() {
     let c = env.ok(&["check", &cow]);
     assert!(c.ends_with("clean\n"), "{c}");
 }
+
+#[test]
+fn a_full_cow_device_grown_underneath_takes_the_writes_online() {
+    if !require("a_full_cow_device_grown_underneath_takes_the_writes_online") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 8 * MIB);
+    let cow = env.image("c.img", 2 * MIB);
+    env.ok(&["create", "orig", &origin, &cow, "-bf"]);
+    write(&env.mapper("orig"), 0, 2048, 1);
+    env.ok(&["snapshot", "orig"]);
+    env.ok(&["create", "s1", &origin, &cow, "1", "--read-only"]);
+    let snap = std::fs::read(env.mapper("s1")).unwrap();
+    // First writes after the snapshot until the COW device is full.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(env.mapper("orig"))
+        .unwrap();
+    let mut stopped = None;
+    for c in 0..2048u64 {
+        if let Err(e) = f
+            .write_all_at(&[2; CB as usize], c * CB)
+            .and_then(|()| f.sync_data())
+        {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            stopped = Some(c);
+            break;
+        }
+    }
+    let stopped = stopped.expect("the COW device filled");
+    let list = env.ok(&["list", "orig"]);
+    assert!(list.contains("cow-status : full"), "{list}");
+    // Larger underneath, then grow: the same writes go through.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cow)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let out = env.ok(&["grow", "orig"]);
+    assert!(out.contains("2097152 -> 33554432 bytes"), "{out}");
+    for c in stopped..2048 {
+        f.write_all_at(&[2; CB as usize], c * CB).unwrap();
+    }
+    f.sync_all().unwrap();
+    assert!(
+        std::fs::read(env.mapper("s1")).unwrap() == snap,
+        "the snapshot changed"
+    );
+    assert!(std::fs::read(env.mapper("orig"))
+        .unwrap()
+        .iter()
+        .all(|&b| b == 2));
+    let list = env.ok(&["list", "orig"]);
+    assert!(list.contains("cow-status : valid"), "{list}");
+    let c = env.ok(&["check", &cow]);
+    assert!(c.ends_with("clean\n"), "{c}");
+    // Again: nothing to do (a smaller device is refused: engine/tests/grow.rs).
+    assert!(env.ok(&["grow", "s1"]).contains("as before"));
+    env.fails(&["grow", "nosuch"], 1);
+}

@@ -148,6 +148,8 @@ enum Command {
     Du(space::DuCmd),
     /// Delete the snapshots a rule does not keep (never an exposed one).
     Prune(space::PruneCmd),
+    /// Use the new space of a COW device made larger underneath, online.
+    Grow(space::GrowCmd),
     /// Write a stream of snapshot <tag> to stdout: all of it, or with
     /// --from only what differs from an older tag.
     Send(transfer::SendCmd),
@@ -474,6 +476,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
         Command::Send(cmd) => cmd.run(),
         Command::Du(cmd) => cmd.run(),
         Command::Prune(cmd) => cmd.run(),
+        Command::Grow(cmd) => cmd.run(),
         Command::Receive(cmd) => cmd.run(),
         Command::Completions { shell } => {
             let mut out = Vec::new();

@@ -55,6 +55,10 @@ pub enum Request {
     Du {
         name: String,
     },
+    /// `dms grow`: use the space of a COW device made larger underneath.
+    Grow {
+        name: String,
+    },
     /// A stream of a snapshot, in frames (src/frames.rs), then the
     /// response. Answered `held: false` when the daemon does not hold the
     /// store (the client then sends offline).

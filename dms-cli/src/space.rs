@@ -25,6 +25,19 @@ impl DuCmd {
     }
 }
 
+/// `dms grow`.
+#[derive(clap::Args)]
+pub struct GrowCmd {
+    /// Any dm_dev of the store.
+    dm_dev: String,
+}
+
+impl GrowCmd {
+    pub fn run(self) -> Result<Response, Exit> {
+        crate::send(&Request::Grow { name: self.dm_dev })
+    }
+}
+
 /// `dms prune`.
 #[derive(clap::Args)]
 pub struct PruneCmd {

@@ -34,6 +34,13 @@ pub enum Error {
         bytes: u64,
         needed: u64,
     },
+    /// The COW device is now smaller than the store that uses it
+    /// (shrinking is not supported).
+    CowShrunk {
+        device: String,
+        bytes: u64,
+        store: u64,
+    },
     /// An origin larger than the store can address.
     OriginTooLarge {
         origin: String,
@@ -208,6 +215,7 @@ impl Error {
             Error::Failed(_) => ErrorKind::StoreFailed,
             Error::BadChunkSize(_)
             | Error::DeviceTooSmall { .. }
+            | Error::CowShrunk { .. }
             | Error::OriginTooLarge { .. }
             | Error::OriginShrunk { .. }
             | Error::BadOriginId(_)
@@ -269,6 +277,14 @@ impl fmt::Display for Error {
                     "{device} is too small ({bytes} bytes); a store needs at least {needed}"
                 )
             }
+            Error::CowShrunk {
+                device,
+                bytes,
+                store,
+            } => write!(
+                f,
+                "{device} has {bytes} bytes, less than the {store} its store uses: a COW device cannot shrink"
+            ),
             Error::OriginTooLarge { origin, bytes, max } => write!(
                 f,
                 "origin {origin} is {bytes} bytes; this store can address at most {max}"

@@ -394,6 +394,13 @@ impl Store {
         Ok(d)
     }
 
+    /// The COW device was made larger underneath: use the new space now.
+    /// Returns the store's size in bytes before and after.
+    fn grow(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        let s = self.get()?;
+        py.detach(|| s.grow()).map_err(err)
+    }
+
     /// Open version ``tag`` of an origin (0 = the origin itself).
     #[pyo3(signature = (origin_id, tag = 0))]
     fn volume(&self, origin_id: &str, tag: u32) -> PyResult<Volume> {

@@ -43,3 +43,18 @@ def test_daemon_du_and_prune(daemon, images):
     assert dms.prune("orig", keep_last=1) == [2, 3]
     assert [s.tag for s in dms.list("orig")[0].snapshots] == [0, 1, 4]
     assert dms.prune("orig", keep_last=0, keep_within=3600) == []
+
+
+def test_grow(images, daemon):
+    cow = images("cg.img", 2 * MIB)
+    s = dms.Store.format(cow)
+    s.bind("o", images("og.img", 4 * MIB))
+    assert s.grow() == (2 * MIB, 2 * MIB)
+    os.truncate(cow, 8 * MIB)
+    assert s.grow() == (2 * MIB, 8 * MIB)
+    assert s.status().total_chunks == 8 * MIB // 4096
+    s.close()
+    origin, cow2 = images("o2.img", 4 * MIB), images("c2.img", 2 * MIB)
+    dms.create("g", origin, cow2, bind=True, format=True)
+    os.truncate(cow2, 4 * MIB)
+    assert dms.grow("g") == (2 * MIB, 4 * MIB)

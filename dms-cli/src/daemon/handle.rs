@@ -62,6 +62,7 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
         Request::List { name } => super::list::list(d, name.as_deref()),
         Request::Settle => settle(d),
         Request::Du { name } => super::usage::du(d, &name),
+        Request::Grow { name } => super::usage::grow(d, &name),
         Request::Inspect { cow, what } => super::transfer::inspect(d, &cow, what),
         // Answered in frames by serve().
         Request::Send(_) | Request::Receive(_) => Err(Fail::new(2, "a stream request")),

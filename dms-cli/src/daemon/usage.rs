@@ -7,6 +7,63 @@ use crate::proto::Response;
 use dms_engine::ErrorKind;
 use std::sync::Arc;
 
+/// `dms grow`: the store of `name` takes the COW device's new space.
+pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
+    let (store, cow, origin_id, origin_path) = {
+        let st = d.lock();
+        let Some(dev) = st.devs.get(name) else {
+            return Err(Fail::kind(
+                format!("dm_dev {name} does not exist"),
+                ErrorKind::NotFound,
+            ));
+        };
+        let store = st
+            .stores
+            .get(&dev.cow)
+            .map(|e| e.store.clone())
+            .ok_or_else(|| Fail::new(1, format!("the store of {name} is not open")))?;
+        (
+            store,
+            dev.cow.clone(),
+            dev.origin_id.clone(),
+            dev.origin_path.clone(),
+        )
+    };
+    let (old, new) = store.grow()?;
+    let cb = store.chunk_bytes();
+    let mut out = if new > old {
+        format!(
+            "{}: {old} -> {new} bytes ({} -> {} chunks)\n",
+            cow.display(),
+            old / cb,
+            new / cb
+        )
+    } else {
+        format!("{}: {old} bytes, as before\n", cow.display())
+    };
+    // Origins keep their size: say so when the device grew.
+    let recorded = store
+        .status()?
+        .origins
+        .iter()
+        .find(|o| o.id == origin_id)
+        .map_or(0, |o| o.size);
+    if let Ok(now) = crate::paths::device_size(&origin_path) {
+        if now > recorded {
+            out.push_str(&format!(
+                "{} has {now} bytes; origin {origin_id} keeps its {recorded} (growing an origin is not supported)\n",
+                origin_path.display()
+            ));
+        }
+    }
+    tracing::info!("grew {}: {old} -> {new} bytes", cow.display());
+    Ok(Response {
+        output: out,
+        data: Some(serde_json::json!({ "old_bytes": old, "new_bytes": new })),
+        ..Default::default()
+    })
+}
+
 pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     let (store, cow, origin_id, exposed) = {
         let st = d.lock();

@@ -142,6 +142,15 @@ impl FaultDev {
         out
     }
 
+    /// Make the device larger (the new bytes are zeros, durable).
+    pub fn grow(&self, len: usize) {
+        let mut im = self.lock();
+        if len > im.volatile.len() {
+            im.volatile.resize(len, 0);
+            im.durable.resize(len, 0);
+        }
+    }
+
     /// The durable image only (every pending write lost).
     pub fn durable_image(&self) -> Vec<u8> {
         self.lock().durable.clone()

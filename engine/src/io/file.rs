@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct FileDev {
     name: String,
     file: File,
-    size: u64,
+    /// Bytes; looked at again by `refresh_size`.
+    size: std::sync::atomic::AtomicU64,
 }
 
 /// `BLKGETSIZE64` from `<linux/fs.h>`: `_IOR(0x12, 114, size_t)`.
@@ -47,7 +48,11 @@ impl FileDev {
                 return Err(Error::io(&name, "lock", err));
             }
         }
-        Ok(FileDev { name, file, size })
+        Ok(FileDev {
+            name,
+            file,
+            size: size.into(),
+        })
     }
 }
 
@@ -144,11 +149,11 @@ impl FileDev {
         // positional (pread/pwrite), so moving the offset changes nothing.
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
         if r >= 0 {
-            return Some((r as u64).min(self.size));
+            return Some((r as u64).min(self.size()));
         }
         match std::io::Error::last_os_error().raw_os_error() {
             // Nothing (no data, or no hole) past `offset`: the end.
-            Some(libc::ENXIO) => Some(self.size.max(offset)),
+            Some(libc::ENXIO) => Some(self.size().max(offset)),
             _ => None,
         }
     }
@@ -160,7 +165,13 @@ impl BlockDev for FileDev {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn refresh_size(&self) -> Result<u64> {
+        let n = size_of(&self.file, &self.name)?;
+        self.size.store(n, std::sync::atomic::Ordering::Release);
+        Ok(n)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {

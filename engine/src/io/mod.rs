@@ -28,6 +28,11 @@ pub trait BlockDev: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     /// Make every completed write durable.
     fn sync(&self) -> Result<()>;
+    /// Look at the device's size again (it may have been made larger
+    /// underneath) and return it.
+    fn refresh_size(&self) -> Result<u64> {
+        Ok(self.size())
+    }
     /// Where data may begin at or after `offset`: a sparse file's holes
     /// read as zeros and are skipped (`SEEK_DATA`). `Some(size)` or more:
     /// only holes from `offset` on. None: the device cannot tell.

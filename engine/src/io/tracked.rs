@@ -55,6 +55,18 @@ impl BlockDev for Tracked {
         res
     }
 
+    fn refresh_size(&self) -> Result<u64> {
+        self.dev.refresh_size()
+    }
+
+    fn next_data(&self, offset: u64) -> Option<u64> {
+        self.dev.next_data(offset)
+    }
+
+    fn next_hole(&self, offset: u64) -> Option<u64> {
+        self.dev.next_hole(offset)
+    }
+
     fn sync(&self) -> Result<()> {
         self.dirty.store(false, Ordering::Release);
         let res = self.dev.sync();

@@ -316,6 +316,40 @@ impl Allocator {
         v
     }
 
+    /// The device grew to `page_count` pages: the new ones are free (the
+    /// bitmap had them set, as every page past the end). New bitmap blocks
+    /// get their pages at the next commit, whose superblock makes it all
+    /// durable at once.
+    pub fn grow(&mut self, page_count: u64) {
+        if page_count <= self.page_count {
+            return;
+        }
+        let old = self.page_count;
+        let nblocks = page_count.div_ceil(PAGES_PER_BITMAP) as usize;
+        while self.blocks.len() < nblocks {
+            self.blocks.push(Block {
+                page: 0,
+                free: 0,
+                bits: vec![u64::MAX; BITMAP_WORDS],
+                dirty: true,
+            });
+        }
+        for p in old..page_count {
+            self.clear_bit(p);
+        }
+        self.page_count = page_count;
+        self.reserve = (page_count / 32).clamp(64, 16384);
+        let cp = u64::from(self.chunk_pages);
+        if cp > 1 {
+            // A group cut by the old end is partly used now.
+            let g = old / cp;
+            let used = self.group_used(g);
+            if (g + 1) * cp <= page_count && used > 0 && used < self.chunk_pages {
+                self.meta_groups.insert(g);
+            }
+        }
+    }
+
     /// Reserved chunks (handed out, not yet referenced).
     pub fn reserved_chunks(&self) -> u64 {
         self.reserved.len() as u64

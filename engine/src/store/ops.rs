@@ -1,10 +1,11 @@
-//! Store commands: bind, attach, unbind, snapshot, delete. Each is durable
+//! Store commands: bind, attach, unbind, snapshot, delete, grow. Each is durable
 //! when it returns and changes nothing when it fails.
 
 use super::meta::Meta;
 use super::{new_uuid, now, Store, MAX_ORIGIN_BYTES};
 use crate::error::{Error, Result};
-use crate::io::Dev;
+use crate::format::PAGE_SIZE;
+use crate::io::{BlockDev, Dev};
 use crate::versions::record::{OriginRecord, MAX_MEMO, MAX_ORIGIN_ID};
 use crate::versions::Birth;
 use std::sync::PoisonError;
@@ -271,4 +272,33 @@ pub(super) fn new_version_born(
         rec.next_tag += 1;
     }
     Ok((tag, id))
+}
+
+impl Store {
+    /// The COW device was made larger underneath (a file extended, an LV
+    /// grown): use the new space at once, online. Returns the store's size
+    /// before and after, in bytes. Crash-safe like any commit: the new
+    /// bitmap blocks and the superblock that counts the new pages are
+    /// written by one commit. A smaller device is refused.
+    pub fn grow(&self) -> Result<(u64, u64)> {
+        let bytes = self.inner.cow.refresh_size()?;
+        let pages = bytes / PAGE_SIZE as u64;
+        let old = {
+            let mut m = self.inner.meta()?;
+            let old = m.sb().page_count;
+            if pages < old {
+                return Err(Error::CowShrunk {
+                    device: self.inner.cow.name().to_string(),
+                    bytes,
+                    store: old * PAGE_SIZE as u64,
+                });
+            }
+            m.grow(pages);
+            old
+        };
+        if pages > old {
+            self.flush()?;
+        }
+        Ok((old * PAGE_SIZE as u64, pages.max(old) * PAGE_SIZE as u64))
+    }
 }

@@ -41,6 +41,7 @@ __all__ = [
     "shutdown",
     "du",
     "prune",
+    "grow",
 ]
 
 
@@ -377,3 +378,10 @@ def prune(
         for t in chosen:
             delete(dm_dev, t)
     return chosen
+
+
+def grow(dm_dev: str) -> tuple:
+    """``dms grow``: the store of ``dm_dev`` takes the new space of its COW
+    device. Returns (bytes before, bytes after)."""
+    data = _call({"op": "grow", "name": dm_dev}).get("data") or {}
+    return (data.get("old_bytes", 0), data.get("new_bytes", 0))

@@ -397,6 +397,16 @@ impl Meta {
         &self.sb
     }
 
+    /// The COW device has `page_count` pages now: the store uses them from
+    /// the next commit on.
+    pub fn grow(&mut self, page_count: u64) {
+        if page_count > self.sb.page_count {
+            self.space.alloc.grow(page_count);
+            self.sb.page_count = page_count;
+            self.force_dirty = true;
+        }
+    }
+
     /// The open transaction.
     pub fn txn(&self) -> u64 {
         self.txn

@@ -1,0 +1,155 @@
+//! Growing a COW device online: a store that ran out of space takes the
+//! same writes after the device was made larger and `grow` ran; shrinking
+//! is refused; a crash anywhere in a grow leaves the old size or the new,
+//! both clean, every snapshot as it was.
+
+use dms_engine::io::{Dev, FaultController, FaultDev, FileDev, MemDev};
+use dms_engine::{Error, FormatOptions, Store};
+use std::sync::Arc;
+
+const CB: usize = 4096;
+const ORIGIN: usize = 2 << 20;
+
+fn read_all(s: &Store, tag: u32) -> Vec<u8> {
+    let v = s.volume("o", tag).unwrap();
+    let mut b = vec![0u8; v.size() as usize];
+    v.read_at(&mut b, 0).unwrap();
+    b
+}
+
+/// Snapshot 1 of an origin of pattern 1, then origin writes of pattern 2,
+/// chunk by chunk, until the COW device is full; returns the chunks
+/// written.
+fn fill(s: &Store) -> usize {
+    let o = s.volume("o", 0).unwrap();
+    o.write_at(&vec![1u8; ORIGIN], 0).unwrap();
+    s.snapshot_origin("o", "").unwrap();
+    for c in 0..ORIGIN / CB {
+        match o.write_at(&[2u8; CB], (c * CB) as u64) {
+            Ok(()) => {}
+            Err(Error::NoSpace) => return c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the COW device never filled");
+}
+
+#[test]
+fn a_full_cow_device_grown_online_takes_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cow.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let cow: Dev = Arc::new(FileDev::open(&path, true).unwrap());
+    let s = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+    s.bind("o", Arc::new(MemDev::new("origin", ORIGIN as u64)))
+        .unwrap();
+    let done = fill(&s);
+    assert!(done < ORIGIN / CB);
+    let snap = read_all(&s, 1);
+    let total = s.status().unwrap().total_chunks;
+    // Not grown yet: grow changes nothing.
+    assert_eq!(s.grow().unwrap(), (1 << 20, 1 << 20));
+    // Larger underneath, then grow: the rest of the writes go through.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    assert_eq!(s.grow().unwrap(), (1 << 20, 8 << 20));
+    assert_eq!(s.status().unwrap().total_chunks, 8 * total);
+    let o = s.volume("o", 0).unwrap();
+    for c in done..ORIGIN / CB {
+        o.write_at(&[2u8; CB], (c * CB) as u64).unwrap();
+    }
+    assert_eq!(read_all(&s, 1), snap);
+    assert!(read_all(&s, 0).iter().all(|&b| b == 2));
+    assert!(s.check().unwrap().is_clean());
+    s.flush().unwrap();
+    drop(o);
+    drop(s);
+    drop(cow);
+    // Reopened: the new size.
+    let s = Store::open(Arc::new(FileDev::open(&path, true).unwrap())).unwrap();
+    assert_eq!(s.status().unwrap().total_chunks, 8 * total);
+    assert!(s.check().unwrap().is_clean());
+    // Smaller: refused, nothing changed.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let e = s.grow().unwrap_err();
+    assert!(matches!(e, Error::CowShrunk { .. }), "{e}");
+    assert_eq!(s.status().unwrap().total_chunks, 8 * total);
+}
+
+#[test]
+fn a_crash_anywhere_in_a_grow_leaves_the_old_size_or_the_new() {
+    let small = 1 << 20;
+    let large = 3 << 20;
+    // How many device operations the grow takes.
+    let ops = {
+        let ctl = FaultController::new();
+        let cow = Arc::new(FaultDev::new("cow", vec![0u8; small], ctl.clone()));
+        let s = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+        s.bind("o", Arc::new(MemDev::new("origin", ORIGIN as u64)))
+            .unwrap();
+        fill(&s);
+        s.flush().unwrap();
+        cow.grow(large);
+        let before = ctl.ops();
+        s.grow().unwrap();
+        ctl.ops() - before
+    };
+    assert!(ops > 2, "{ops}");
+    let mut outcomes = (0, 0);
+    for at in 1..=ops {
+        let ctl = FaultController::new();
+        let cow = Arc::new(FaultDev::new("cow", vec![0u8; small], ctl.clone()));
+        let s = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+        s.bind("o", Arc::new(MemDev::new("origin", ORIGIN as u64)))
+            .unwrap();
+        let done = fill(&s);
+        s.flush().unwrap();
+        let snap = read_all(&s, 1);
+        let origin_now = read_all(&s, 0);
+        let old_total = s.status().unwrap().total_chunks;
+        cow.grow(large);
+        ctl.crash_after(at);
+        let _ = s.grow();
+        assert!(ctl.crashed(), "crash point {at} of {ops}");
+        let image = cow.crash_image(at * 7919);
+        drop(s);
+        let s = Store::open(Arc::new(MemDev::from_bytes("cow", &image)))
+            .unwrap_or_else(|e| panic!("crash at {at}: {e}"));
+        let origin = Arc::new(MemDev::from_bytes("origin", &origin_now));
+        s.attach("o", origin).unwrap();
+        assert!(s.check().unwrap().is_clean(), "crash at {at}");
+        assert_eq!(read_all(&s, 1), snap, "crash at {at}: snapshot");
+        let total = s.status().unwrap().total_chunks;
+        if total == old_total {
+            outcomes.0 += 1;
+            // Not grown: grow again works.
+            s.grow().unwrap();
+        } else {
+            outcomes.1 += 1;
+        }
+        assert_eq!(s.status().unwrap().total_chunks, 3 * old_total);
+        let o = s.volume("o", 0).unwrap();
+        for c in done..ORIGIN / CB {
+            o.write_at(&[2u8; CB], (c * CB) as u64).unwrap();
+        }
+        assert_eq!(
+            read_all(&s, 1),
+            snap,
+            "crash at {at}: snapshot after the writes"
+        );
+        assert!(s.check().unwrap().is_clean());
+    }
+    assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+}
