@@ -196,7 +196,7 @@ mod tests {
             (vec![1, 3], vec![(2, "snap2".into())])
         );
         assert_eq!(
-            choose(&snaps, 1, Some(650), 1000),
+            choose(&snaps, 1, Some(750), 1000),
             (vec![1], vec![(2, "snap2".into())])
         );
         assert_eq!(choose(&snaps, 10, None, 1000), (vec![], vec![]));
