@@ -168,6 +168,27 @@ fn block_status_holes_and_sparse_copies_with_real_clients() {
     assert_eq!(s[(20 * MIB / CB) as usize + 1], 3);
     let d = per_chunk(&map(&env, "s1", Some("qemu:allocation-depth")), size);
     assert_eq!(d[(20 * MIB / CB) as usize], 1);
+    // A discard through dms (NBD TRIM) gives the origin file its hole back;
+    // the snapshot keeps the data as its own copy.
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "discard 8M 1M"])
+        .arg(uri(&env, "orig")));
+    let o = per_chunk(&map(&env, "orig", None), size);
+    let at = (8 * MIB / CB) as usize;
+    assert!(
+        o[at..at + 256].iter().all(|&x| x == 3),
+        "the discarded MiB is a hole"
+    );
+    let s = per_chunk(&map(&env, "s1", None), size);
+    assert!(s[at..at + 256].iter().all(|&x| x == 0));
+    let d = per_chunk(&map(&env, "s1", Some("qemu:allocation-depth")), size);
+    assert!(d[at..at + 256].iter().all(|&x| x == 1));
+    let mut buf = vec![0u8; MIB as usize];
+    std::fs::File::open(env.mapper("s1"))
+        .unwrap()
+        .read_exact_at(&mut buf, 8 * MIB)
+        .unwrap();
+    assert!(buf.iter().all(|&b| b == 0xab), "the snapshot kept its data");
 }
 
 /// From `dms dump --json`: per chunk, the depth a version reads it at (0:

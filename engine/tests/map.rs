@@ -130,3 +130,55 @@ fn holes_of_a_sparse_origin_file_and_held_writes() {
     );
     assert_eq!(o.extents(101 * CB, CB).unwrap(), vec![ext(101, 1, 0, true)]);
 }
+
+#[test]
+fn a_discard_through_dms_gives_a_sparse_origin_its_holes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("origin.img");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(64 * CB).unwrap();
+    drop(f);
+    let store = Store::format(
+        Arc::new(MemDev::new("cow", 4 << 20)),
+        &FormatOptions::default(),
+    )
+    .unwrap();
+    store
+        .bind("o", Arc::new(FileDev::open(&path, true).unwrap()))
+        .unwrap();
+    let o = store.volume("o", 0).unwrap();
+    o.write_at(&[5; 16 * 4096], 8 * CB).unwrap();
+    o.flush().unwrap();
+    assert_eq!(
+        o.extents(8 * CB, 16 * CB).unwrap(),
+        vec![ext(8, 16, 0, false)]
+    );
+    // A snapshot keeps what it had; the origin's discarded chunks become
+    // holes again (the partial chunks at the ends stay data, zeroed).
+    let t1 = store.snapshot_origin("o", "").unwrap();
+    o.discard(10 * CB - 100, 4 * CB + 200).unwrap();
+    assert_eq!(
+        o.extents(8 * CB, 16 * CB).unwrap(),
+        vec![
+            ext(8, 2, 0, false),
+            ext(10, 4, 0, true),
+            ext(14, 10, 0, false)
+        ]
+    );
+    let mut b = vec![1u8; 6 * 4096];
+    o.read_at(&mut b, 9 * CB).unwrap();
+    assert!(b[..CB as usize - 100].iter().all(|&x| x == 5));
+    assert!(b[CB as usize - 100..5 * CB as usize + 100]
+        .iter()
+        .all(|&x| x == 0));
+    let v1 = store.volume("o", t1).unwrap();
+    let mut s = vec![0u8; 16 * 4096];
+    v1.read_at(&mut s, 8 * CB).unwrap();
+    assert!(s.iter().all(|&x| x == 5), "the snapshot kept its data");
+    assert_eq!(v1.extents(10 * CB, CB).unwrap(), vec![ext(10, 1, 1, false)]);
+    // The file has holes there.
+    use std::os::unix::fs::MetadataExt;
+    let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
+    assert!(blocks <= 12 * CB, "{blocks} bytes allocated");
+    assert!(store.check().unwrap().is_clean());
+}

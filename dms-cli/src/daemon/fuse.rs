@@ -1,6 +1,7 @@
 //! The mapper directory: one file per dm_dev, served over FUSE. Reads and
 //! writes become `Volume` calls; fsync is a flush of the store; discards and
-//! zeroing (fallocate, as loop devices send them) write zeros.
+//! zeroing (fallocate, as loop devices send them) write zeros (a discard
+//! gives a sparse origin file its holes back).
 
 use dms_engine::Volume;
 use fuser::{

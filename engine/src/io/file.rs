@@ -168,6 +168,43 @@ impl BlockDev for FileDev {
         self.size.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    fn can_punch(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| m.is_file())
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> Result<bool> {
+        use std::os::fd::AsRawFd;
+        if !self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.name, "stat", e))?
+            .is_file()
+        {
+            return Ok(false);
+        }
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(false);
+        };
+        // SAFETY: fallocate on a descriptor we own; the range reads as
+        // zeros before and after.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                n,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+            _ => Err(Error::io(&self.name, "punch a hole", e)),
+        }
+    }
+
     fn refresh_size(&self) -> Result<u64> {
         let n = size_of(&self.file, &self.name)?;
         self.size.store(n, std::sync::atomic::Ordering::Release);

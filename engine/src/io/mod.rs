@@ -28,6 +28,16 @@ pub trait BlockDev: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     /// Make every completed write durable.
     fn sync(&self) -> Result<()>;
+    /// Give a range that reads as zeros back as a hole (a sparse file's
+    /// `fallocate(PUNCH_HOLE)`); it keeps reading as zeros. Ok(false):
+    /// the device cannot.
+    fn punch_hole(&self, _offset: u64, _len: u64) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether `punch_hole` can work here.
+    fn can_punch(&self) -> bool {
+        false
+    }
     /// Look at the device's size again (it may have been made larger
     /// underneath) and return it.
     fn refresh_size(&self) -> Result<u64> {

@@ -195,6 +195,67 @@ fn holes(dev: &dyn BlockDev, lo: u64, hi: u64) -> Vec<(u64, u64)> {
 }
 
 impl Volume {
+    /// Discard a range: it reads as zeros afterwards. On the origin, the
+    /// whole chunks of it that a sparse origin file holds go back to the
+    /// file system (holes, which block status then shows as never stored):
+    /// once the zeros and the copy-outs they needed are durable, each such
+    /// chunk is punched under its stripe lock if the device still reads
+    /// zeros there and no write to it is held.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)?;
+        if self.tag != 0 || self.version.is_some() {
+            return Ok(());
+        }
+        let inner = self.inner();
+        let cb = inner.chunk_bytes;
+        let (first, end) = (offset.div_ceil(cb), (offset + len) / cb);
+        if first >= end || !self.ctx()?.dev.can_punch() {
+            return Ok(());
+        }
+        self.flush()?;
+        let shape = inner.shape(self.origin);
+        let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
+        let mut buf = vec![0u8; cb as usize];
+        let mut c = first;
+        while c < end {
+            let n = 64.min(end - c);
+            let locked = inner.lock_write(self.origin, c..c + n)?;
+            let ctx = self.ctx()?;
+            if self.rollback_source()?.is_some() {
+                return Ok(());
+            }
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for chunk in c..c + n {
+                let held = locked
+                    .stripe(Inner::stripe_index(self.origin, chunk))
+                    .holds(&Loc::Origin {
+                        origin: self.origin,
+                        chunk,
+                    });
+                if held || (chunk + 1) * cb > ctx.size {
+                    continue;
+                }
+                ctx.dev.read_at(&mut buf, chunk * cb)?;
+                if buf.iter().any(|&b| b != 0) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((s, k)) if *s + *k == chunk => *k += 1,
+                    _ => runs.push((chunk, 1)),
+                }
+            }
+            for (s, k) in runs {
+                if !ctx.dev.punch_hole(s * cb, k * cb)? {
+                    // The device cannot: zeros it stays.
+                    return Ok(());
+                }
+            }
+            drop(locked);
+            c += n;
+        }
+        Ok(())
+    }
+
     /// The chunks whose content may differ between snapshot `tag` of this
     /// version's origin and this version (`Store::delta`), ascending.
     pub fn changed_since(&self, tag: u32) -> Result<Vec<u64>> {

@@ -205,11 +205,6 @@ impl Volume {
         }
         Ok(())
     }
-
-    /// Discard a range: it reads as zeros afterwards.
-    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.write_zeroes(offset, len)
-    }
 }
 
 fn contiguous(a: &Src, b: &Src) -> bool {
