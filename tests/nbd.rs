@@ -11,21 +11,7 @@ use std::process::Command;
 const MIB: u64 = 1 << 20;
 
 fn tools_present(test: &str) -> bool {
-    for t in ["nbdinfo", "nbdcopy", "qemu-io", "fio"] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: {t} is not installed; ./test.sh installs it");
-            }
-            eprintln!("SKIPPED {test}: {t} is not installed");
-            return false;
-        }
-    }
-    true
+    require_tools(test, &["nbdinfo", "nbdcopy", "qemu-io", "fio"])
 }
 
 fn uri(env: &Env, export: &str) -> String {
@@ -148,25 +134,12 @@ fn real_clients_see_origin_and_snapshots() {
     env.ok(&["remove", "snap1"]);
 }
 
-/// A minimal client: the handshake up to the option phase.
 fn connect(env: &Env) -> UnixStream {
-    let mut s = UnixStream::connect(env.run.path().join("nbd.sock")).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut hello = [0u8; 18];
-    s.read_exact(&mut hello).unwrap();
-    assert_eq!(&hello[..8], b"NBDMAGIC");
-    assert_eq!(&hello[8..16], b"IHAVEOPT");
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-    s
+    nbd_connect(env)
 }
 
 fn option(s: &mut UnixStream, opt: u32, data: &[u8]) {
-    let mut b = b"IHAVEOPT".to_vec();
-    b.extend_from_slice(&opt.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    b.extend_from_slice(data);
-    s.write_all(&b).unwrap();
+    nbd_option(s, opt, data)
 }
 
 /// Read one option reply: (type, data).

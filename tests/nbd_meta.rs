@@ -14,27 +14,6 @@ use std::process::Command;
 const MIB: u64 = 1 << 20;
 const CB: u64 = 4096;
 
-fn have(tools: &[&str], test: &str) -> bool {
-    if !require(test) {
-        return false;
-    }
-    for t in tools {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: {t} is not installed; ./test.sh installs it");
-            }
-            eprintln!("SKIPPED {test}: {t} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
 fn uri(env: &Env, export: &str) -> String {
     format!(
         "nbd+unix:///{export}?socket={}",
@@ -93,9 +72,9 @@ fn write_at(path: &std::path::Path, offset: u64, data: &[u8]) {
 
 #[test]
 fn block_status_holes_and_sparse_copies_with_real_clients() {
-    if !have(
-        &["nbdinfo", "nbdcopy", "qemu-img"],
+    if !require_tools(
         "block_status_holes_and_sparse_copies_with_real_clients",
+        &["nbdinfo", "nbdcopy", "qemu-img"],
     ) {
         return;
     }
@@ -236,9 +215,9 @@ fn depths_from_dump(env: &Env, cow: &str, tag: u64, chunks: u64) -> Vec<u32> {
 
 #[test]
 fn dirty_bitmaps_equal_delta_and_depth_the_version_tree() {
-    if !have(
-        &["nbdinfo"],
+    if !require_tools(
         "dirty_bitmaps_equal_delta_and_depth_the_version_tree",
+        &["nbdinfo"],
     ) {
         return;
     }
@@ -342,21 +321,11 @@ fn dirty_bitmaps_equal_delta_and_depth_the_version_tree() {
 // A raw client for the cases real clients do not make.
 
 fn connect(env: &Env) -> UnixStream {
-    let mut s = UnixStream::connect(env.run.path().join("nbd.sock")).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut hello = [0u8; 18];
-    s.read_exact(&mut hello).unwrap();
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-    s
+    nbd_connect(env)
 }
 
 fn option(s: &mut UnixStream, opt: u32, data: &[u8]) {
-    let mut b = b"IHAVEOPT".to_vec();
-    b.extend_from_slice(&opt.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    b.extend_from_slice(data);
-    s.write_all(&b).unwrap();
+    nbd_option(s, opt, data)
 }
 
 /// Option replies up to the final one: (names of META_CONTEXT replies with
@@ -442,9 +411,9 @@ fn error_of(chunks: &[(u16, Vec<u8>)]) -> Option<u32> {
 
 #[test]
 fn misbehaving_clients_in_structured_replies_and_contexts() {
-    if !have(
-        &["qemu-io"],
+    if !require_tools(
         "misbehaving_clients_in_structured_replies_and_contexts",
+        &["qemu-io"],
     ) {
         return;
     }

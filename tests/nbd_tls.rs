@@ -10,27 +10,6 @@ use std::process::{Child, Command, Stdio};
 
 const MIB: u64 = 1 << 20;
 
-fn have(tools: &[&str], test: &str) -> bool {
-    if !require(test) {
-        return false;
-    }
-    for t in tools {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: {t} is not installed; ./test.sh installs it");
-            }
-            eprintln!("SKIPPED {test}: {t} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
 /// A CA, a server certificate for localhost and 127.0.0.1, a client
 /// certificate, and another CA: `server/` (as the daemon takes it),
 /// `client/` (ca-cert.pem, client-cert.pem, client-key.pem, as libnbd
@@ -134,9 +113,9 @@ t = None
 
 #[test]
 fn nbd_over_tls() {
-    if !have(
-        &["nbdinfo", "nbdcopy", "openssl", "python3"],
+    if !require_tools(
         "nbd_over_tls",
+        &["nbdinfo", "nbdcopy", "openssl", "python3"],
     ) {
         return;
     }

@@ -106,32 +106,11 @@ fn fio(target: &std::path::Path, seconds: u32) -> Child {
         .unwrap()
 }
 
-fn have(tools: &[&str], test: &str) -> bool {
-    if !require(test) {
-        return false;
-    }
-    for t in tools {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: {t} is not installed; CI must run it");
-            }
-            eprintln!("SKIPPED {test}: {t} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
 #[test]
 fn full_and_incremental_from_a_live_store_while_fio_writes() {
-    if !have(
-        &["fio"],
+    if !require_tools(
         "full_and_incremental_from_a_live_store_while_fio_writes",
+        &["fio"],
     ) {
         return;
     }
@@ -386,7 +365,7 @@ fn a_killed_receive_resumes_with_its_token_and_abort_goes_back_to_the_base() {
 
 #[test]
 fn rbd_diffs_pass_rbd_merge_diff_and_apply() {
-    if !have(&["rbd"], "rbd_diffs_pass_rbd_merge_diff_and_apply") {
+    if !require_tools("rbd_diffs_pass_rbd_merge_diff_and_apply", &["rbd"]) {
         return;
     }
     let env = Env::new();
@@ -469,9 +448,9 @@ fn run_sh(cmd: &str) {
 
 #[test]
 fn replication_into_another_network_namespace_over_tcp() {
-    if !have(
-        &["ip", "socat"],
+    if !require_tools(
         "replication_into_another_network_namespace_over_tcp",
+        &["ip", "socat"],
     ) {
         return;
     }

@@ -204,6 +204,15 @@ fn origin_device(
     ))
 }
 
+/// The daemon's last frame: its answer.
+fn answer(payload: &[u8]) -> Result<Response, Exit> {
+    serde_json::from_slice(payload).map_err(|e| Exit(1, format!("the daemon's answer: {e}")))
+}
+
+fn unexpected(kind: u8) -> Exit {
+    Exit(1, format!("the daemon sent a frame of kind {kind:#x}"))
+}
+
 /// Read a send's frames: stream bytes to `out`, progress to the bar.
 fn send_through(
     sock: &std::os::unix::net::UnixStream,
@@ -226,11 +235,8 @@ fn send_through(
                     show(pb, d, t);
                 }
             }
-            frames::RESPONSE => {
-                return serde_json::from_slice(&payload)
-                    .map_err(|e| Exit(1, format!("the daemon's answer: {e}")))
-            }
-            k => return Err(Exit(1, format!("the daemon sent a frame of kind {k:#x}"))),
+            frames::RESPONSE => return answer(&payload),
+            k => return Err(unexpected(k)),
         }
     }
 }
@@ -403,12 +409,9 @@ fn receive_through(
     let bad = |e: std::io::Error| Exit(1, format!("the daemon's answer: {e}"));
     let (kind, payload) = frames::read_frame(&mut from_daemon).map_err(bad)?;
     match kind {
-        frames::RESPONSE => {
-            return serde_json::from_slice(&payload)
-                .map_err(|e| Exit(1, format!("the daemon's answer: {e}")))
-        }
+        frames::RESPONSE => return answer(&payload),
         frames::GO => {}
-        k => return Err(Exit(1, format!("the daemon sent a frame of kind {k:#x}"))),
+        k => return Err(unexpected(k)),
     }
     let mut stdin = input.take().unwrap_or_else(|| Box::new(std::io::empty()));
     let writer = sock
@@ -449,11 +452,8 @@ fn receive_through(
                     show(pb, d, t);
                 }
             }
-            frames::RESPONSE => {
-                return serde_json::from_slice(&payload)
-                    .map_err(|e| Exit(1, format!("the daemon's answer: {e}")))
-            }
-            k => return Err(Exit(1, format!("the daemon sent a frame of kind {k:#x}"))),
+            frames::RESPONSE => return answer(&payload),
+            k => return Err(unexpected(k)),
         }
     }
 }

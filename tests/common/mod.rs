@@ -67,6 +67,29 @@ pub fn require(test: &str) -> bool {
     }
 }
 
+/// Like [`require`], and the tools must be installed too (else skipped, or
+/// under CI a failure: ./test.sh installs them).
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    if !require(test) {
+        return false;
+    }
+    for t in tools {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{test}: {t} is not installed; ./test.sh installs it");
+            }
+            eprintln!("SKIPPED {test}: {t} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
 pub struct Env {
     pub run: tempfile::TempDir,
     pub dir: tempfile::TempDir,
@@ -217,4 +240,29 @@ pub fn files(dir: &Path) -> Vec<String> {
 
 pub fn touch(dir: &Path, name: &str) {
     std::fs::write(dir.join(name), b"").unwrap();
+}
+
+/// A minimal NBD client on the daemon's unix socket: the greeting read,
+/// the client flags (fixed newstyle, no zeroes) sent; options come next.
+pub fn nbd_connect(env: &Env) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(env.run.path().join("nbd.sock")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    assert_eq!(&hello[8..16], b"IHAVEOPT");
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    s
+}
+
+/// Send an NBD option.
+pub fn nbd_option(s: &mut std::os::unix::net::UnixStream, opt: u32, data: &[u8]) {
+    use std::io::Write;
+    let mut b = b"IHAVEOPT".to_vec();
+    b.extend_from_slice(&opt.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(data);
+    s.write_all(&b).unwrap();
 }

@@ -2,26 +2,32 @@
 //! would give back if deleted (`Store::usage`).
 
 use super::fail::{Fail, Res};
-use super::Daemon;
+use super::{Daemon, DmDev, State};
 use crate::proto::Response;
-use dms_engine::ErrorKind;
+use dms_engine::{ErrorKind, Store};
 use std::sync::Arc;
+
+/// A dm_dev and its open store.
+fn dev_and_store<'a>(st: &'a State, name: &str) -> Res<(&'a DmDev, Store)> {
+    let Some(dev) = st.devs.get(name) else {
+        return Err(Fail::kind(
+            format!("dm_dev {name} does not exist"),
+            ErrorKind::NotFound,
+        ));
+    };
+    let store = st
+        .stores
+        .get(&dev.cow)
+        .map(|e| e.store.clone())
+        .ok_or_else(|| Fail::new(1, format!("the store of {name} is not open")))?;
+    Ok((dev, store))
+}
 
 /// `dms grow`: the store of `name` takes the COW device's new space.
 pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     let (store, cow, origin_id, origin_path) = {
         let st = d.lock();
-        let Some(dev) = st.devs.get(name) else {
-            return Err(Fail::kind(
-                format!("dm_dev {name} does not exist"),
-                ErrorKind::NotFound,
-            ));
-        };
-        let store = st
-            .stores
-            .get(&dev.cow)
-            .map(|e| e.store.clone())
-            .ok_or_else(|| Fail::new(1, format!("the store of {name} is not open")))?;
+        let (dev, store) = dev_and_store(&st, name)?;
         (
             store,
             dev.cow.clone(),
@@ -67,17 +73,7 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
 pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     let (store, cow, origin_id, exposed) = {
         let st = d.lock();
-        let Some(dev) = st.devs.get(name) else {
-            return Err(Fail::kind(
-                format!("dm_dev {name} does not exist"),
-                ErrorKind::NotFound,
-            ));
-        };
-        let store = st
-            .stores
-            .get(&dev.cow)
-            .map(|e| e.store.clone())
-            .ok_or_else(|| Fail::new(1, format!("the store of {name} is not open")))?;
+        let (dev, store) = dev_and_store(&st, name)?;
         let exposed: Vec<(u32, String)> = st
             .devs
             .iter()

@@ -103,6 +103,14 @@ def _connect(start: bool) -> socket.socket:
     raise _dms.DaemonError(f"the dms daemon did not start; see {os.path.join(rd, 'daemon.log')}")
 
 
+def _checked(resp: dict) -> dict:
+    """A daemon's answer, or its error raised as the class of its kind."""
+    if resp.get("code", 1) != 0:
+        cls = _dms.error_class(resp.get("kind") or "failed")
+        raise cls(resp.get("error") or "failed")
+    return resp
+
+
 def _call(req: dict, start: bool = True) -> dict:
     with _connect(start) as s:
         s.sendall(json.dumps(req).encode() + b"\n")
@@ -114,10 +122,7 @@ def _call(req: dict, start: bool = True) -> dict:
             buf += chunk
     if not buf:
         raise _dms.DaemonError("the dms daemon closed the connection")
-    resp = json.loads(buf)
-    if resp.get("code", 1) != 0:
-        cls = _dms.error_class(resp.get("kind") or "failed")
-        raise cls(resp.get("error") or "failed")
+    resp = _checked(json.loads(buf))
     return resp
 
 

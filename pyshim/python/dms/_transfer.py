@@ -16,7 +16,7 @@ import socket
 from typing import BinaryIO, Callable, Optional, Tuple
 
 from . import _dms
-from ._client import _connect, _device
+from ._client import _checked, _connect, _device
 
 __all__ = ["send", "receive", "receive_token", "receive_abort"]
 
@@ -47,11 +47,7 @@ def _frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def _answer(payload: bytes) -> dict:
-    resp = json.loads(payload)
-    if resp.get("code", 1) != 0:
-        cls = _dms.error_class(resp.get("kind") or "failed")
-        raise cls(resp.get("error") or "failed")
-    return resp
+    return _checked(json.loads(payload))
 
 
 def _not_held(payload: bytes) -> bool:

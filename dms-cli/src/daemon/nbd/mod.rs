@@ -245,12 +245,7 @@ fn negotiate(
                     continue;
                 };
                 let Some(e) = exports.get(&name) else {
-                    opt_reply(
-                        &mut **c,
-                        opt,
-                        REP_ERR_UNKNOWN,
-                        format!("no export named {name:?}").as_bytes(),
-                    )?;
+                    unknown_export(&mut **c, opt, &name)?;
                     continue;
                 };
                 let mut chosen: Vec<Context> = Vec::new();
@@ -306,12 +301,7 @@ fn negotiate(
                     continue;
                 };
                 let Some(e) = exports.get(&name) else {
-                    opt_reply(
-                        &mut **c,
-                        opt,
-                        REP_ERR_UNKNOWN,
-                        format!("no export named {name:?}").as_bytes(),
-                    )?;
+                    unknown_export(&mut **c, opt, &name)?;
                     continue;
                 };
                 let mut info = INFO_EXPORT.to_be_bytes().to_vec();
@@ -338,6 +328,11 @@ fn negotiate(
             _ => opt_reply(&mut **c, opt, REP_ERR_UNSUP, b"option not supported")?,
         }
     }
+}
+
+fn unknown_export(c: &mut dyn Conn, opt: u32, name: &str) -> io::Result<()> {
+    let msg = format!("no export named {name:?}");
+    opt_reply(c, opt, REP_ERR_UNKNOWN, msg.as_bytes())
 }
 
 /// The contexts chosen for `export`: those of the last SET_META_CONTEXT if
@@ -601,6 +596,28 @@ pub fn handle_conn(mut c: Box<dyn Conn>, exports: Arc<dyn Exports>, tls: Option<
     }
 }
 
+/// Serve every connection `accept` gives until `stop` (it polls: the
+/// listener is non-blocking).
+fn accept_loop(
+    mut accept: impl FnMut() -> io::Result<Box<dyn Conn>>,
+    exports: Arc<dyn Exports>,
+    tls: Option<Arc<tls::Server>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        match accept() {
+            Ok(c) => {
+                let (ex, tls) = (exports.clone(), tls.clone());
+                std::thread::spawn(move || handle_conn(c, ex, tls));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => tracing::warn!("nbd accept: {e}"),
+        }
+    }
+}
+
 /// Accept connections on a unix socket until `stop`.
 pub fn serve_unix(
     listener: std::os::unix::net::UnixListener,
@@ -609,19 +626,12 @@ pub fn serve_unix(
     stop: Arc<AtomicBool>,
 ) {
     let _ = listener.set_nonblocking(true);
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let _ = s.set_nonblocking(false);
-                let (ex, tls) = (exports.clone(), tls.clone());
-                std::thread::spawn(move || handle_conn(Box::new(s), ex, tls));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => tracing::warn!("nbd accept: {e}"),
-        }
-    }
+    let accept = || -> io::Result<Box<dyn Conn>> {
+        let (s, _) = listener.accept()?;
+        s.set_nonblocking(false)?;
+        Ok(Box::new(s))
+    };
+    accept_loop(accept, exports, tls, stop);
 }
 
 /// Accept connections on TCP until `stop`.
@@ -632,18 +642,11 @@ pub fn serve_tcp(
     stop: Arc<AtomicBool>,
 ) {
     let _ = listener.set_nonblocking(true);
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_nodelay(true);
-                let (ex, tls) = (exports.clone(), tls.clone());
-                std::thread::spawn(move || handle_conn(Box::new(s), ex, tls));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => tracing::warn!("nbd accept: {e}"),
-        }
-    }
+    let accept = || -> io::Result<Box<dyn Conn>> {
+        let (s, _) = listener.accept()?;
+        s.set_nonblocking(false)?;
+        let _ = s.set_nodelay(true);
+        Ok(Box::new(s))
+    };
+    accept_loop(accept, exports, tls, stop);
 }
