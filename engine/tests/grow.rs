@@ -72,8 +72,17 @@ fn a_full_cow_device_grown_online_takes_the_writes() {
     drop(o);
     drop(s);
     drop(cow);
-    // Reopened: the new size.
-    let s = Store::open(Arc::new(FileDev::open(&path, true).unwrap())).unwrap();
+    // Reopened: the new size. (The committer thread lets the device go
+    // just after the store is dropped.)
+    let dev = (0..200)
+        .find_map(|_| {
+            FileDev::open(&path, true).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        })
+        .expect("the device is let go");
+    let s = Store::open(Arc::new(dev)).unwrap();
     assert_eq!(s.status().unwrap().total_chunks, 8 * total);
     assert!(s.check().unwrap().is_clean());
     // Smaller: refused, nothing changed.
