@@ -252,6 +252,26 @@ fn damaged_and_wrong_streams_are_refused_with_nothing_changed() {
             "{file}: the COW device was written"
         );
     }
+    // A stream for a larger device: refused, and the COW device this
+    // receive formatted is unformatted again (a retry with -f works).
+    let tiny = env.image("tiny.img", 4 * MIB);
+    let err = receive_from(&env, &[&tiny, &c9, "-b", "-f"], "full.dms").unwrap_err();
+    assert!(err.contains("bytes"), "{err}");
+    let e = env.fails(&["check", &c9], 1);
+    assert!(e.contains("does not hold a dms store"), "{e}");
+    assert_eq!(
+        receive_from(&env, &[&o9, &c9, "-b", "-f"], "full.dms"),
+        Ok(1)
+    );
+    // A base equal to the target, and --token while the origin is exposed
+    // (it only reads): one line each.
+    let out = dms_cmd(&env, &["send", "c.img", "2", "--from", "2"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = env.fails(&["receive", "--token", &origin, &cow], 1);
+    assert!(err.contains("no resumable receive"), "{err}");
     // Bad usage: exit 2, nothing read.
     env.fails(&["receive", &origin2, &cow2, "-f"], 2);
     env.fails(&["send", "c.img", "1", "--format", "zip"], 2);
@@ -332,6 +352,12 @@ fn a_killed_receive_resumes_with_its_token_and_abort_goes_back_to_the_base() {
     env.ok(&["create", "src2", &origin, &cow, "2", "--read-only"]);
     env.ok(&["create", "dst2", &origin2, &cow2, "2", "--read-only"]);
     assert!(content(&env.mapper("src2")) == content(&env.mapper("dst2")));
+    // The token names tag 2: sending another tag with it is refused.
+    let out = dms_cmd(&env, &["send", "c.img", "1", "--resume", &token])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
     // A forged token (a target identity the sender does not have): refused.
     let mut forged = token.clone();
     let at = 5 + 64 + 3;

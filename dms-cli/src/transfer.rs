@@ -342,10 +342,17 @@ impl ReceiveCmd {
                 };
                 let input = input.unwrap_or_else(|| Box::new(std::io::empty()));
                 let mut input = std::io::BufReader::with_capacity(1 << 20, input);
-                let rep = store
-                    .receive(&id, &opts, &mut input, &mut |d, t| show(&pb, d, t))
-                    .map_err(err)?;
-                Response::ok(format!("{}\n", rep.tag))
+                let rep = store.receive(&id, &opts, &mut input, &mut |d, t| show(&pb, d, t));
+                match rep {
+                    Ok(rep) => Response::ok(format!("{}\n", rep.tag)),
+                    // Cut short: what arrived stays, to be resumed.
+                    Err(e @ dms_engine::Error::Interrupted { .. }) => return Err(err(e)),
+                    Err(e) => {
+                        // Refused: take back what this command did first.
+                        undo_setup(store, &cow, &id, args.format_store.is_some(), self.bind);
+                        return Err(err(e));
+                    }
+                }
             }
         };
         store.flush().map_err(err)?;
@@ -396,6 +403,30 @@ fn stream_head(format: StreamFormat) -> Result<Vec<u8>, Exit> {
         ));
     }
     Ok(head)
+}
+
+/// After a refused receive: a COW device this command formatted is
+/// unformatted again (its superblock slots zeroed: it held no store
+/// before), an origin it bound is unbound.
+fn undo_setup(store: Store, cow: &std::path::Path, id: &str, formatted: bool, bound: bool) {
+    if formatted {
+        let _ = store.flush();
+        drop(store);
+        // Once the store has let the device go (its committer thread ends
+        // just after the drop), nothing else writes it.
+        for _ in 0..500 {
+            if let Ok(dev) = dms_engine::io::FileDev::open(cow, true) {
+                use dms_engine::io::BlockDev;
+                let zeros = vec![0u8; 2 * dms_engine::PAGE_SIZE];
+                let _ = dev.write_at(&zeros, 0).and_then(|()| dev.sync());
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    } else if bound {
+        let _ = store.unbind(id);
+        let _ = store.flush();
+    }
 }
 
 /// A receive through the daemon: wait for its go, then pump stdin into

@@ -324,7 +324,7 @@ fn crash_at_every_point_of_a_receive() {
             assert_eq!(read(&store, tags[before]), *target, "crash at {at}");
         } else if let Some(token) = store.receive_token(ORIGIN).unwrap() {
             if at % 2 == 0 {
-                let rest = send((!in_full).then_some(1), 2, Some(token));
+                let rest = send(None, if in_full { 1 } else { 2 }, Some(token));
                 let t = recv(&store, &rest)
                     .map(|r| r.tag)
                     .unwrap_or_else(|e| panic!("resume after {at}: {e}"));

@@ -740,3 +740,30 @@ fn an_rbd_record_with_a_huge_length_is_refused() {
     let e = b.receive(&w, StreamFormat::RbdV2, false).unwrap_err();
     assert!(matches!(e, Error::BadStream { .. }), "{e}");
 }
+
+/// Found trying it out: a send's frozen copies must go with the next
+/// cleaning, and every snapshot then owns its copies again.
+#[test]
+fn a_sends_frozen_copies_go_with_the_next_cleaning() {
+    let a = sender();
+    let count = |s: &Side| {
+        let st = s.store.status().unwrap();
+        let o = st.origins.iter().find(|o| o.id == O).unwrap().clone();
+        (
+            o.versions,
+            o.list
+                .iter()
+                .filter(|v| !v.ghost)
+                .map(|v| (v.tag, v.exceptions))
+                .collect::<Vec<_>>(),
+        )
+    };
+    a.store.clean().unwrap();
+    let before = count(&a);
+    let tags = a.store.tags(O).unwrap();
+    let _ = a.send(tags[1], Some(tags[0]), StreamFormat::Dms);
+    let _ = a.send(tags[0], None, StreamFormat::RbdV2);
+    assert!(a.store.cleaning_pending().unwrap());
+    a.store.clean().unwrap();
+    assert_eq!(count(&a), before);
+}

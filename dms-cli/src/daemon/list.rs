@@ -198,11 +198,13 @@ fn origin_list(
     });
     let mut rows = Vec::new();
     for v in o.list.iter().filter(|v| !v.ghost) {
-        let dm_dev = st
+        let names: Vec<&str> = st
             .devs
             .iter()
-            .find(|(_, d)| &d.cow == cow && d.origin_id == o.id && d.target.tag() == v.tag)
-            .map(|(n, _)| n.clone());
+            .filter(|(_, d)| &d.cow == cow && d.origin_id == o.id && d.target.tag() == v.tag)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let dm_dev = (!names.is_empty()).then(|| names.join(","));
         rows.push(Row {
             date: date(v.birthday),
             birthday: v.birthday,

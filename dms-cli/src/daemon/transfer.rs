@@ -162,7 +162,18 @@ pub(crate) fn receive(
         Some(Ok(store)) => {
             let r = answer(receive_store(&store, &id, args, reader, sock));
             if args.action == ReceiveAction::Stream {
-                d.lock().receiving.remove(&key);
+                let mut st = d.lock();
+                st.receiving.remove(&key);
+                let unbound = !store.origins().is_ok_and(|o| o.contains(&id));
+                if args.bind && r.code != 0 && unbound {
+                    if let Some(e) = st.stores.get_mut(&cow) {
+                        e.origins.remove(&id);
+                    }
+                    if let Some(k) = st.known.get_mut(&cow) {
+                        k.remove(&id);
+                    }
+                    let _ = d.save_registry(&st);
+                }
             }
             r
         }
@@ -183,11 +194,12 @@ fn prepare(d: &Arc<Daemon>, st: &mut State, args: &ReceiveArgs, id: &str) -> Res
             cow.display()
         ));
     }
-    if let Some((n, _)) = st
-        .devs
-        .iter()
-        .find(|(_, x)| x.cow == cow && x.origin_id == id && x.target.tag() == 0)
-    {
+    if let Some((n, _)) = st.devs.iter().find(|(_, x)| {
+        args.action != ReceiveAction::Token
+            && x.cow == cow
+            && x.origin_id == id
+            && x.target.tag() == 0
+    }) {
         return fail(format!(
             "the origin {id} is exposed as dm_dev {n}; a receive writes the origin: remove it first"
         ));
@@ -266,7 +278,17 @@ fn receive_store(
                     let _ = frames::write_progress(&mut &*sock, done, total);
                 }
             };
-            let report = store.receive(id, &opts, &mut input, &mut progress)?;
+            let report = match store.receive(id, &opts, &mut input, &mut progress) {
+                Ok(r) => r,
+                Err(e @ dms_engine::Error::Interrupted { .. }) => return Err(e.into()),
+                Err(e) => {
+                    // Refused: an origin this request bound is unbound again.
+                    if args.bind {
+                        let _ = store.unbind(id).and_then(|()| store.flush());
+                    }
+                    return Err(e.into());
+                }
+            };
             store.flush()?;
             tracing::info!(
                 "received tag {} into {id}: {} bytes",

@@ -38,13 +38,19 @@ impl Store {
         Ok(copy)
     }
 
-    /// Let go of a frozen copy: it becomes a ghost for the cleaner.
+    /// Let go of a frozen copy: the tree goes back to its shape before the
+    /// copy when nothing was written meanwhile (a snapshot with children
+    /// keeps owning its copies, and no ghost is left); else it becomes a
+    /// ghost for the cleaner.
     pub(crate) fn release_copy(&self, index: u32, copy: u32) -> Result<()> {
+        let shape = self.inner.shape(index);
+        let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
         let mut m = self.inner.meta()?;
         if let Ok(mut o) = m.edit(index) {
             if let Some(v) = o.version(copy) {
                 v.flags &= !(flags::PINNED | flags::SENDING | flags::UNDO);
             }
+            o.tree(|tree, changed| changed.extend(tree.unfreeze(copy)));
         }
         Ok(())
     }

@@ -86,7 +86,7 @@ impl Store {
         if let Some(state) = self.receive_state(index)? {
             return Err(Error::Busy {
                 what: format!(
-                    "origin {origin_id} has a receive in progress (stream {}); \
+                    "origin {origin_id} has a receive that has not ended (stream {}); \
                      `dms receive --token` gives the token to resume it with, \
                      `dms receive --abort` undoes it",
                     hex_id(&state.stream)
@@ -416,8 +416,15 @@ impl Store {
                     offset: progressed.next_offset,
                 };
                 self.set_receive_state(index, Some(progressed))?;
+                let cause = match cause {
+                    // The input ended: cut short, not damaged.
+                    Error::BadStream { at, .. } => {
+                        format!("the stream ends at byte {at}, before its end record")
+                    }
+                    e => e.to_string(),
+                };
                 Err(Error::Interrupted {
-                    cause: cause.to_string(),
+                    cause,
                     token: token.encode(),
                 })
             }

@@ -92,7 +92,8 @@ impl Store {
     /// Write a stream of snapshot `tag` of an origin to `out`: all of it,
     /// or with `opts.from` only the chunks that differ from that tag; or,
     /// with `opts.resume`, the rest of the stream an interrupted receive
-    /// names in its token. I/O to the origin and its snapshots goes on
+    /// names in its token (`tag` must then be the token's target, or 0).
+    /// I/O to the origin and its snapshots goes on
     /// meanwhile: the stream is what the versions held when it started.
     pub fn send(
         &self,
@@ -127,6 +128,23 @@ impl Store {
                 } else {
                     Some(find(&tok.base, "base")?)
                 };
+                let target_tag = self.version_info(index, target)?.0;
+                if tag != 0 && tag != target_tag {
+                    return Err(Error::BadToken(format!(
+                        "the token resumes snapshot {target_tag}, not {tag}"
+                    )));
+                }
+                if opts.from.is_some() {
+                    return Err(Error::BadToken(
+                        "a resumed stream takes its base from the token, not --from".into(),
+                    ));
+                }
+                if tok.offset > self.origin_size(origin_id)? {
+                    return Err(Error::BadToken(format!(
+                        "its offset {} is past the device's end",
+                        tok.offset
+                    )));
+                }
                 (target, base, tok.stream, tok.offset)
             }
             None => {
@@ -143,6 +161,11 @@ impl Store {
                             origin: origin_id.to_string(),
                             op: "send --from",
                         })
+                    }
+                    Some(f) if f == tag => {
+                        return Err(Error::WrongBase(format!(
+                            "--from {f} is the snapshot being sent: name an older one"
+                        )))
                     }
                     Some(f) => Some(self.version_of_tag(index, f)?),
                     None => None,

@@ -367,6 +367,49 @@ impl VersionTree {
         }
     }
 
+    /// Undo the reshaping [`snapshot_of`](Self::snapshot_of) did to make
+    /// `copy` (a hidden version) when its source had children: the source
+    /// became a ghost, its tag moved to a new leaf `copy - 1` beside `copy`.
+    /// If that leaf and `copy` own nothing and have no children (nothing was
+    /// written to them), both go and the ghost is the tagged source again,
+    /// owning its copies as before. Returns the ids to persist (none when
+    /// the shape is not that one, or something was written).
+    pub fn unfreeze(&mut self, copy: u32) -> Vec<u32> {
+        let Some(c) = self.get(copy) else {
+            return Vec::new();
+        };
+        let (parent, keep) = (c.parent, copy.wrapping_sub(1));
+        let fits = |v: Option<&Version>, p: u32| {
+            v.is_some_and(|x| x.parent == p && x.children.is_empty() && x.exceptions == 0)
+        };
+        let ghost_ok = self.get(parent).is_some_and(|g| {
+            g.tag == 0
+                && g.uuid == [0; 16]
+                && g.children.contains(&keep)
+                && g.children.contains(&copy)
+        });
+        if parent == 0
+            || !ghost_ok
+            || !fits(Some(c), parent)
+            || !fits(self.get(keep), parent)
+            || self.get(keep).is_none_or(|k| k.tag == 0)
+        {
+            return Vec::new();
+        }
+        let k = self.must(keep).clone();
+        self.remove(copy, None);
+        self.remove(keep, None);
+        let g = self.must_mut(parent);
+        g.tag = k.tag;
+        g.memo = k.memo;
+        g.uuid = k.uuid;
+        g.flags = k.flags;
+        g.birthday = k.birthday;
+        self.set_tag(k.tag, parent);
+        self.relabel();
+        vec![copy, keep, parent]
+    }
+
     /// Drop a tag: its version becomes a ghost for the cleaner.
     pub fn untag(&mut self, tag: u32) -> Option<u32> {
         let id = self.tags.remove(&tag)?;

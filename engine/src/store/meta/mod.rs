@@ -262,6 +262,26 @@ impl Meta {
         use crate::versions::record::flags;
         let mut o = self.edit(index)?;
         let receiving = o.get().rec().receive.is_some();
+        // A send's frozen copies first: the tree goes back to its shape
+        // before them where nothing was written (before the loop below can
+        // give their ghost an identity).
+        let sending: Vec<u32> = o
+            .get()
+            .tree()
+            .ids()
+            .filter(|&v| {
+                o.get()
+                    .tree()
+                    .get(v)
+                    .is_some_and(|x| x.flags & flags::SENDING != 0)
+            })
+            .collect();
+        for v in sending {
+            if let Some(x) = o.version(v) {
+                x.flags &= !(flags::SENDING | flags::PINNED);
+            }
+            o.tree(|t, changed| changed.extend(t.unfreeze(v)));
+        }
         let ids: Vec<u32> = o.get().tree().ids().filter(|&v| v != 0).collect();
         for v in ids {
             let Some(x) = o.get().tree().get(v) else {
