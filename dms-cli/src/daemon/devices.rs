@@ -142,16 +142,6 @@ pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response>
         } => id.clone(),
         _ => origin_path.display().to_string(),
     };
-    if matches!(target, Target::Origin { .. })
-        && st
-            .receiving
-            .contains(&(cow_path.clone(), origin_id.clone()))
-    {
-        return Err(Fail::kind(
-            format!("origin {origin_id} is receiving a stream; expose it when that ends"),
-            ErrorKind::Busy,
-        ));
-    }
     if let Target::Snapshot { tag, .. } = &target {
         if st
             .deleting
@@ -322,19 +312,7 @@ pub(crate) fn attach_and_expose(
         }
     }
     if target.tag() == 0 {
-        let st = store.status()?;
-        if st
-            .origins
-            .iter()
-            .any(|o| o.id == origin_id && o.receive.is_some())
-        {
-            return Err(Fail::kind(
-                format!(
-                    "origin {origin_id} has an interrupted receive; resume it (dms send --resume) or undo it (dms receive --abort) first"
-                ),
-                ErrorKind::Busy,
-            ));
-        }
+        super::transfer::origin_free_of_receives(st, &store, cow_path, origin_id)?;
     }
     let volume = Arc::new(store.volume(origin_id, target.tag())?);
     let path = d
