@@ -321,6 +321,13 @@ fn a_killed_receive_resumes_with_its_token_and_abort_goes_back_to_the_base() {
         w.write_all(&stream[..120 * MIB as usize]).unwrap();
         w.flush().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1500));
+        // While it runs, the list says how far it got.
+        let j: serde_json::Value =
+            serde_json::from_str(&env.ok(&["list", "dst1", "--json"])).unwrap();
+        let r = &j["origins"][0]["receiving"];
+        assert_eq!(r["running"], true, "{r}");
+        assert!(r["done_bytes"].as_u64().unwrap() > 64 * MIB, "{r}");
+        assert!(r["durable_bytes"].as_u64().unwrap() <= r["done_bytes"].as_u64().unwrap());
         rx.kill().unwrap();
         rx.wait().unwrap();
     }

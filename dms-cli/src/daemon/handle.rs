@@ -196,7 +196,7 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
             if st.rolling.contains(&(cow.clone(), origin_id.clone())) {
                 return fail(format!("origin {origin_id} is already being rolled back"));
             }
-            if st.receiving.contains(&(cow.clone(), origin_id.clone())) {
+            if st.receiving.contains_key(&(cow.clone(), origin_id.clone())) {
                 return Err(Fail::kind(
                     format!("origin {origin_id} is receiving a stream"),
                     ErrorKind::Busy,

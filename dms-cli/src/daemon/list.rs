@@ -31,8 +31,11 @@ pub struct Row {
 pub struct Receiving {
     /// What `dms send --resume` takes (native streams only).
     pub receive_token: Option<String>,
-    /// Bytes of the device that have arrived, of `size`.
+    /// Bytes of the device that have arrived, of `size` (live while a
+    /// receive runs).
     pub done_bytes: u64,
+    /// Of those, the ones that are durable: where a resume starts.
+    pub durable_bytes: u64,
     pub size: u64,
     /// A daemon thread is reading the stream now.
     pub running: bool,
@@ -237,11 +240,20 @@ fn origin_list(
         cleaning: o.cleaning.is_some() || o.ghosts > 0,
         cleaning_versions: o.ghosts,
         rollbacking: rolling,
-        receiving: o.receive.as_ref().map(|r| Receiving {
-            receive_token: r.token(),
-            done_bytes: r.next_offset,
-            size: r.size,
-            running: st.receiving.contains(&(cow.clone(), o.id.clone())),
+        receiving: o.receive.as_ref().map(|r| {
+            // A running receive says how far it has written; the store has
+            // what is durable (where a resume starts).
+            let live = st.receiving.get(&(cow.clone(), o.id.clone()));
+            Receiving {
+                receive_token: r.token(),
+                done_bytes: live.map_or(r.next_offset, |d| {
+                    d.load(std::sync::atomic::Ordering::Relaxed)
+                        .max(r.next_offset)
+                }),
+                durable_bytes: r.next_offset,
+                size: r.size,
+                running: live.is_some(),
+            }
         }),
         snapshots: rows,
     }

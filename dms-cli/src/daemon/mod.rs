@@ -71,7 +71,8 @@ pub(crate) struct State {
     pub deleting: HashSet<(PathBuf, String, u32)>,
     /// (cow, origin id) receiving a stream: its origin may not be exposed,
     /// rolled back or receive another meanwhile.
-    pub receiving: HashSet<(PathBuf, String)>,
+    /// Bytes of the device the running receive has written, as it goes.
+    pub receiving: HashMap<(PathBuf, String), Arc<std::sync::atomic::AtomicU64>>,
     /// Every store used, open or not, with its origins (id -> device):
     /// kept in the registry for `dms list`.
     pub known: BTreeMap<PathBuf, BTreeMap<String, PathBuf>>,

@@ -144,12 +144,13 @@ pub(crate) fn receive(
         .clone()
         .unwrap_or_else(|| args.origin.clone());
     let key = (cow.clone(), id.clone());
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prepared = {
         let mut st = d.lock();
         if st.stores.contains_key(&cow) {
             Some(prepare(d, &mut st, args, &id).inspect(|_| {
                 if args.action == ReceiveAction::Stream {
-                    st.receiving.insert(key.clone());
+                    st.receiving.insert(key.clone(), done.clone());
                 }
             }))
         } else {
@@ -160,7 +161,7 @@ pub(crate) fn receive(
         None => Response::not_held(&args.cow),
         Some(Err(f)) => answer(Err(f)),
         Some(Ok(store)) => {
-            let r = answer(receive_store(&store, &id, args, reader, sock));
+            let r = answer(receive_store(&store, &id, args, reader, sock, &done));
             if args.action == ReceiveAction::Stream {
                 let mut st = d.lock();
                 st.receiving.remove(&key);
@@ -211,7 +212,7 @@ fn prepare(d: &Arc<Daemon>, st: &mut State, args: &ReceiveArgs, id: &str) -> Res
             ErrorKind::Busy,
         ));
     }
-    if st.receiving.contains(&key) {
+    if st.receiving.contains_key(&key) {
         return Err(Fail::kind(
             format!("origin {id} is already receiving a stream"),
             ErrorKind::Busy,
@@ -249,6 +250,7 @@ fn receive_store(
     args: &ReceiveArgs,
     reader: &mut BufReader<&UnixStream>,
     sock: &UnixStream,
+    done: &std::sync::atomic::AtomicU64,
 ) -> Res<Response> {
     match args.action {
         ReceiveAction::Token => match store.receive_token(id)? {
@@ -272,10 +274,11 @@ fn receive_store(
                 .map_err(|e| Fail::new(1, format!("the control socket: {e}")))?;
             let mut input = FrameReader::new(reader);
             let mut last = 0u64;
-            let mut progress = |done: u64, total: u64| {
-                if done == total || done >= last + (64 << 20) || done < last {
-                    last = done;
-                    let _ = frames::write_progress(&mut &*sock, done, total);
+            let mut progress = |now: u64, total: u64| {
+                done.store(now, std::sync::atomic::Ordering::Relaxed);
+                if now == total || now >= last + (64 << 20) || now < last {
+                    last = now;
+                    let _ = frames::write_progress(&mut &*sock, now, total);
                 }
             };
             let report = match store.receive(id, &opts, &mut input, &mut progress) {
@@ -324,7 +327,7 @@ pub(crate) fn origin_free_of_receives(
 ) -> Res<()> {
     if st
         .receiving
-        .contains(&(cow.to_path_buf(), origin_id.to_string()))
+        .contains_key(&(cow.to_path_buf(), origin_id.to_string()))
     {
         return Err(Fail::kind(
             format!("origin {origin_id} is receiving a stream; expose it when that ends"),
