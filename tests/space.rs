@@ -198,3 +198,69 @@ fn a_full_cow_device_grown_underneath_takes_the_writes_online() {
     assert!(env.ok(&["grow", "s1"]).contains("as before"));
     env.fails(&["grow", "nosuch"], 1);
 }
+
+#[test]
+fn crossing_the_low_water_mark_runs_the_hook_once() {
+    if !require("crossing_the_low_water_mark_runs_the_hook_once") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 16 * MIB);
+    let cow = env.image("c.img", 4 * MIB); // 1,024 chunks
+    env.ok(&["create", "orig", &origin, &cow, "-bf"]);
+    let hooks = env.path("hooks.log");
+    let hook = format!(
+        "echo \"$DMS_DM_DEV $DMS_USED_PERCENT $DMS_LOW_WATER\" >> {}",
+        hooks.display()
+    );
+    env.ok(&["policy", "orig", "--low-water", "30", "--hook", &hook]);
+    let shown = env.ok(&["policy", "orig"]);
+    assert!(shown.contains("low-water : 30%"), "{shown}");
+    env.fails(&["policy", "orig", "--low-water", "101"], 2);
+    let lines = || {
+        std::fs::read_to_string(&hooks)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let wait_for = |n: usize| {
+        for _ in 0..100 {
+            if lines() >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the hook ran {} times, not {n}", lines());
+    };
+    env.ok(&["snapshot", "orig"]);
+    // First writes after the snapshot: copy-outs fill the COW device.
+    write(&env.mapper("orig"), 0, 400, 1);
+    wait_for(1);
+    let line = std::fs::read_to_string(&hooks).unwrap();
+    assert!(
+        line.starts_with("orig ") && line.trim_end().ends_with(" 30"),
+        "{line}"
+    );
+    assert!(env.ok(&["list", "orig"]).contains("cow-status : low"));
+    assert!(env.ok(&["dmsetup", "status", "orig"]).contains(" low "));
+    // More writes over the mark: no second run.
+    write(&env.mapper("orig"), 400, 100, 2);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(lines(), 1);
+    // Grown: under the mark again; crossing it again runs the hook again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cow)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    env.ok(&["grow", "orig"]);
+    assert!(env.ok(&["list", "orig"]).contains("cow-status : valid"));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    write(&env.mapper("orig"), 500, 1500, 3);
+    wait_for(2);
+    // The policy is the store's: it survives the daemon.
+    env.ok(&["shutdown"]);
+    // (The next command starts a daemon, which exposes orig again.)
+    assert!(env.ok(&["policy", "orig"]).contains("low-water : 30%"));
+}

@@ -150,6 +150,8 @@ enum Command {
     Prune(space::PruneCmd),
     /// Use the new space of a COW device made larger underneath, online.
     Grow(space::GrowCmd),
+    /// Show or set a store's space policy: a low-water mark and its hook.
+    Policy(space::PolicyCmd),
     /// Write a stream of snapshot <tag> to stdout: all of it, or with
     /// --from only what differs from an older tag.
     Send(transfer::SendCmd),
@@ -477,6 +479,7 @@ fn run(cmd: Command) -> Result<Response, Exit> {
         Command::Du(cmd) => cmd.run(),
         Command::Prune(cmd) => cmd.run(),
         Command::Grow(cmd) => cmd.run(),
+        Command::Policy(cmd) => cmd.run(),
         Command::Receive(cmd) => cmd.run(),
         Command::Completions { shell } => {
             let mut out = Vec::new();

@@ -59,6 +59,12 @@ pub enum Request {
     Grow {
         name: String,
     },
+    /// `dms policy`: show, or set parts of, a store's space policy.
+    Policy {
+        name: String,
+        low_water: Option<u8>,
+        hook: Option<String>,
+    },
     /// A stream of a snapshot, in frames (src/frames.rs), then the
     /// response. Answered `held: false` when the daemon does not hold the
     /// store (the client then sends offline).

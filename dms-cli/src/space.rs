@@ -38,6 +38,40 @@ impl GrowCmd {
     }
 }
 
+/// `dms policy`.
+#[derive(clap::Args)]
+pub struct PolicyCmd {
+    /// Any dm_dev of the store.
+    dm_dev: String,
+    /// Percent of the COW device in use at which the store is low
+    /// (`cow-status : low`, a warning, the hook); 0: none.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    low_water: Option<u8>,
+    /// A shell command run once each time the mark is crossed, with
+    /// DMS_DM_DEV, DMS_DM_DEVS, DMS_COW_DEVICE, DMS_USED_CHUNKS,
+    /// DMS_TOTAL_CHUNKS, DMS_USED_PERCENT, DMS_LOW_WATER in its environment
+    /// ("" for none).
+    #[arg(long, value_name = "CMD")]
+    hook: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl PolicyCmd {
+    pub fn run(self) -> Result<Response, Exit> {
+        let mut r = crate::send(&Request::Policy {
+            name: self.dm_dev,
+            low_water: self.low_water,
+            hook: self.hook,
+        })?;
+        if self.json && r.code == 0 {
+            let data = r.data.take().unwrap_or_default();
+            r.output = serde_json::to_string_pretty(&data).unwrap_or_default() + "\n";
+        }
+        Ok(r)
+    }
+}
+
 /// `dms prune`.
 #[derive(clap::Args)]
 pub struct PruneCmd {

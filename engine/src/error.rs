@@ -34,6 +34,8 @@ pub enum Error {
         bytes: u64,
         needed: u64,
     },
+    /// A space policy that cannot be: a mark over 100%, a hook too long.
+    BadPolicy(String),
     /// The COW device is now smaller than the store that uses it
     /// (shrinking is not supported).
     CowShrunk {
@@ -216,6 +218,7 @@ impl Error {
             Error::BadChunkSize(_)
             | Error::DeviceTooSmall { .. }
             | Error::CowShrunk { .. }
+            | Error::BadPolicy(_)
             | Error::OriginTooLarge { .. }
             | Error::OriginShrunk { .. }
             | Error::BadOriginId(_)
@@ -277,6 +280,7 @@ impl fmt::Display for Error {
                     "{device} is too small ({bytes} bytes); a store needs at least {needed}"
                 )
             }
+            Error::BadPolicy(why) => write!(f, "bad policy: {why}"),
             Error::CowShrunk {
                 device,
                 bytes,

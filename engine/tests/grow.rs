@@ -162,3 +162,25 @@ fn a_crash_anywhere_in_a_grow_leaves_the_old_size_or_the_new() {
     }
     assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
 }
+
+#[test]
+fn the_space_policy_is_kept_in_the_store() {
+    let cow: Dev = Arc::new(MemDev::new("cow", 4 << 20));
+    let s = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+    assert_eq!(s.policy().unwrap(), dms_engine::StorePolicy::default());
+    let p = dms_engine::StorePolicy {
+        low_water: 80,
+        hook: "lvextend -L+1G vg/cow && dms grow orig".into(),
+    };
+    s.set_policy(p.clone()).unwrap();
+    let bad = dms_engine::StorePolicy {
+        low_water: 101,
+        hook: String::new(),
+    };
+    assert!(matches!(s.set_policy(bad), Err(Error::BadPolicy(_))));
+    assert!(s.check().unwrap().is_clean());
+    drop(s);
+    let s = Store::open(cow).unwrap();
+    assert_eq!(s.policy().unwrap(), p);
+    assert!(s.check().unwrap().is_clean());
+}

@@ -394,6 +394,20 @@ impl Store {
         Ok(d)
     }
 
+    /// The store's space policy: ``(low_water, hook)`` (0 and ``""``: none).
+    fn policy(&self) -> PyResult<(u8, String)> {
+        let p = self.get()?.policy().map_err(err)?;
+        Ok((p.low_water, p.hook))
+    }
+
+    /// Set the store's space policy (kept in the store).
+    #[pyo3(signature = (low_water, hook = String::new()))]
+    fn set_policy(&self, py: Python<'_>, low_water: u8, hook: String) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.set_policy(engine::StorePolicy { low_water, hook }))
+            .map_err(err)
+    }
+
     /// The COW device was made larger underneath: use the new space now.
     /// Returns the store's size in bytes before and after.
     fn grow(&self, py: Python<'_>) -> PyResult<(u64, u64)> {

@@ -58,3 +58,21 @@ def test_grow(images, daemon):
     dms.create("g", origin, cow2, bind=True, format=True)
     os.truncate(cow2, 4 * MIB)
     assert dms.grow("g") == (2 * MIB, 4 * MIB)
+
+
+def test_policy(images, daemon):
+    s = dms.Store.format(images("cp.img", 4 * MIB))
+    assert s.policy() == (0, "")
+    s.set_policy(75, "true")
+    assert s.policy() == (75, "true")
+    try:
+        s.set_policy(150)
+        raise AssertionError("a mark over 100 was taken")
+    except (dms.InvalidArgumentError, OverflowError):
+        pass
+    s.close()
+    origin, cow = images("op.img", 4 * MIB), images("cq.img", 16 * MIB)
+    dms.create("p", origin, cow, bind=True, format=True)
+    assert dms.policy("p") == {"low_water": 0, "hook": ""}
+    assert dms.policy("p", low_water=50)["low_water"] == 50
+    assert dms.policy("p")["low_water"] == 50

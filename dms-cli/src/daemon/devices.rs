@@ -216,6 +216,7 @@ pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response>
             StoreEntry {
                 store,
                 origins: Default::default(),
+                low: false,
             },
         );
     }

@@ -63,6 +63,11 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
         Request::Settle => settle(d),
         Request::Du { name } => super::usage::du(d, &name),
         Request::Grow { name } => super::usage::grow(d, &name),
+        Request::Policy {
+            name,
+            low_water,
+            hook,
+        } => super::usage::policy(d, &name, low_water, hook),
         Request::Inspect { cow, what } => super::transfer::inspect(d, &cow, what),
         // Answered in frames by serve().
         Request::Send(_) | Request::Receive(_) => Err(Fail::new(2, "a stream request")),
@@ -313,6 +318,7 @@ pub(crate) fn cleaner(d: &Daemon) {
                 .unwrap_or_else(|e| e.into_inner());
             seen = *g;
         }
+        super::usage::watch_low_water(d);
         let stores: Vec<Store> = d.lock().stores.values().map(|e| e.store.clone()).collect();
         for s in stores {
             if s.cleaning_pending().unwrap_or(false) {

@@ -90,11 +90,14 @@ fn date(secs: u64) -> String {
     )
 }
 
-fn cow_status(s: &StoreStatus) -> &'static str {
+/// `valid`, `low` (over the policy's low-water mark), `full` or `invalid`.
+fn cow_status(s: &StoreStatus, low_water: u8) -> &'static str {
     if !s.valid {
         "invalid"
     } else if s.full {
         "full"
+    } else if low_water > 0 && super::usage::used_percent(s) >= u64::from(low_water) {
+        "low"
     } else {
         "valid"
     }
@@ -187,6 +190,14 @@ fn unavailable(cow: &std::path::Path, id: &str, path: &std::path::Path, why: &st
     }
 }
 
+/// The low-water mark of a store the daemon holds (0: none, or not held).
+fn low_water(st: &State, cow: &PathBuf) -> u8 {
+    st.stores
+        .get(cow)
+        .and_then(|e| e.store.policy().ok())
+        .map_or(0, |p| p.low_water)
+}
+
 fn origin_list(
     st: &State,
     cow: &PathBuf,
@@ -236,7 +247,7 @@ fn origin_list(
         max_versions: o.max_versions,
         used_chunks: status.used_chunks,
         total_chunks: status.total_chunks,
-        cow_status: cow_status(status).into(),
+        cow_status: cow_status(status, low_water(st, cow)).into(),
         cleaning: o.cleaning.is_some() || o.ghosts > 0,
         cleaning_versions: o.ghosts,
         rollbacking: rolling,
@@ -420,7 +431,7 @@ pub fn status(d: &Daemon, only: Option<&str>) -> Result<Response, Fail> {
             meta_chunks,
             o.map_or(0, |o| o.versions),
             o.map_or(s.max_versions, |o| o.max_versions),
-            cow_status(&s),
+            cow_status(&s, low_water(st, &dev.cow)),
             cleaning,
             rollback
         )))

@@ -32,6 +32,9 @@ pub(crate) struct StoreEntry {
     pub store: Store,
     /// origin id -> origin device path.
     pub origins: HashMap<String, PathBuf>,
+    /// Above its policy's low-water mark when last looked (the hook runs
+    /// once per crossing).
+    pub low: bool,
 }
 
 /// One exposed dm_dev.

@@ -147,3 +147,118 @@ pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {
         ..Default::default()
     })
 }
+
+/// `dms policy`: show the store's policy, or set what is given.
+pub(crate) fn policy(
+    d: &Arc<Daemon>,
+    name: &str,
+    low_water: Option<u8>,
+    hook: Option<String>,
+) -> Res<Response> {
+    let (cow, store) = {
+        let st = d.lock();
+        let (dev, store) = dev_and_store(&st, name)?;
+        (dev.cow.clone(), store)
+    };
+    let mut p = store.policy()?;
+    if low_water.is_some() || hook.is_some() {
+        if let Some(l) = low_water {
+            p.low_water = l;
+        }
+        if let Some(h) = hook {
+            p.hook = h;
+        }
+        store.set_policy(p.clone())?;
+        // Looked at again from now on: a mark crossed already counts.
+        if let Some(e) = d.lock().stores.get_mut(&cow) {
+            e.low = false;
+        }
+        d.kick();
+    }
+    let out = format!(
+        "low-water : {}\nhook : {}\n",
+        if p.low_water == 0 {
+            "none".to_string()
+        } else {
+            format!("{}%", p.low_water)
+        },
+        if p.hook.is_empty() { "none" } else { &p.hook }
+    );
+    Ok(Response {
+        output: out,
+        data: Some(serde_json::json!({ "low_water": p.low_water, "hook": p.hook })),
+        ..Default::default()
+    })
+}
+
+/// Percent of a store's COW device in use.
+pub(crate) fn used_percent(s: &dms_engine::StoreStatus) -> u64 {
+    s.used_chunks.saturating_mul(100) / s.total_chunks.max(1)
+}
+
+/// Every store whose use crossed its low-water mark since the last look:
+/// a warning in the log and, once per crossing, its hook (with the figures
+/// in its environment).
+pub(crate) fn watch_low_water(d: &Daemon) {
+    let stores: Vec<(std::path::PathBuf, Store)> = d
+        .lock()
+        .stores
+        .iter()
+        .map(|(c, e)| (c.clone(), e.store.clone()))
+        .collect();
+    for (cow, store) in stores {
+        let (Ok(p), Ok(status)) = (store.policy(), store.status()) else {
+            continue;
+        };
+        let pct = used_percent(&status);
+        let low = p.low_water > 0 && pct >= u64::from(p.low_water);
+        let (crossed, devs) = {
+            let mut st = d.lock();
+            let devs: Vec<String> = st
+                .devs
+                .iter()
+                .filter(|(_, x)| x.cow == cow)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let Some(e) = st.stores.get_mut(&cow) else {
+                continue;
+            };
+            let crossed = low && !e.low;
+            e.low = low;
+            (crossed, devs)
+        };
+        if !crossed {
+            continue;
+        }
+        tracing::warn!(
+            "{}: {pct}% of the COW device in use, over the low-water mark of {}%",
+            cow.display(),
+            p.low_water
+        );
+        if p.hook.is_empty() {
+            continue;
+        }
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&p.hook)
+            .env("DMS_COW_DEVICE", &cow)
+            .env("DMS_DM_DEVS", devs.join(" "))
+            .env("DMS_DM_DEV", devs.first().cloned().unwrap_or_default())
+            .env("DMS_USED_CHUNKS", status.used_chunks.to_string())
+            .env("DMS_TOTAL_CHUNKS", status.total_chunks.to_string())
+            .env("DMS_USED_PERCENT", pct.to_string())
+            .env("DMS_LOW_WATER", p.low_water.to_string())
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut c) => {
+                std::thread::spawn(move || match c.wait() {
+                    Ok(s) if !s.success() => tracing::warn!("the low-water hook ended with {s}"),
+                    Err(e) => tracing::warn!("the low-water hook: {e}"),
+                    _ => {}
+                });
+            }
+            Err(e) => tracing::error!("running the low-water hook: {e}"),
+        }
+    }
+}

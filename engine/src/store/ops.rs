@@ -302,3 +302,29 @@ impl Store {
         Ok((old * PAGE_SIZE as u64, pages.max(old) * PAGE_SIZE as u64))
     }
 }
+
+impl Store {
+    /// The store's space policy (`dms policy`): kept in the store.
+    pub fn policy(&self) -> Result<crate::versions::record::StorePolicy> {
+        Ok(self.inner.meta()?.policy().clone())
+    }
+
+    /// Set the space policy; durable on return.
+    pub fn set_policy(&self, p: crate::versions::record::StorePolicy) -> Result<()> {
+        if p.low_water > 100 {
+            return Err(Error::BadPolicy(format!(
+                "a low-water mark of {}%: give 1 to 100 (0: none)",
+                p.low_water
+            )));
+        }
+        if p.hook.len() > crate::versions::record::MAX_HOOK {
+            return Err(Error::BadPolicy(format!(
+                "a hook of {} bytes: at most {}",
+                p.hook.len(),
+                crate::versions::record::MAX_HOOK
+            )));
+        }
+        self.inner.meta()?.set_policy(p);
+        self.flush()
+    }
+}

@@ -100,7 +100,28 @@ pub struct CatKey {
 pub enum CatValue {
     Origin(OriginRecord),
     Version(VersionRecord),
+    /// The store's policy (kind 5, at key `(u32::MAX, 0)`).
+    Policy(StorePolicy),
 }
+
+/// What a store keeps of its space policy (`dms policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorePolicy {
+    /// Percent of the COW device in use at which the store is "low" (0:
+    /// no mark).
+    pub low_water: u8,
+    /// A command run once each time the mark is crossed (empty: none).
+    pub hook: String,
+}
+
+/// The catalog key of the store's policy record.
+pub const POLICY_KEY: CatKey = CatKey {
+    origin: u32::MAX,
+    version: 0,
+};
+
+/// The longest hook command.
+pub const MAX_HOOK: usize = 4096;
 
 pub struct CatalogCodec;
 
@@ -206,6 +227,11 @@ impl Codec for CatalogCodec {
                     out.push(rs.format);
                 }
             }
+            CatValue::Policy(p) => {
+                out.push(5);
+                out.push(p.low_water);
+                put_str(out, &p.hook);
+            }
             CatValue::Version(v) => {
                 out.push(if v.uuid.is_some() { 3 } else { 2 });
                 varint::put(out, u64::from(v.parent));
@@ -294,6 +320,16 @@ impl Codec for CatalogCodec {
                     v.uuid = Some(u);
                 }
                 Ok(CatValue::Version(v))
+            }
+            5 => {
+                let low_water = r.bytes(1)?[0];
+                if low_water > 100 {
+                    return Err(r.err("low-water mark over 100%"));
+                }
+                Ok(CatValue::Policy(StorePolicy {
+                    low_water,
+                    hook: get_str(r, MAX_HOOK)?,
+                }))
             }
             _ => Err(r.err("unknown record kind")),
         }

@@ -42,6 +42,7 @@ __all__ = [
     "du",
     "prune",
     "grow",
+    "policy",
 ]
 
 
@@ -390,3 +391,10 @@ def grow(dm_dev: str) -> tuple:
     device. Returns (bytes before, bytes after)."""
     data = _call({"op": "grow", "name": dm_dev}).get("data") or {}
     return (data.get("old_bytes", 0), data.get("new_bytes", 0))
+
+
+def policy(dm_dev: str, low_water: Optional[int] = None, hook: Optional[str] = None) -> dict:
+    """``dms policy``: the store's space policy ``{"low_water", "hook"}``,
+    after setting what is given."""
+    req = {"op": "policy", "name": dm_dev, "low_water": low_water, "hook": hook}
+    return _call(req).get("data") or {}

@@ -150,6 +150,9 @@ pub(crate) struct Meta {
     changed_records: HashSet<u32>,
     removed_records: Vec<CatKey>,
     force_dirty: bool,
+    /// The store's policy, and whether it is to be written.
+    policy: crate::versions::record::StorePolicy,
+    policy_dirty: bool,
 }
 
 pub(crate) fn loader<'a>(cow: &'a Dev, sb: &Superblock) -> Loader<'a> {
@@ -190,6 +193,8 @@ impl Meta {
             changed_records: HashSet::new(),
             removed_records: Vec::new(),
             force_dirty: false,
+            policy: Default::default(),
+            policy_dirty: false,
         }
     }
 
@@ -210,7 +215,21 @@ impl Meta {
         cat.range(&io, &lo, &hi, usize::MAX, &mut entries)?;
         let block = sb.catalog_root;
         let mut grouped: HashMap<u32, (Option<OriginRecord>, Vec<_>)> = HashMap::new();
+        let mut policy = crate::versions::record::StorePolicy::default();
         for (k, v) in entries {
+            if k == crate::versions::record::POLICY_KEY {
+                match v {
+                    CatValue::Policy(p) => policy = p,
+                    _ => {
+                        return Err(Error::corrupt(
+                            block,
+                            "catalog tree node",
+                            "the policy record is of the wrong kind",
+                        ))
+                    }
+                }
+                continue;
+            }
             let slot = grouped.entry(k.origin).or_default();
             match v {
                 CatValue::Origin(o) if k.version == 0 => slot.0 = Some(o),
@@ -246,6 +265,7 @@ impl Meta {
         let store_uuid = sb.uuid;
         let mut m = Meta::new(cow, sb, space, origins, 1);
         m.cat = cat;
+        m.policy = policy;
         let indices: Vec<u32> = m.origins.keys().copied().collect();
         for index in indices {
             m.settle_versions(index, &store_uuid)?;
@@ -415,6 +435,16 @@ impl Meta {
     /// The superblock of the last encoded commit.
     pub fn sb(&self) -> &Superblock {
         &self.sb
+    }
+
+    pub fn policy(&self) -> &crate::versions::record::StorePolicy {
+        &self.policy
+    }
+
+    pub fn set_policy(&mut self, p: crate::versions::record::StorePolicy) {
+        self.policy = p;
+        self.policy_dirty = true;
+        self.force_dirty = true;
     }
 
     /// The COW device has `page_count` pages now: the store uses them from

@@ -20,6 +20,14 @@ impl Meta {
     /// Write dirty catalog records into the catalog tree.
     fn write_records(&mut self) -> Result<()> {
         let io = loader(&self.cow, &self.sb);
+        if std::mem::take(&mut self.policy_dirty) {
+            self.cat.insert(
+                &io,
+                &mut self.space.alloc,
+                crate::versions::record::POLICY_KEY,
+                CatValue::Policy(self.policy.clone()),
+            )?;
+        }
         for key in std::mem::take(&mut self.removed_records) {
             self.cat.remove(&io, &mut self.space.alloc, &key)?;
         }
