@@ -313,7 +313,7 @@ pub(crate) fn attach_and_expose(
         }
     }
     if target.tag() == 0 {
-        super::transfer::origin_free_of_receives(st, &store, cow_path, origin_id)?;
+        super::receiving::origin_free_of_receives(st, &store, cow_path, origin_id)?;
     }
     let volume = Arc::new(store.volume(origin_id, target.tag())?);
     let path = d

@@ -8,6 +8,7 @@ mod handle;
 mod list;
 mod loopdev;
 mod nbd;
+mod receiving;
 pub mod registry;
 mod service;
 mod transfer;

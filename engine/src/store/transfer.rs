@@ -102,15 +102,7 @@ impl Store {
         from: u64,
     ) -> Result<(Vec<u64>, Option<u64>)> {
         let mut m = self.inner.meta()?;
-        let batch = m.exception_range(index, from, SCAN)?;
-        let mut chunks: Vec<u64> = batch.iter().map(|(k, _)| k.chunk).collect();
-        chunks.dedup();
-        let next = if batch.len() == SCAN {
-            // The last chunk's exceptions may be cut short: take it next time.
-            chunks.pop()
-        } else {
-            None
-        };
+        let (chunks, next) = scan_batch(&mut m, index, from)?;
         let mut out = Vec::new();
         for c in chunks {
             let excs = m.exceptions(index, c)?;
@@ -161,14 +153,7 @@ impl Store {
         loop {
             let (apart, next) = {
                 let mut m = self.inner.meta()?;
-                let batch = m.exception_range(index, from, SCAN)?;
-                let mut chunks: Vec<u64> = batch.iter().map(|(k, _)| k.chunk).collect();
-                chunks.dedup();
-                let next = if batch.len() == SCAN {
-                    chunks.pop()
-                } else {
-                    None
-                };
+                let (chunks, next) = scan_batch(&mut m, index, from)?;
                 let mut apart = Vec::new();
                 for c in chunks {
                     let excs = m.exceptions(index, c)?;
@@ -310,4 +295,19 @@ impl Store {
         }
         self.flush()
     }
+}
+
+/// The chunks with exceptions in one batch of the exception tree from
+/// chunk `from` on, and where the next batch starts (None: done). The last
+/// chunk of a full batch may be cut short: it is taken next time.
+fn scan_batch(m: &mut super::meta::Meta, index: u32, from: u64) -> Result<(Vec<u64>, Option<u64>)> {
+    let batch = m.exception_range(index, from, SCAN)?;
+    let mut chunks: Vec<u64> = batch.iter().map(|(k, _)| k.chunk).collect();
+    chunks.dedup();
+    let next = if batch.len() == SCAN {
+        chunks.pop()
+    } else {
+        None
+    };
+    Ok((chunks, next))
 }
