@@ -264,3 +264,98 @@ fn crossing_the_low_water_mark_runs_the_hook_once() {
     // (The next command starts a daemon, which exposes orig again.)
     assert!(env.ok(&["policy", "orig"]).contains("low-water : 30%"));
 }
+
+/// Tags of an origin's snapshots, from `dms list --json`.
+fn snapshot_tags(env: &Env, dm: &str) -> Vec<u64> {
+    let j: serde_json::Value = serde_json::from_str(&env.ok(&["list", dm, "--json"])).unwrap();
+    j["origins"][0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tag"].as_u64().unwrap())
+        .filter(|&t| t != 0)
+        .collect()
+}
+
+#[test]
+fn on_full_delete_oldest_keeps_the_origin_writable() {
+    if !require("on_full_delete_oldest_keeps_the_origin_writable") {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 8 * MIB); // 2,048 chunks
+                                              // Room for the exposed tag 1's copy of the whole origin, and about
+                                              // three quarters more.
+    let cow = env.image("c.img", 16 * MIB);
+    env.ok(&["create", "orig", &origin, &cow, "-bf"]);
+    env.ok(&[
+        "policy",
+        "orig",
+        "--on-full",
+        "delete-oldest",
+        "--keep-min",
+        "2",
+    ]);
+    let shown = env.ok(&["policy", "orig", "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(p["on_full"], "delete-oldest", "{shown}");
+    assert_eq!(p["keep_min"], 2, "{shown}");
+    env.fails(&["policy", "orig", "--on-full", "maybe"], 2);
+    let o = env.mapper("orig");
+    // Tag 1, exposed the whole time: never deleted.
+    env.ok(&["snapshot", "orig"]);
+    env.ok(&["create", "s1", &origin, &cow, "1", "--read-only"]);
+    let first = std::fs::read(env.mapper("s1")).unwrap();
+    let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
+    let f = std::fs::OpenOptions::new().write(true).open(&o).unwrap();
+    for round in 0..14u64 {
+        let tag: u64 = env.ok(&["snapshot", "orig"]).trim().parse().unwrap_or(0);
+        let tag = if tag == 0 {
+            *snapshot_tags(&env, "orig").last().unwrap()
+        } else {
+            tag
+        };
+        model.push((tag, std::fs::read(&o).unwrap()));
+        // A quarter of the origin rewritten: its copy-outs for every
+        // snapshot that still shares it. Every write succeeds.
+        let region = round % 4 * 512;
+        for c in region..region + 512 {
+            f.write_all_at(&[round as u8 + 1; CB as usize], c * CB)
+                .unwrap_or_else(|e| panic!("round {round}, chunk {c}: {e}"));
+        }
+        f.sync_all().unwrap();
+    }
+    let tags = snapshot_tags(&env, "orig");
+    assert!(tags.contains(&1), "the exposed snapshot went: {tags:?}");
+    assert_eq!(std::fs::read(env.mapper("s1")).unwrap(), first);
+    let newest: Vec<u64> = model.iter().rev().take(2).map(|m| m.0).collect();
+    assert!(newest.iter().all(|t| tags.contains(t)), "{tags:?}");
+    // Oldest first: what is left of the unexposed ones is the newest run.
+    let made: Vec<u64> = model.iter().map(|m| m.0).collect();
+    let kept: Vec<u64> = made.iter().copied().filter(|t| tags.contains(t)).collect();
+    assert!(kept.len() < made.len(), "nothing was deleted: {tags:?}");
+    assert_eq!(kept[..], made[made.len() - kept.len()..], "{tags:?}");
+    for (tag, want) in model.iter().filter(|m| kept.contains(&m.0)) {
+        let name = format!("t{tag}");
+        env.ok(&[
+            "create",
+            &name,
+            &origin,
+            &cow,
+            &tag.to_string(),
+            "--read-only",
+        ]);
+        assert!(
+            std::fs::read(env.mapper(&name)).unwrap() == *want,
+            "snapshot {tag} changed"
+        );
+        env.ok(&["remove", &name]);
+    }
+    let log = std::fs::read_to_string(env.run.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.matches("deleted the oldest snapshot").count() >= made.len() - kept.len(),
+        "{log}"
+    );
+    let c = env.ok(&["check", &cow]);
+    assert!(c.ends_with("clean\n"), "{c}");
+}

@@ -150,7 +150,8 @@ enum Command {
     Prune(space::PruneCmd),
     /// Use the new space of a COW device made larger underneath, online.
     Grow(space::GrowCmd),
-    /// Show or set a store's space policy: a low-water mark and its hook.
+    /// Show or set a store's space policy: a low-water mark and its hook,
+    /// and what a write does when the COW device is full.
     Policy(space::PolicyCmd),
     /// Write a stream of snapshot <tag> to stdout: all of it, or with
     /// --from only what differs from an older tag.

@@ -64,6 +64,11 @@ pub enum Request {
         name: String,
         low_water: Option<u8>,
         hook: Option<String>,
+        /// `fail` or `delete-oldest`.
+        #[serde(default)]
+        on_full: Option<String>,
+        #[serde(default)]
+        keep_min: Option<u32>,
     },
     /// A stream of a snapshot, in frames (src/frames.rs), then the
     /// response. Answered `held: false` when the daemon does not hold the

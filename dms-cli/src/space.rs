@@ -53,6 +53,14 @@ pub struct PolicyCmd {
     /// ("" for none).
     #[arg(long, value_name = "CMD")]
     hook: Option<String>,
+    /// What an origin write does when its copy-out finds the COW device
+    /// full: fail (ENOSPC), or delete the origin's oldest snapshots (never
+    /// an exposed one, never fewer than --keep-min) until it fits.
+    #[arg(long, value_name = "RULE", value_parser = ["fail", "delete-oldest"])]
+    on_full: Option<String>,
+    /// Under --on-full delete-oldest, the fewest snapshots an origin keeps.
+    #[arg(long, value_name = "N")]
+    keep_min: Option<u32>,
     #[arg(long)]
     json: bool,
 }
@@ -63,6 +71,8 @@ impl PolicyCmd {
             name: self.dm_dev,
             low_water: self.low_water,
             hook: self.hook,
+            on_full: self.on_full,
+            keep_min: self.keep_min,
         })?;
         if self.json && r.code == 0 {
             let data = r.data.take().unwrap_or_default();

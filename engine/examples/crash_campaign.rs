@@ -2,6 +2,8 @@
 //! sync; the restarted machine finds the durable image plus a random subset
 //! of unsynced writes, some torn. Each run reopens the store, checks it,
 //! compares every version with the model, finishes any rollback and cleans.
+//! Every third run fills the smallest COW device under the on-full rule
+//! `delete-oldest`, so crashes land in its deletions and cleaning.
 //!
 //! `cargo run --release -p dms-engine --example crash_campaign -- --runs 10000 [--seed N] [--background]`
 //!
@@ -39,16 +41,20 @@ fn main() {
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
     );
     let strategy = prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..30);
+    // Every third run: the smallest COW device under a large origin, with
+    // the on-full rule deleting the oldest snapshots.
+    let full = prop::collection::vec(op_strategy(Rig::FULL.origin_bytes), 1..30);
     let t = Instant::now();
     let (mut crashes, mut losses, mut ops_total) = (0u64, 0u64, 0u64);
     let mut x = seed ^ 0x5DEE_CE66;
     for run in 0..runs {
-        let ops = strategy
+        let rig = if run % 3 == 2 { Rig::FULL } else { Rig::PLAIN };
+        let ops = if run % 3 == 2 { &full } else { &strategy }
             .new_tree(&mut runner)
             .expect("a workload")
             .current();
         let chunk_pages = if run % 2 == 0 { 1 } else { 4 };
-        let total = count_ops(chunk_pages, &ops);
+        let total = count_ops_on(rig, chunk_pages, &ops);
         if total == 0 {
             continue;
         }
@@ -57,12 +63,12 @@ fn main() {
         x ^= x << 17;
         let at = 1 + x % total;
         ops_total += total;
-        match crash_at(chunk_pages, &ops, at, total) {
+        match crash_at_on(rig, chunk_pages, &ops, at, total) {
             Ok(true) => crashes += 1,
             Ok(false) => {}
             Err(e) => {
                 losses += 1;
-                eprintln!("run {run} (chunk {chunk_pages}, crash at {at} of {total}): {e}\n  ops: {ops:?}");
+                eprintln!("run {run} ({rig:?}, chunk {chunk_pages}, crash at {at} of {total}): {e}\n  ops: {ops:?}");
             }
         }
     }

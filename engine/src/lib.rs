@@ -32,5 +32,5 @@ pub use store::{
     ReceiveStatus, Store, StoreStatus, TagUsage, VersionStatus, DEFAULT_HELD_LIMIT, HELD_OVERHEAD,
     MAX_CHUNK_PAGES, MAX_ORIGIN_BYTES, MIN_CHUNK_PAGES,
 };
-pub use versions::record::{StorePolicy, MAX_MEMO, MAX_ORIGIN_ID};
+pub use versions::record::{OnFull, StorePolicy, MAX_MEMO, MAX_ORIGIN_ID};
 pub use volume::{Extent, Volume};

@@ -29,6 +29,52 @@ proptest! {
     fn crash_anywhere_chunk_4(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..25)) {
         crash_case(4, &ops, 40)?;
     }
+
+    /// A full COW device under `delete-oldest`: crashes while writes
+    /// delete and clean the oldest snapshots.
+    #[test]
+    fn crash_anywhere_on_a_full_device(ops in prop::collection::vec(op_strategy(Rig::FULL.origin_bytes), 1..25), four in any::<bool>()) {
+        crash_case_on(Rig::FULL, if four { 4 } else { 1 }, &ops, 40)?;
+    }
+}
+
+/// Writes that fill the device under `delete-oldest` and delete the oldest
+/// snapshots, crashed at every single write and sync.
+#[test]
+fn crash_at_every_point_of_an_on_full_deletion() {
+    // Three fully rewritten snapshots fill the device.
+    let rig = Rig {
+        origin_bytes: 256 << 10,
+        ..Rig::FULL
+    };
+    let size = rig.origin_bytes;
+    let whole = |seed| Op::Write {
+        pick: 0,
+        offset: 0,
+        len: size,
+        seed,
+    };
+    let ops = vec![
+        whole(1),
+        Op::SnapOrigin,
+        whole(2),
+        Op::SnapOrigin,
+        whole(3),
+        Op::SnapOrigin,
+        whole(4),
+        Op::SnapOrigin,
+        whole(5),
+        Op::Flush,
+    ];
+    for cp in [1, 4] {
+        let gone = sacrificed_on(rig, cp, &ops);
+        assert!(
+            !gone.is_empty(),
+            "chunk {cp}: the workload never filled the device"
+        );
+        let crashes = crash_case_on(rig, cp, &ops, u64::MAX).unwrap();
+        assert!(crashes > 100, "chunk {cp}: {crashes} crash points");
+    }
 }
 
 /// A fixed workload crashed at every single write and sync, with several

@@ -171,16 +171,42 @@ fn the_space_policy_is_kept_in_the_store() {
     let p = dms_engine::StorePolicy {
         low_water: 80,
         hook: "lvextend -L+1G vg/cow && dms grow orig".into(),
+        ..Default::default()
     };
     s.set_policy(p.clone()).unwrap();
     let bad = dms_engine::StorePolicy {
         low_water: 101,
-        hook: String::new(),
+        ..Default::default()
     };
     assert!(matches!(s.set_policy(bad), Err(Error::BadPolicy(_))));
     assert!(s.check().unwrap().is_clean());
     drop(s);
-    let s = Store::open(cow).unwrap();
+    let s = Store::open(cow.clone()).unwrap();
     assert_eq!(s.policy().unwrap(), p);
+    assert!(s.check().unwrap().is_clean());
+    // The on-full rule and keep-min are kept too (a kind 6 record).
+    let p = dms_engine::StorePolicy {
+        on_full: dms_engine::OnFull::DeleteOldest,
+        keep_min: 3,
+        ..p
+    };
+    s.set_policy(p.clone()).unwrap();
+    drop(s);
+    let s = Store::open(cow.clone()).unwrap();
+    assert_eq!(s.policy().unwrap(), p);
+    // The longest hook fits the catalog; a longer one is refused.
+    let long = dms_engine::StorePolicy {
+        hook: "x".repeat(1024),
+        ..p.clone()
+    };
+    s.set_policy(long.clone()).unwrap();
+    let too_long = dms_engine::StorePolicy {
+        hook: "x".repeat(1025),
+        ..p
+    };
+    assert!(matches!(s.set_policy(too_long), Err(Error::BadPolicy(_))));
+    drop(s);
+    let s = Store::open(cow).unwrap();
+    assert_eq!(s.policy().unwrap(), long);
     assert!(s.check().unwrap().is_clean());
 }

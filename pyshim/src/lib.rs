@@ -253,6 +253,12 @@ impl Store {
         py.detach(|| s.rollback(origin_id, tag)).map_err(err)
     }
 
+    /// Snapshots the on-full rule (``delete-oldest``) deleted since the
+    /// last call, as ``(origin_id, tag)`` pairs.
+    fn sacrificed(&self) -> PyResult<Vec<(String, u32)>> {
+        Ok(self.get()?.take_sacrificed())
+    }
+
     /// Return the space of deleted snapshots. Returns (versions removed, chunks freed).
     fn clean(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
         let s = self.get()?;
@@ -394,18 +400,45 @@ impl Store {
         Ok(d)
     }
 
-    /// The store's space policy: ``(low_water, hook)`` (0 and ``""``: none).
-    fn policy(&self) -> PyResult<(u8, String)> {
+    /// The store's space policy: a dict with ``low_water`` (0: none),
+    /// ``hook`` (``""``: none), ``on_full`` (``"fail"`` or
+    /// ``"delete-oldest"``) and ``keep_min``.
+    fn policy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let p = self.get()?.policy().map_err(err)?;
-        Ok((p.low_water, p.hook))
+        let d = PyDict::new(py);
+        d.set_item("low_water", p.low_water)?;
+        d.set_item("hook", p.hook)?;
+        d.set_item("on_full", p.on_full.name())?;
+        d.set_item("keep_min", p.keep_min)?;
+        Ok(d)
     }
 
-    /// Set the store's space policy (kept in the store).
-    #[pyo3(signature = (low_water, hook = String::new()))]
-    fn set_policy(&self, py: Python<'_>, low_water: u8, hook: String) -> PyResult<()> {
+    /// Set the store's space policy (kept in the store). ``on_full``:
+    /// ``"fail"`` (a write to a full COW device fails with ENOSPC) or
+    /// ``"delete-oldest"`` (the origin's oldest snapshots go, never an open
+    /// one, never fewer than ``keep_min``).
+    #[pyo3(signature = (low_water = 0, hook = String::new(), on_full = "fail", keep_min = 0))]
+    fn set_policy(
+        &self,
+        py: Python<'_>,
+        low_water: u8,
+        hook: String,
+        on_full: &str,
+        keep_min: u32,
+    ) -> PyResult<()> {
+        let on_full: engine::OnFull = on_full
+            .parse()
+            .map_err(|e: String| PyValueError::new_err(format!("on_full {e}")))?;
         let s = self.get()?;
-        py.detach(|| s.set_policy(engine::StorePolicy { low_water, hook }))
-            .map_err(err)
+        py.detach(|| {
+            s.set_policy(engine::StorePolicy {
+                low_water,
+                hook,
+                on_full,
+                keep_min,
+            })
+        })
+        .map_err(err)
     }
 
     /// The COW device was made larger underneath: use the new space now.

@@ -62,17 +62,48 @@ def test_grow(images, daemon):
 
 def test_policy(images, daemon):
     s = dms.Store.format(images("cp.img", 4 * MIB))
-    assert s.policy() == (0, "")
+    plain = {"low_water": 0, "hook": "", "on_full": "fail", "keep_min": 0}
+    assert s.policy() == plain
     s.set_policy(75, "true")
-    assert s.policy() == (75, "true")
-    try:
-        s.set_policy(150)
-        raise AssertionError("a mark over 100 was taken")
-    except (dms.InvalidArgumentError, OverflowError):
-        pass
+    assert s.policy() == {**plain, "low_water": 75, "hook": "true"}
+    s.set_policy(on_full="delete-oldest", keep_min=2)
+    assert s.policy() == {**plain, "on_full": "delete-oldest", "keep_min": 2}
+    for bad in ({"low_water": 150}, {"on_full": "sometimes"}):
+        try:
+            s.set_policy(**bad)
+            raise AssertionError(f"{bad} was taken")
+        except (dms.InvalidArgumentError, OverflowError, ValueError):
+            pass
+    assert s.policy()["keep_min"] == 2
     s.close()
     origin, cow = images("op.img", 4 * MIB), images("cq.img", 16 * MIB)
     dms.create("p", origin, cow, bind=True, format=True)
-    assert dms.policy("p") == {"low_water": 0, "hook": ""}
+    assert dms.policy("p") == plain
     assert dms.policy("p", low_water=50)["low_water"] == 50
     assert dms.policy("p")["low_water"] == 50
+    got = dms.policy("p", on_full="delete-oldest", keep_min=1)
+    assert got == {**plain, "low_water": 50, "on_full": "delete-oldest", "keep_min": 1}
+
+
+def test_on_full_delete_oldest(images):
+    """A store under delete-oldest: origin writes go on when the COW
+    device is full; the oldest snapshots go, an open one never does."""
+    origin, cow = images("fo.img", 2 * MIB), images("fc.img", 4 * MIB)
+    s = dms.Store.format(cow)
+    s.bind("o", origin)
+    s.set_policy(on_full="delete-oldest", keep_min=1)
+    o = s.volume("o", 0)
+    first = s.snapshot("o")
+    kept = s.volume("o", first)
+    want = kept.read(0, 2 * MIB)
+    for r in range(6):
+        s.snapshot("o")
+        half = (r % 2) * MIB
+        o.write(half, bytes([r + 1]) * MIB)
+    tags = s.tags("o")
+    assert first in tags and len(tags) < 7, tags
+    gone = [t for _, t in s.sacrificed()]
+    assert gone and first not in gone and not set(gone) & set(tags), (gone, tags)
+    assert gone == sorted(gone)
+    assert kept.read(0, 2 * MIB) == want
+    assert s.check().clean

@@ -67,7 +67,18 @@ pub(crate) fn handle(d: &Arc<Daemon>, req: Request) -> Response {
             name,
             low_water,
             hook,
-        } => super::usage::policy(d, &name, low_water, hook),
+            on_full,
+            keep_min,
+        } => super::usage::policy(
+            d,
+            &name,
+            super::usage::PolicyChange {
+                low_water,
+                hook,
+                on_full,
+                keep_min,
+            },
+        ),
         Request::Inspect { cow, what } => super::transfer::inspect(d, &cow, what),
         // Answered in frames by serve().
         Request::Send(_) | Request::Receive(_) => Err(Fail::new(2, "a stream request")),

@@ -66,7 +66,35 @@ pub struct OriginList {
     pub cleaning_versions: u64,
     pub rollbacking: Option<Rollback>,
     pub receiving: Option<Receiving>,
+    /// The store's space policy (`dms policy`); absent when the store is
+    /// not available.
+    #[serde(default)]
+    pub policy: Option<Policy>,
     pub snapshots: Vec<Row>,
+}
+
+/// A store's space policy as `dms policy` and `dms list --json` show it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Policy {
+    /// Percent in use at which the store is low (0: none).
+    pub low_water: u8,
+    /// Run once per crossing ("" for none).
+    pub hook: String,
+    /// `fail` or `delete-oldest`.
+    pub on_full: String,
+    /// Under `delete-oldest`, the fewest snapshots an origin keeps.
+    pub keep_min: u32,
+}
+
+impl From<&dms_engine::StorePolicy> for Policy {
+    fn from(p: &dms_engine::StorePolicy) -> Policy {
+        Policy {
+            low_water: p.low_water,
+            hook: p.hook.clone(),
+            on_full: p.on_full.name().into(),
+            keep_min: p.keep_min,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -186,16 +214,19 @@ fn unavailable(cow: &std::path::Path, id: &str, path: &std::path::Path, why: &st
         cleaning_versions: 0,
         rollbacking: None,
         receiving: None,
+        policy: None,
         snapshots: Vec::new(),
     }
 }
 
+/// The policy of a store the daemon holds.
+fn policy(st: &State, cow: &PathBuf) -> Option<dms_engine::StorePolicy> {
+    st.stores.get(cow).and_then(|e| e.store.policy().ok())
+}
+
 /// The low-water mark of a store the daemon holds (0: none, or not held).
 fn low_water(st: &State, cow: &PathBuf) -> u8 {
-    st.stores
-        .get(cow)
-        .and_then(|e| e.store.policy().ok())
-        .map_or(0, |p| p.low_water)
+    policy(st, cow).map_or(0, |p| p.low_water)
 }
 
 fn origin_list(
@@ -248,6 +279,7 @@ fn origin_list(
         used_chunks: status.used_chunks,
         total_chunks: status.total_chunks,
         cow_status: cow_status(status, low_water(st, cow)).into(),
+        policy: policy(st, cow).as_ref().map(Policy::from),
         cleaning: o.cleaning.is_some() || o.ghosts > 0,
         cleaning_versions: o.ghosts,
         rollbacking: rolling,

@@ -148,25 +148,45 @@ pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     })
 }
 
+/// What `dms policy` asks to change (None: keep).
+pub(crate) struct PolicyChange {
+    pub low_water: Option<u8>,
+    pub hook: Option<String>,
+    pub on_full: Option<String>,
+    pub keep_min: Option<u32>,
+}
+
 /// `dms policy`: show the store's policy, or set what is given.
-pub(crate) fn policy(
-    d: &Arc<Daemon>,
-    name: &str,
-    low_water: Option<u8>,
-    hook: Option<String>,
-) -> Res<Response> {
+pub(crate) fn policy(d: &Arc<Daemon>, name: &str, change: PolicyChange) -> Res<Response> {
     let (cow, store) = {
         let st = d.lock();
         let (dev, store) = dev_and_store(&st, name)?;
         (dev.cow.clone(), store)
     };
     let mut p = store.policy()?;
-    if low_water.is_some() || hook.is_some() {
-        if let Some(l) = low_water {
+    let on_full = match &change.on_full {
+        Some(s) => Some(
+            s.parse::<dms_engine::OnFull>()
+                .map_err(|e| Fail::new(2, format!("--on-full {e}")))?,
+        ),
+        None => None,
+    };
+    let changes = change.low_water.is_some()
+        || change.hook.is_some()
+        || on_full.is_some()
+        || change.keep_min.is_some();
+    if changes {
+        if let Some(l) = change.low_water {
             p.low_water = l;
         }
-        if let Some(h) = hook {
+        if let Some(h) = change.hook {
             p.hook = h;
+        }
+        if let Some(r) = on_full {
+            p.on_full = r;
+        }
+        if let Some(k) = change.keep_min {
+            p.keep_min = k;
         }
         store.set_policy(p.clone())?;
         // Looked at again from now on: a mark crossed already counts.
@@ -176,17 +196,19 @@ pub(crate) fn policy(
         d.kick();
     }
     let out = format!(
-        "low-water : {}\nhook : {}\n",
+        "low-water : {}\nhook : {}\non-full : {}\nkeep-min : {}\n",
         if p.low_water == 0 {
             "none".to_string()
         } else {
             format!("{}%", p.low_water)
         },
-        if p.hook.is_empty() { "none" } else { &p.hook }
+        if p.hook.is_empty() { "none" } else { &p.hook },
+        p.on_full.name(),
+        p.keep_min
     );
     Ok(Response {
         output: out,
-        data: Some(serde_json::json!({ "low_water": p.low_water, "hook": p.hook })),
+        data: Some(serde_json::to_value(super::list::Policy::from(&p)).unwrap_or_default()),
         ..Default::default()
     })
 }

@@ -462,6 +462,11 @@ impl Allocator {
         self.free_pages < self.reserve + u64::from(self.chunk_pages)
     }
 
+    /// A data chunk can be handed out now.
+    pub fn can_alloc_data(&self) -> bool {
+        !self.is_full() && self.find_free_group(self.data_cursor).is_some()
+    }
+
     pub fn page_count(&self) -> u64 {
         self.page_count
     }

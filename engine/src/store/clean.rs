@@ -32,8 +32,16 @@ impl Store {
         let mut report = CleanReport::default();
         let origins: Vec<u32> = self.inner.meta()?.origins().map(|o| o.index).collect();
         for index in origins {
-            while self.clean_pass(index, &mut report)? {}
+            while self.clean_pass(index, true, &mut report)? {}
         }
+        Ok(report)
+    }
+
+    /// Clean one origin until nothing is left; `paced` as a background
+    /// job, else at full speed (a writer waits for the space).
+    pub(crate) fn clean_origin(&self, index: u32, paced: bool) -> Result<CleanReport> {
+        let mut report = CleanReport::default();
+        while self.clean_pass(index, paced, &mut report)? {}
         Ok(report)
     }
 
@@ -47,8 +55,9 @@ impl Store {
     }
 
     /// One pass over one origin; false when there was nothing to do.
-    fn clean_pass(&self, index: u32, report: &mut CleanReport) -> Result<bool> {
+    fn clean_pass(&self, index: u32, paced: bool, report: &mut CleanReport) -> Result<bool> {
         let inner = &self.inner;
+        let _one = super::lock(&inner.clean_lock);
         let shape = inner.shape(index);
         {
             let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
@@ -74,7 +83,9 @@ impl Store {
         loop {
             // Between batches, holding no lock: pause if foreground I/O
             // went on.
-            pacer.tick();
+            if paced {
+                pacer.tick();
+            }
             let _shared = shape.read().unwrap_or_else(PoisonError::into_inner);
             let (chunks, cursor) = {
                 let mut m = inner.meta()?;

@@ -21,6 +21,7 @@ mod meta;
 mod ops;
 mod plan;
 mod rollback;
+mod room;
 mod status;
 mod transfer;
 mod usage;
@@ -112,6 +113,16 @@ pub(crate) struct Inner {
     fg_waiting: AtomicUsize,
     /// Foreground reads and writes started (see [`Pacer`]).
     fg_ops: AtomicU64,
+    /// One cleaning pass at a time (the daemon's cleaner, `clean`, and a
+    /// writer making room under the on-full rule).
+    pub(crate) clean_lock: Mutex<()>,
+    /// One writer at a time makes room under the on-full rule.
+    pub(crate) room: Mutex<()>,
+    /// Snapshots deleted under the on-full rule so far: a writer that saw
+    /// no space retries without deleting more if this moved meanwhile.
+    pub(crate) room_epoch: AtomicU64,
+    /// Snapshots the on-full rule deleted, not yet taken.
+    pub(crate) sacrificed: Mutex<Vec<(String, u32)>>,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -271,6 +282,10 @@ impl Store {
                 rollback_workers: AtomicUsize::new(default_rollback_workers()),
                 fg_waiting: AtomicUsize::new(0),
                 fg_ops: AtomicU64::new(0),
+                clean_lock: Mutex::new(()),
+                room: Mutex::new(()),
+                room_epoch: AtomicU64::new(0),
+                sacrificed: Mutex::new(Vec::new()),
                 rollback_group: env_usize("DMS_ROLLBACK_GROUP").unwrap_or(32).clamp(1, 1024),
             }),
         };

@@ -130,7 +130,20 @@ impl Store {
                 let last = chunks.last().copied().unwrap_or(rb.cursor);
                 (chunks.into_iter().collect::<Vec<u64>>(), last)
             };
-            inner.merge_in_parallel(index, &chunks)?;
+            let epoch = inner.room_epoch.load(Ordering::Acquire);
+            match inner.merge_in_parallel(index, &chunks) {
+                // The merge's copy-outs found the device full: under the
+                // on-full rule make room (holding no lock) and scan the
+                // batch again; what was merged stays merged.
+                Err(Error::NoSpace) => {
+                    drop(_shared);
+                    if !self.make_room(index, epoch)? {
+                        return Err(Error::NoSpace);
+                    }
+                    continue;
+                }
+                res => res?,
+            }
             let mut m = inner.meta()?;
             if let Some(r) = m.edit(index)?.rec().rollback.as_mut() {
                 r.cursor = r.cursor.max(last + 1);

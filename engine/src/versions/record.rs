@@ -112,6 +112,41 @@ pub struct StorePolicy {
     pub low_water: u8,
     /// A command run once each time the mark is crossed (empty: none).
     pub hook: String,
+    /// What an origin write does when a copy-out finds no space.
+    pub on_full: OnFull,
+    /// Under [`OnFull::DeleteOldest`], the fewest snapshots an origin keeps.
+    pub keep_min: u32,
+}
+
+/// What happens when a write finds the COW device full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFull {
+    /// The write fails with ENOSPC.
+    #[default]
+    Fail,
+    /// The origin's oldest snapshots are deleted (never one open, never
+    /// fewer than `keep_min`) until the write finds room.
+    DeleteOldest,
+}
+
+impl OnFull {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnFull::Fail => "fail",
+            OnFull::DeleteOldest => "delete-oldest",
+        }
+    }
+}
+
+impl std::str::FromStr for OnFull {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<OnFull, String> {
+        match s {
+            "fail" => Ok(OnFull::Fail),
+            "delete-oldest" => Ok(OnFull::DeleteOldest),
+            _ => Err(format!("{s:?}: give fail or delete-oldest")),
+        }
+    }
 }
 
 /// The catalog key of the store's policy record.
@@ -120,8 +155,10 @@ pub const POLICY_KEY: CatKey = CatKey {
     version: 0,
 };
 
-/// The longest hook command.
-pub const MAX_HOOK: usize = 4096;
+/// The longest hook command: a policy record stays within the catalog's
+/// entry bound.
+pub const MAX_HOOK: usize = 1024;
+const _: () = assert!(10 + 1 + 1 + 2 + MAX_HOOK + 1 + 5 <= <CatalogCodec as Codec>::MAX_ENTRY);
 
 pub struct CatalogCodec;
 
@@ -144,7 +181,8 @@ impl Codec for CatalogCodec {
     type Value = CatValue;
     const KIND: Kind = Kind::CatalogNode;
     // The larger of an origin record with a receive in progress (three
-    // identities, a memo) and a version record (an identity, a memo).
+    // identities, a memo) and a version record (an identity, a memo); a
+    // policy record (at most 1 + 1 + 2 + MAX_HOOK + 1 + 5) is smaller.
     const MAX_ENTRY: usize =
         10 + 1 + 5 * 6 + 10 * 8 + 2 * 10 + 3 * 16 + 1 + MAX_MEMO + MAX_ORIGIN_ID;
 
@@ -228,9 +266,18 @@ impl Codec for CatalogCodec {
                 }
             }
             CatValue::Policy(p) => {
-                out.push(5);
+                // Kind 5 until an on-full rule is set; kind 6 adds it.
+                let plain = p.on_full == OnFull::Fail && p.keep_min == 0;
+                out.push(if plain { 5 } else { 6 });
                 out.push(p.low_water);
                 put_str(out, &p.hook);
+                if !plain {
+                    out.push(match p.on_full {
+                        OnFull::Fail => 0,
+                        OnFull::DeleteOldest => 1,
+                    });
+                    varint::put(out, u64::from(p.keep_min));
+                }
             }
             CatValue::Version(v) => {
                 out.push(if v.uuid.is_some() { 3 } else { 2 });
@@ -321,15 +368,25 @@ impl Codec for CatalogCodec {
                 }
                 Ok(CatValue::Version(v))
             }
-            5 => {
+            5 | 6 => {
                 let low_water = r.bytes(1)?[0];
                 if low_water > 100 {
                     return Err(r.err("low-water mark over 100%"));
                 }
-                Ok(CatValue::Policy(StorePolicy {
+                let mut p = StorePolicy {
                     low_water,
                     hook: get_str(r, MAX_HOOK)?,
-                }))
+                    ..StorePolicy::default()
+                };
+                if kind == 6 {
+                    p.on_full = match r.bytes(1)?[0] {
+                        0 => OnFull::Fail,
+                        1 => OnFull::DeleteOldest,
+                        _ => return Err(r.err("unknown on-full rule")),
+                    };
+                    p.keep_min = r.get_u32()?;
+                }
+                Ok(CatValue::Policy(p))
             }
             _ => Err(r.err("unknown record kind")),
         }

@@ -74,6 +74,7 @@ impl Store {
             return Err(Error::OriginNotAttached(origin_id.to_string()));
         }
         o.open_volumes += 1;
+        *o.open_tags.entry(tag).or_default() += 1;
         Ok(Volume {
             store: self.clone(),
             origin: index,
@@ -118,6 +119,14 @@ impl Drop for Volume {
         if let Ok(mut m) = self.store.inner.meta_now() {
             if let Ok(o) = m.origin_mut(self.origin) {
                 o.open_volumes = o.open_volumes.saturating_sub(1);
+                if self.version.is_none() {
+                    if let Some(n) = o.open_tags.get_mut(&self.tag) {
+                        *n -= 1;
+                        if *n == 0 {
+                            o.open_tags.remove(&self.tag);
+                        }
+                    }
+                }
             }
         }
     }

@@ -43,11 +43,30 @@ impl Volume {
         inner.wait_for_room()?;
         let cb = inner.chunk_bytes;
         let shape = inner.shape(self.origin);
-        let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = shape.read().unwrap_or_else(PoisonError::into_inner);
         let all = pieces(offset, buf.len(), cb);
         for batch in all.chunks(BATCH_CHUNKS as usize) {
-            let mut locked = inner.lock_write(self.origin, batch.iter().map(|p| p.chunk))?;
-            self.write_batch(buf, batch, cb, &mut locked)?;
+            loop {
+                let epoch = inner.room_epoch.load(std::sync::atomic::Ordering::Acquire);
+                let mut locked = inner.lock_write(self.origin, batch.iter().map(|p| p.chunk))?;
+                match self.write_batch(buf, batch, cb, &mut locked) {
+                    // The device is full and nothing of this batch was
+                    // written: under the on-full rule, let go of every
+                    // lock, make room, and plan the batch again.
+                    Err(Error::NoSpace) => {
+                        drop(locked);
+                        drop(guard);
+                        if !self.store.make_room(self.origin, epoch)? {
+                            return Err(Error::NoSpace);
+                        }
+                        guard = shape.read().unwrap_or_else(PoisonError::into_inner);
+                    }
+                    res => {
+                        res?;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -393,8 +393,21 @@ def grow(dm_dev: str) -> tuple:
     return (data.get("old_bytes", 0), data.get("new_bytes", 0))
 
 
-def policy(dm_dev: str, low_water: Optional[int] = None, hook: Optional[str] = None) -> dict:
-    """``dms policy``: the store's space policy ``{"low_water", "hook"}``,
-    after setting what is given."""
-    req = {"op": "policy", "name": dm_dev, "low_water": low_water, "hook": hook}
+def policy(
+    dm_dev: str,
+    low_water: Optional[int] = None,
+    hook: Optional[str] = None,
+    on_full: Optional[str] = None,
+    keep_min: Optional[int] = None,
+) -> dict:
+    """``dms policy``: the store's space policy ``{"low_water", "hook",
+    "on_full", "keep_min"}``, after setting what is given."""
+    req = {
+        "op": "policy",
+        "name": dm_dev,
+        "low_water": low_water,
+        "hook": hook,
+        "on_full": on_full,
+        "keep_min": keep_min,
+    }
     return _call(req).get("data") or {}

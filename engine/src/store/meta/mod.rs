@@ -38,6 +38,8 @@ pub(crate) struct Origin {
     /// Set after an origin write; the next commit syncs the device.
     pub dirty: Arc<AtomicBool>,
     pub open_volumes: usize,
+    /// Open volumes per tag (a snapshot open is exposed: no policy deletes it).
+    pub open_tags: HashMap<u32, usize>,
     /// The cleaning pass in progress: version -> its one surviving child
     /// (None = dropped with its subtree).
     pub cleaning: HashMap<u32, Option<u32>>,
@@ -58,6 +60,7 @@ impl Origin {
             dev,
             dirty: Arc::new(AtomicBool::new(false)),
             open_volumes: 0,
+            open_tags: HashMap::new(),
             cleaning,
             owned: OwnedSet::default(),
         }
