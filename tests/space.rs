@@ -359,3 +359,112 @@ fn on_full_delete_oldest_keeps_the_origin_writable() {
     let c = env.ok(&["check", &cow]);
     assert!(c.ends_with("clean\n"), "{c}");
 }
+
+fn file_size(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+fn blockdev_size(dev: &str) -> u64 {
+    sh(&format!("blockdev --getsize64 {dev}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_origin_grown_underneath_grows_its_dm_devs_and_its_snapshots_keep_theirs() {
+    let test = "an_origin_grown_underneath_grows_its_dm_devs_and_its_snapshots_keep_theirs";
+    if !require_tools(test, &["nbdinfo", "losetup", "blockdev"]) {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 8 * MIB);
+    let cow = env.image("c.img", 64 * MIB);
+    // The origin with a loop device of the daemon's, and one of a user's.
+    env.ok(&["create", "orig", &origin, &cow, "-bf", "--loop"]);
+    let o = env.mapper("orig");
+    write(&o, 0, 2048, 1);
+    env.ok(&["snapshot", "orig"]); // 1: 8 MiB
+    env.ok(&["create", "s1", &origin, &cow, "1", "--read-only"]);
+    let snap = std::fs::read(env.mapper("s1")).unwrap();
+    let theirs = sh(&format!("losetup --find --show {}", o.display()));
+    let theirs = theirs.trim().to_string();
+    let loops: Vec<String> = sh(&format!("losetup -j {} -O NAME -n", o.display()))
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(loops.len(), 2, "{loops:?}");
+    let uri = |e: &str| {
+        format!(
+            "nbd+unix:///{e}?socket={}",
+            env.run.path().join("nbd.sock").display()
+        )
+    };
+    let nbd_size = |e: &str| -> u64 {
+        sh(&format!("nbdinfo --size '{}'", uri(e)))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(nbd_size("orig"), 8 * MIB);
+    // Larger underneath, then grow.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&origin)
+        .unwrap()
+        .set_len(12 * MIB)
+        .unwrap();
+    let out = env.ok(&["grow", "orig"]);
+    assert!(out.contains("8388608 -> 12582912 bytes"), "{out}");
+    assert_eq!(file_size(&o), 12 * MIB);
+    for l in &loops {
+        assert_eq!(blockdev_size(l), 12 * MIB, "{l}");
+    }
+    assert_eq!(nbd_size("orig"), 12 * MIB);
+    // The snapshot keeps its size and content.
+    assert_eq!(file_size(&env.mapper("s1")), 8 * MIB);
+    assert_eq!(nbd_size("s1"), 8 * MIB);
+    assert!(std::fs::read(env.mapper("s1")).unwrap() == snap);
+    // Writes into the new space copy nothing out; a new snapshot has the
+    // new size.
+    let used = data_chunks(&env, &cow);
+    write(&o, 2048, 1024, 2);
+    assert_eq!(data_chunks(&env, &cow), used);
+    env.ok(&["snapshot", "orig"]); // 2: 12 MiB
+    let sizes = |env: &Env| -> Vec<(u64, u64)> {
+        let j: serde_json::Value =
+            serde_json::from_str(&env.ok(&["list", "orig", "--json"])).unwrap();
+        j["origins"][0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["tag"].as_u64().unwrap(), r["size"].as_u64().unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        sizes(&env),
+        vec![(0, 12 * MIB), (1, 8 * MIB), (2, 12 * MIB)]
+    );
+    let table = env.ok(&["dmsetup", "table", "orig"]);
+    assert!(
+        table.starts_with(&format!("0 {} ", 12 * MIB / 512)),
+        "{table}"
+    );
+    // A rollback of the smaller snapshot is refused clearly.
+    sh(&format!("losetup -d {theirs}"));
+    env.ok(&["remove", "orig"]);
+    let why = env.fails(&["rollback", "s1", "1"], 1);
+    assert!(why.contains("before the origin grew"), "{why}");
+    env.ok(&["create", "orig", &origin, &cow]);
+    let c = env.ok(&["check", &cow]);
+    assert!(c.ends_with("clean\n"), "{c}");
+    // Across a restart: the same sizes, the origin dm_dev back.
+    env.ok(&["shutdown"]);
+    assert_eq!(
+        sizes(&env),
+        vec![(0, 12 * MIB), (1, 8 * MIB), (2, 12 * MIB)]
+    );
+    assert_eq!(file_size(&env.mapper("orig")), 12 * MIB);
+    assert_eq!(file_size(&env.mapper("s1")), 8 * MIB);
+    assert!(std::fs::read(env.mapper("s1")).unwrap() == snap);
+}

@@ -95,6 +95,9 @@ pub enum Error {
     Interrupted { cause: String, token: String },
     /// No interrupted receive on this origin.
     NoReceive(String),
+    /// Two versions of different sizes where one size is needed (a
+    /// snapshot taken before its origin grew).
+    SizeDiffers(String),
 }
 
 /// What kind of failure an error is: one vocabulary for the engine, the
@@ -226,7 +229,8 @@ impl Error {
             | Error::MemoTooLong { .. }
             | Error::WrongBase(_)
             | Error::BadToken(_)
-            | Error::OutOfRange { .. } => ErrorKind::Invalid,
+            | Error::OutOfRange { .. }
+            | Error::SizeDiffers(_) => ErrorKind::Invalid,
         }
     }
 
@@ -234,7 +238,7 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::NoSpace => libc::ENOSPC,
-            Error::OutOfRange { .. } => libc::EINVAL,
+            Error::OutOfRange { .. } | Error::SizeDiffers(_) => libc::EINVAL,
             Error::UnknownTag { .. } | Error::UnknownOrigin(_) | Error::NoSuchDevice { .. } => {
                 libc::ENOENT
             }
@@ -350,6 +354,7 @@ impl fmt::Display for Error {
             Error::NoReceive(origin) => {
                 write!(f, "origin {origin} has no interrupted receive")
             }
+            Error::SizeDiffers(what) => f.write_str(what),
         }
     }
 }

@@ -421,3 +421,34 @@ fn crash_at_every_point_of_a_receive() {
     }
     assert!(points > 100, "only {points} crash points");
 }
+
+/// An origin grown between snapshots, with writes into the new space
+/// before and after a snapshot of the grown origin, crashed at every
+/// single write and sync: the origin has the old size or the new, every
+/// snapshot its own, every flushed write there.
+#[test]
+fn crash_at_every_point_of_an_origin_grow() {
+    let w = |offset, len, seed| Op::Write {
+        pick: 0,
+        offset,
+        len,
+        seed,
+    };
+    let end = ORIGIN_BYTES - 6000;
+    let ops = vec![
+        w(0, 9000, 1),
+        Op::SnapOrigin,
+        w(4000, 9000, 2),
+        Op::GrowOrigin { bytes: 12288 },
+        w(end, 6000, 3),
+        Op::SnapOrigin,
+        w(end - 3000, 6000, 4),
+        Op::GrowOrigin { bytes: 6144 },
+        w(end, 6000, 5),
+        Op::Flush,
+    ];
+    for cp in [1, 4] {
+        let crashes = crash_case(cp, &ops, u64::MAX).unwrap();
+        assert!(crashes > 40, "chunk {cp}: {crashes} crash points");
+    }
+}

@@ -210,3 +210,121 @@ fn the_space_policy_is_kept_in_the_store() {
     assert_eq!(s.policy().unwrap(), long);
     assert!(s.check().unwrap().is_clean());
 }
+
+#[test]
+fn an_origin_grown_underneath_takes_the_new_size_and_its_snapshots_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("origin.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(ORIGIN as u64)
+        .unwrap();
+    let cow: Dev = Arc::new(MemDev::new("cow", 64 << 20));
+    let s = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+    s.bind("o", Arc::new(FileDev::open(&path, true).unwrap()))
+        .unwrap();
+    let o = s.volume("o", 0).unwrap();
+    o.write_at(&vec![1u8; ORIGIN], 0).unwrap();
+    let old = s.snapshot_origin("o", "before").unwrap();
+    let before = read_all(&s, old);
+    // Not grown yet: nothing to do; a smaller device is refused.
+    assert_eq!(s.grow_origin("o").unwrap(), (ORIGIN as u64, ORIGIN as u64));
+    let set_len = |n: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(n)
+            .unwrap()
+    };
+    set_len(2 * ORIGIN as u64 + 512);
+    let big = 2 * ORIGIN as u64 + 512;
+    assert_eq!(s.grow_origin("o").unwrap(), (ORIGIN as u64, big));
+    // The open origin volume sees the new size at once; the snapshot has
+    // its own.
+    assert_eq!(o.size(), big);
+    let snap = s.volume("o", old).unwrap();
+    assert_eq!(snap.size(), ORIGIN as u64);
+    assert!(matches!(
+        snap.read_at(&mut [0u8; 1], ORIGIN as u64),
+        Err(Error::OutOfRange { .. })
+    ));
+    // Writes into the new space copy nothing out for the old snapshot.
+    let used = s.check().unwrap().data_chunks;
+    o.write_at(&vec![2u8; ORIGIN + 512], ORIGIN as u64).unwrap();
+    assert_eq!(s.check().unwrap().data_chunks, used);
+    // A snapshot of the grown origin has its size; a write there now does.
+    let new = s.snapshot_origin("o", "after").unwrap();
+    assert_eq!(s.volume("o", new).unwrap().size(), big);
+    let after = read_all(&s, new);
+    o.write_at(&[3u8; CB], ORIGIN as u64).unwrap();
+    assert_eq!(s.check().unwrap().data_chunks, used + 1);
+    assert!(read_all(&s, new) == after);
+    assert!(read_all(&s, old) == before);
+    // A snapshot of the old snapshot has the old size.
+    let of_old = s.snapshot_of("o", old, "").unwrap();
+    assert_eq!(s.volume("o", of_old).unwrap().size(), ORIGIN as u64);
+    // The sizes are in the status.
+    let st = s.status().unwrap();
+    let sizes: Vec<(u32, u64)> = st.origins[0]
+        .list
+        .iter()
+        .filter(|v| !v.ghost)
+        .map(|v| (v.tag, v.size))
+        .collect();
+    assert!(
+        sizes.contains(&(0, big))
+            && sizes.contains(&(old, ORIGIN as u64))
+            && sizes.contains(&(new, big)),
+        "{sizes:?}"
+    );
+    // The old snapshot cannot be rolled back into the larger origin; the
+    // new one can. An incremental stream across the grow is refused; delta
+    // counts the new space as changed.
+    assert!(matches!(s.rollback("o", old), Err(Error::SizeDiffers(_))));
+    let d = s.delta("o", old, new).unwrap();
+    let first_new = (ORIGIN / CB) as u64;
+    assert!(
+        (first_new..=(big / CB as u64)).all(|c| d.contains(&c)),
+        "{:?}",
+        &d[d.len().saturating_sub(4)..]
+    );
+    let mut sink = Vec::new();
+    let opts = dms_engine::stream::SendOptions {
+        from: Some(old),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.send("o", new, &opts, &mut sink, &mut |_, _| {}),
+        Err(Error::SizeDiffers(_))
+    ));
+    s.rollback("o", new).unwrap();
+    let now = read_all(&s, 0);
+    let diff = now.iter().zip(&after).position(|(a, b)| a != b);
+    assert!(
+        now.len() == after.len() && diff.is_none(),
+        "{} vs {} bytes, first difference at {diff:?}",
+        now.len(),
+        after.len()
+    );
+    assert!(s.check().unwrap().is_clean());
+    // Reopened: the sizes are kept.
+    drop((o, snap));
+    drop(s);
+    let s = Store::open(cow).unwrap();
+    s.attach("o", Arc::new(FileDev::open(&path, true).unwrap()))
+        .unwrap();
+    assert_eq!(s.volume("o", 0).unwrap().size(), big);
+    assert_eq!(s.volume("o", old).unwrap().size(), ORIGIN as u64);
+    assert_eq!(s.volume("o", of_old).unwrap().size(), ORIGIN as u64);
+    assert!(read_all(&s, old) == before);
+    assert!(read_all(&s, new) == after);
+    assert!(s.check().unwrap().is_clean());
+    // A device that shrank is refused, and the origin kept as it is.
+    set_len(ORIGIN as u64);
+    assert!(matches!(
+        s.grow_origin("o"),
+        Err(Error::OriginShrunk { .. })
+    ));
+    assert_eq!(s.volume("o", 0).unwrap().size(), big);
+}

@@ -8,15 +8,16 @@ use dms_engine::io::{Dev, FileDev};
 mod errors;
 mod records;
 mod stream;
+mod volume;
 
 use errors::*;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyDict, PyList, PyMemoryView, PyType};
+use pyo3::types::{PyDict, PyList, PyType};
 use records::{CheckReport, OriginStatus, StoreStatus, Version};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use volume::Volume;
 
 fn closed_err(what: &str) -> PyErr {
     PyValueError::new_err(format!("operation on a closed {what}"))
@@ -24,123 +25,6 @@ fn closed_err(what: &str) -> PyErr {
 
 fn open_dev(path: &PathBuf) -> PyResult<Dev> {
     Ok(Arc::new(FileDev::open(path, true).map_err(err)?))
-}
-
-/// One version of an origin, opened for I/O. A context manager.
-#[pyclass(frozen, module = "dms")]
-struct Volume {
-    inner: Mutex<Option<Arc<engine::Volume>>>,
-    size: u64,
-    tag: u32,
-    origin_id: String,
-}
-
-impl Volume {
-    fn get(&self) -> PyResult<Arc<engine::Volume>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| closed_err("volume"))
-    }
-}
-
-fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
-    match data.extract::<PyBackedBytes>() {
-        Ok(b) => Ok(b),
-        Err(_) => PyMemoryView::from(data)?
-            .call_method0("tobytes")?
-            .extract::<PyBackedBytes>()
-            .map_err(Into::into),
-    }
-}
-
-#[pymethods]
-impl Volume {
-    /// Read ``length`` bytes at ``offset``.
-    fn read(&self, py: Python<'_>, offset: u64, length: usize) -> PyResult<Vec<u8>> {
-        let v = self.get()?;
-        py.detach(|| {
-            let mut buf = vec![0u8; length];
-            v.read_at(&mut buf, offset).map(|_| buf)
-        })
-        .map_err(err)
-    }
-
-    /// Write ``data`` (bytes, bytearray, memoryview or any buffer) at ``offset``.
-    /// Durable after ``flush``.
-    fn write(&self, py: Python<'_>, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let v = self.get()?;
-        let data = bytes_of(data)?;
-        py.detach(|| v.write_at(&data, offset)).map_err(err)
-    }
-
-    /// Make every completed write durable.
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let v = self.get()?;
-        py.detach(|| v.flush()).map_err(err)
-    }
-
-    /// Discard ``length`` bytes at ``offset``: they read as zeros afterwards.
-    fn discard(&self, py: Python<'_>, offset: u64, length: u64) -> PyResult<()> {
-        let v = self.get()?;
-        py.detach(|| v.discard(offset, length)).map_err(err)
-    }
-
-    /// Size in bytes.
-    #[getter]
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The tag this volume shows (0 = the origin).
-    #[getter]
-    fn tag(&self) -> u32 {
-        self.tag
-    }
-
-    #[getter]
-    fn origin_id(&self) -> &str {
-        &self.origin_id
-    }
-
-    #[getter]
-    fn closed(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-    }
-
-    /// Close the volume (idempotent).
-    fn close(&self) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-
-    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
-        slf.get().get()?;
-        Ok(slf)
-    }
-
-    #[pyo3(signature = (_exc_type = None, _exc_value = None, _traceback = None))]
-    fn __exit__(
-        &self,
-        _exc_type: Option<&Bound<'_, PyAny>>,
-        _exc_value: Option<&Bound<'_, PyAny>>,
-        _traceback: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
-        self.close();
-        false
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "<Volume {} tag {} {}>",
-            self.origin_id,
-            self.tag,
-            if self.closed() { "closed" } else { "open" }
-        )
-    }
 }
 
 /// A COW device holding snapshots of one or more origins, opened in this
@@ -441,6 +325,14 @@ impl Store {
         .map_err(err)
     }
 
+    /// The origin's device was made larger underneath: the origin takes
+    /// the new size now; its snapshots keep theirs. Returns the origin's
+    /// size in bytes before and after.
+    fn grow_origin(&self, py: Python<'_>, origin_id: &str) -> PyResult<(u64, u64)> {
+        let s = self.get()?;
+        py.detach(|| s.grow_origin(origin_id)).map_err(err)
+    }
+
     /// The COW device was made larger underneath: use the new space now.
     /// Returns the store's size in bytes before and after.
     fn grow(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
@@ -493,6 +385,7 @@ impl Store {
                 chunks: v.exceptions,
                 memo: v.memo.clone(),
                 uuid: engine::stream::hex_id(&v.uuid),
+                size: v.size,
             })
             .collect();
         out.sort_by_key(|v| (v.ghost, v.tag, v.version));

@@ -32,6 +32,8 @@ pub(crate) struct Version {
     pub(crate) memo: String,
     /// The version's identity (32 hex digits), kept across send and receive.
     pub(crate) uuid: String,
+    /// Size in bytes: a snapshot taken before its origin grew keeps its own.
+    pub(crate) size: u64,
 }
 
 #[pymethods]

@@ -107,3 +107,35 @@ def test_on_full_delete_oldest(images):
     assert gone == sorted(gone)
     assert kept.read(0, 2 * MIB) == want
     assert s.check().clean
+
+
+def test_grow_origin(images):
+    """An origin whose file grew takes the new size; its snapshots keep
+    theirs; a new snapshot has the new one."""
+    origin, cow = images("go.img", 1 * MIB), images("gc.img", 8 * MIB)
+    s = dms.Store.format(cow)
+    s.bind("o", origin)
+    o = s.volume("o", 0)
+    o.write(0, b"\x01" * MIB)
+    t1 = s.snapshot("o")
+    assert s.grow_origin("o") == (MIB, MIB)
+    os.truncate(origin, 2 * MIB)
+    assert s.grow_origin("o") == (MIB, 2 * MIB)
+    assert o.size == 2 * MIB
+    o.write(MIB, b"\x02" * MIB)
+    t2 = s.snapshot("o")
+    sizes = {v.tag: v.size for v in s.versions("o")}
+    assert sizes == {0: 2 * MIB, t1: MIB, t2: 2 * MIB}, sizes
+    assert s.volume("o", t1).read(0, MIB) == b"\x01" * MIB
+    try:
+        s.rollback("o", t1)
+        raise AssertionError("a smaller snapshot was rolled back")
+    except dms.InvalidArgumentError:
+        pass
+    os.truncate(origin, MIB)
+    try:
+        s.grow_origin("o")
+        raise AssertionError("a shrunk origin was taken")
+    except dms.InvalidArgumentError:
+        pass
+    assert s.check().clean

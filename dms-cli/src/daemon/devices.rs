@@ -154,7 +154,11 @@ pub(crate) fn create(d: &Arc<Daemon>, opts: &CreateOptions<'_>) -> Res<Response>
         }
     }
     let origin_bytes = paths::device_size(&origin_path).or_else(fail)?;
-    if sectors != origin_bytes / 512 {
+    // A snapshot taken before its origin grew is smaller, and so is an
+    // origin whose device grew before `dms grow`: the length is checked
+    // against the version's own once it is open.
+    let binds = matches!(target, Target::Origin { bind: true, .. });
+    if sectors > origin_bytes / 512 || (binds && sectors != origin_bytes / 512) {
         return fail(format!(
             "the table gives {sectors} sectors but {} has {} sectors",
             origin_path.display(),
@@ -316,6 +320,19 @@ pub(crate) fn attach_and_expose(
         super::receiving::origin_free_of_receives(st, &store, cow_path, origin_id)?;
     }
     let volume = Arc::new(store.volume(origin_id, target.tag())?);
+    let own = volume.size() / 512;
+    let device = paths::device_size(origin_path).or_else(fail)? / 512;
+    if sectors != own && sectors != device {
+        return fail(format!(
+            "the table gives {sectors} sectors but {} of {origin_id} has {own}",
+            match target.tag() {
+                0 => "the origin".to_string(),
+                t => format!("snapshot {t}"),
+            }
+        ));
+    }
+    // The table says the version's own length.
+    let sectors = own;
     let path = d
         .mapper
         .add(name, volume.clone(), read_only)
@@ -337,7 +354,7 @@ pub(crate) fn attach_and_expose(
     st.devs.insert(
         name.to_string(),
         DmDev {
-            target: strip_once(target),
+            target: super::registry::strip_once(target),
             cow: cow_path.clone(),
             origin_path: origin_path.clone(),
             origin_id: origin_id.to_string(),
@@ -350,26 +367,6 @@ pub(crate) fn attach_and_expose(
         },
     );
     Ok(path.display().to_string())
-}
-
-/// The target as the registry keeps it: -b/-f/-F/-c act only once.
-pub(crate) fn strip_once(t: &Target) -> Target {
-    match t {
-        Target::Origin {
-            origin_dev,
-            cow_dev,
-            origin_id,
-            ..
-        } => Target::Origin {
-            origin_dev: origin_dev.clone(),
-            cow_dev: cow_dev.clone(),
-            origin_id: origin_id.clone(),
-            bind: false,
-            format: None,
-            chunk_pages: None,
-        },
-        other => other.clone(),
-    }
 }
 
 pub(crate) fn users_of(st: &State, cow: &PathBuf) -> Option<String> {

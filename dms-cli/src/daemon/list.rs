@@ -24,6 +24,9 @@ pub struct Row {
     pub parent: Option<u32>,
     /// The version's identity (hex), kept across send and receive.
     pub uuid: String,
+    /// Size in bytes: a snapshot taken before its origin grew keeps its own.
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// A receive into the origin that has not ended (interrupted, or running).
@@ -264,6 +267,7 @@ fn origin_list(
             },
             parent: v.parent_tag,
             uuid: dms_engine::stream::hex_id(&v.uuid),
+            size: v.size,
         });
     }
     rows.sort_by_key(|r| r.tag);

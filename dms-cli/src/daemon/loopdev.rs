@@ -40,6 +40,18 @@ pub fn detach(dev: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Make a loop device take its backing file's size again.
+pub fn set_capacity(dev: &str) -> Result<(), String> {
+    let out = Command::new("losetup")
+        .args(["--set-capacity", dev])
+        .output()
+        .map_err(|e| format!("running losetup: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(())
+}
+
 /// Where a block device is mounted, if it is.
 pub fn mounted_at(dev: &str) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;

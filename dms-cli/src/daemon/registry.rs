@@ -59,3 +59,24 @@ pub fn save(path: &Path, reg: &Registry) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The target as the registry keeps it: -b/-f/-F/-c act only once.
+pub(crate) fn strip_once(t: &dms_engine::table::Target) -> dms_engine::table::Target {
+    use dms_engine::table::Target;
+    match t {
+        Target::Origin {
+            origin_dev,
+            cow_dev,
+            origin_id,
+            ..
+        } => Target::Origin {
+            origin_dev: origin_dev.clone(),
+            cow_dev: cow_dev.clone(),
+            origin_id: origin_id.clone(),
+            bind: false,
+            format: None,
+            chunk_pages: None,
+        },
+        other => other.clone(),
+    }
+}

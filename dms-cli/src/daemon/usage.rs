@@ -25,15 +25,10 @@ fn dev_and_store<'a>(st: &'a State, name: &str) -> Res<(&'a DmDev, Store)> {
 
 /// `dms grow`: the store of `name` takes the COW device's new space.
 pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
-    let (store, cow, origin_id, origin_path) = {
+    let (store, cow, origin_id) = {
         let st = d.lock();
         let (dev, store) = dev_and_store(&st, name)?;
-        (
-            store,
-            dev.cow.clone(),
-            dev.origin_id.clone(),
-            dev.origin_path.clone(),
-        )
+        (store, dev.cow.clone(), dev.origin_id.clone())
     };
     let (old, new) = store.grow()?;
     let cb = store.chunk_bytes();
@@ -47,27 +42,54 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     } else {
         format!("{}: {old} bytes, as before\n", cow.display())
     };
-    // Origins keep their size: say so when the device grew.
-    let recorded = store
-        .status()?
-        .origins
-        .iter()
-        .find(|o| o.id == origin_id)
-        .map_or(0, |o| o.size);
-    if let Ok(now) = crate::paths::device_size(&origin_path) {
-        if now > recorded {
-            out.push_str(&format!(
-                "{} has {now} bytes; origin {origin_id} keeps its {recorded} (growing an origin is not supported)\n",
-                origin_path.display()
-            ));
-        }
+    // The origin takes a larger device's size; its snapshots keep theirs.
+    let (o_old, o_new) = store.grow_origin(&origin_id)?;
+    if o_new > o_old {
+        out.push_str(&format!(
+            "origin {origin_id}: {o_old} -> {o_new} bytes (its snapshots keep their sizes)\n"
+        ));
+        tracing::info!("grew origin {origin_id}: {o_old} -> {o_new} bytes");
+        grown_origin(d, &cow, &origin_id, o_new)?;
     }
     tracing::info!("grew {}: {old} -> {new} bytes", cow.display());
     Ok(Response {
         output: out,
-        data: Some(serde_json::json!({ "old_bytes": old, "new_bytes": new })),
+        data: Some(serde_json::json!({
+            "old_bytes": old,
+            "new_bytes": new,
+            "origin_old_bytes": o_old,
+            "origin_new_bytes": o_new,
+        })),
         ..Default::default()
     })
+}
+
+/// After origin `origin_id` grew to `bytes`: its dm_devs' tables say the
+/// new length (and the registry keeps it for a restart), and every loop
+/// device over their mapper files, ours or a user's, takes the new
+/// capacity (`losetup --set-capacity`, LOOP_SET_CAPACITY). The mapper
+/// files report the new size at once; NBD clients see it when they
+/// connect again.
+fn grown_origin(d: &Arc<Daemon>, cow: &std::path::Path, origin_id: &str, bytes: u64) -> Res<()> {
+    let mut st = d.lock();
+    let mut files = Vec::new();
+    for (name, x) in st.devs.iter_mut() {
+        if x.cow == cow && x.origin_id == origin_id && x.target.tag() == 0 {
+            x.sectors = bytes / 512;
+            files.push(crate::paths::mapper_dir(&d.run).join(name));
+        }
+    }
+    d.save_registry(&st)
+        .map_err(|e| Fail::new(1, format!("saving the registry: {e}")))?;
+    drop(st);
+    for f in files {
+        for l in super::loopdev::backed_by(&f) {
+            if let Err(e) = super::loopdev::set_capacity(&l) {
+                tracing::warn!("{l}: the new capacity was not taken: {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {

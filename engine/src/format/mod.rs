@@ -19,6 +19,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const PAGE_SIZE: usize = 4096;
 /// Bytes of a 512-byte sector.
 pub const SECTOR_SIZE: u64 = 512;
+/// Largest origin (and version) the store addresses: byte offsets must
+/// stay below 2^63.
+pub const MAX_ORIGIN_BYTES: u64 = 1 << 60;
 
 /// Block types, as four ASCII bytes read little-endian.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 use super::BlockDev;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 const PAGE: u64 = 4096;
@@ -10,7 +11,7 @@ const PAGE: u64 = 4096;
 /// Bytes in memory; unwritten pages read as zeros.
 pub struct MemDev {
     name: String,
-    size: u64,
+    size: AtomicU64,
     pages: RwLock<HashMap<u64, Box<[u8]>>>,
 }
 
@@ -19,7 +20,7 @@ impl MemDev {
     pub fn new(name: &str, size: u64) -> MemDev {
         MemDev {
             name: name.to_string(),
-            size,
+            size: AtomicU64::new(size),
             pages: RwLock::new(HashMap::new()),
         }
     }
@@ -39,9 +40,14 @@ impl MemDev {
         dev
     }
 
+    /// Make the device larger; the new bytes read as zeros.
+    pub fn grow(&self, size: u64) {
+        self.size.fetch_max(size, Ordering::AcqRel);
+    }
+
     /// The whole content (for small devices in tests).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![0u8; self.size as usize];
+        let mut out = vec![0u8; self.size() as usize];
         if let Err(e) = self.read_at(&mut out, 0) {
             panic!("reading a memory device cannot fail: {e}");
         }
@@ -50,7 +56,7 @@ impl MemDev {
 
     fn check(&self, offset: u64, len: usize) -> Result<()> {
         match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size => Ok(()),
+            Some(end) if end <= self.size() => Ok(()),
             _ => Err(Error::io(
                 &self.name,
                 "range check",
@@ -66,7 +72,7 @@ impl BlockDev for MemDev {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {

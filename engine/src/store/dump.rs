@@ -72,6 +72,16 @@ impl Store {
                 out.push(c);
             }
         }
+        // Past the smaller one's end (the origin grew between them) every
+        // chunk differs.
+        let o = m.origin_ref(index)?;
+        let (sa, sb) = (o.version_size(va), o.version_size(vb));
+        if sa != sb {
+            let cb = u64::from(m.sb().chunk_pages) * crate::format::PAGE_SIZE as u64;
+            let first = sa.min(sb) / cb;
+            out.retain(|&c| c < first);
+            out.extend(first..sa.max(sb).div_ceil(cb));
+        }
         Ok(out)
     }
 }

@@ -35,7 +35,7 @@ pub(crate) use plan::{plan_write, release, Plan};
 pub use status::{OriginStatus, ReceiveStatus, StoreStatus, VersionStatus};
 pub use usage::{OriginUsage, TagUsage};
 
-pub(crate) use meta::Meta;
+pub(crate) use meta::{Meta, Origin as MetaOrigin};
 
 use crate::error::{Error, Result};
 use crate::format::{Superblock, PAGE_SIZE, SUPERBLOCK_SLOTS};
@@ -52,8 +52,7 @@ use std::time::{Duration, Instant};
 /// Smallest and largest chunk size, in 4 KiB pages.
 pub const MIN_CHUNK_PAGES: u32 = 1;
 pub const MAX_CHUNK_PAGES: u32 = 64;
-/// Largest origin the store addresses: byte offsets must stay below 2^63.
-pub const MAX_ORIGIN_BYTES: u64 = 1 << 60;
+pub use crate::format::MAX_ORIGIN_BYTES;
 /// Smallest COW device accepted, in pages.
 const MIN_COW_PAGES: u64 = 256;
 pub(crate) const STRIPES: usize = 1024;

@@ -304,6 +304,69 @@ impl Store {
 }
 
 impl Store {
+    /// The origin's device was made larger underneath: the origin takes the
+    /// new size at once (its open volumes see it), online; every snapshot
+    /// keeps the size it had (a snapshot taken from now on has the new
+    /// one). Returns the origin's size before and after, in bytes. One
+    /// commit records the new size and the snapshots' own sizes, so a
+    /// crash leaves the old size or the new. A smaller device is refused;
+    /// so is a grow while a rollback or a receive runs into the origin.
+    pub fn grow_origin(&self, origin_id: &str) -> Result<(u64, u64)> {
+        let index = self.inner.meta()?.origin(origin_id)?;
+        let shape = self.inner.shape(index);
+        let _excl = shape.write().unwrap_or_else(PoisonError::into_inner);
+        // Every write before the grow is durable once the grow is: held
+        // data of this origin goes out first (its commit does not carry
+        // the new size).
+        self.inner.drain(Some(index), true)?;
+        let dev = self
+            .inner
+            .meta()?
+            .origin_ref(index)?
+            .dev
+            .clone()
+            .ok_or_else(|| Error::OriginNotAttached(origin_id.to_string()))?;
+        let bytes = dev.refresh_size()?;
+        let (old, live) = {
+            let mut m = self.inner.meta()?;
+            let o = m.origin_ref(index)?;
+            let old = o.rec().size;
+            if bytes < old {
+                return Err(Error::OriginShrunk {
+                    origin: origin_id.to_string(),
+                    bytes,
+                    recorded: old,
+                });
+            }
+            if bytes == old {
+                return Ok((old, old));
+            }
+            if bytes > MAX_ORIGIN_BYTES {
+                return Err(Error::OriginTooLarge {
+                    origin: origin_id.to_string(),
+                    bytes,
+                    max: MAX_ORIGIN_BYTES,
+                });
+            }
+            if o.rec().rollback.is_some() || o.rec().receive.is_some() {
+                return Err(Error::Busy {
+                    what: format!(
+                        "origin {origin_id} is being rolled back or received into; grow it after"
+                    ),
+                });
+            }
+            let live = o.live_size.clone();
+            let mut e = m.edit(index)?;
+            e.tree(|t, changed| changed.extend(t.keep_sizes(old)));
+            e.rec().size = bytes;
+            (old, live)
+        };
+        // Durable before any I/O sees the new size.
+        self.flush()?;
+        live.store(bytes, std::sync::atomic::Ordering::Release);
+        Ok((old, bytes))
+    }
+
     /// The store's space policy (`dms policy`): kept in the store.
     pub fn policy(&self) -> Result<crate::versions::record::StorePolicy> {
         Ok(self.inner.meta()?.policy().clone())

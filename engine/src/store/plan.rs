@@ -70,7 +70,12 @@ pub(crate) fn plan_write(
         }
     }
     let org = origin_of(m, o)?;
-    let heir = heir_target(&org.cleaning, first, &excs);
+    // An heir that ends before this chunk (the origin grew after it was
+    // taken) never reads it, nor does anyone reading through it: sizes
+    // only shrink down the tree.
+    let cb = u64::from(m.sb().chunk_pages) * crate::format::PAGE_SIZE as u64;
+    let heir = heir_target(&org.cleaning, first, &excs)
+        .filter(|&h| chunk.saturating_mul(cb) < org.version_size(h));
     if version == 0 {
         return match heir {
             None => Ok(Plan::Direct {

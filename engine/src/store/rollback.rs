@@ -60,6 +60,13 @@ impl Store {
             let mut m = self.inner.meta()?;
             let v = m.version_of(index, tag)?;
             let o = m.origin_ref(index)?;
+            if o.version_size(v) != o.rec().size {
+                return Err(Error::SizeDiffers(format!(
+                    "snapshot {tag} is {} bytes, origin {origin_id} {}: it was taken before the origin grew, and a rollback needs the same size",
+                    o.version_size(v),
+                    o.rec().size
+                )));
+            }
             if o.rec().rollback.is_some() {
                 return Err(Error::Busy {
                     what: format!("origin {origin_id} is already being rolled back"),

@@ -24,6 +24,9 @@ pub struct VersionStatus {
     /// Stable identity (kept across send and receive; a write to a version
     /// that was sent gives it a new one).
     pub uuid: [u8; 16],
+    /// Size in bytes (a snapshot taken before its origin grew keeps the
+    /// size it had).
+    pub size: u64,
 }
 
 /// A receive in progress into an origin (interrupted, or running).
@@ -140,6 +143,7 @@ impl Store {
                     exceptions: x.exceptions,
                     memo: x.memo.clone(),
                     uuid: x.uuid,
+                    size: o.version_size(v),
                 });
             }
             used_versions += o.tree().len() as u64;

@@ -134,6 +134,10 @@ impl Store {
             if o.rec().rollback.is_some() || o.rec().receive.is_some() {
                 return Ok(false);
             }
+            // The origin grew since `v` was taken.
+            if o.version_size(v) != o.rec().size {
+                return Ok(false);
+            }
             let tree = o.tree();
             let mut p = tree.get(v).map_or(NONE, |x| x.parent);
             while p != 0 {

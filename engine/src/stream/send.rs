@@ -173,6 +173,16 @@ impl Store {
                 (target, base, crate::store::new_uuid(), 0)
             }
         };
+        let (size, base_size) = {
+            let m = self.inner.meta()?;
+            let o = m.origin_ref(index)?;
+            (o.version_size(target), base.map(|b| o.version_size(b)))
+        };
+        if let Some(bs) = base_size.filter(|&bs| bs != size) {
+            return Err(Error::SizeDiffers(format!(
+                "snapshot {tag} is {size} bytes and its base {bs}: the origin grew between them; send a full stream"
+            )));
+        }
         let (target_tag, target_id, birthday, memo) = self.version_info(index, target)?;
         let (base_tag, base_id) = match base {
             Some(b) => {
@@ -200,7 +210,7 @@ impl Store {
             stream,
             base: base_id,
             target: target_id,
-            size: self.origin_size(origin_id)?,
+            size,
             birthday,
             resume_offset: 0,
             chunk_bytes: self.chunk_bytes() as u32,

@@ -55,6 +55,9 @@ pub struct Version {
     pub exceptions: u64,
     pub memo: String,
     pub uuid: Uuid,
+    /// Size in bytes if the origin grew after this version was taken
+    /// (None: the origin's size).
+    pub size: Option<u64>,
 }
 
 impl Version {
@@ -68,6 +71,7 @@ impl Version {
             exceptions: 0,
             memo: birth.memo,
             uuid: birth.uuid,
+            size: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Version {
             exceptions: self.exceptions,
             memo: self.memo.clone(),
             uuid: Some(self.uuid),
+            size: self.size,
         }
     }
 
@@ -162,6 +167,7 @@ impl VersionTree {
             );
             v.flags = r.flags;
             v.exceptions = r.exceptions;
+            v.size = r.size;
             t.slots[idx] = Some(Box::new(v));
             t.count += 1;
             if r.tag != 0 && t.tags.insert(r.tag, id).is_some() {
@@ -321,9 +327,13 @@ impl VersionTree {
         changed: &mut Vec<u32>,
     ) -> Result<u32> {
         let tag = birth.tag;
+        // A snapshot of a snapshot has its size.
+        let size = self.must(of).size;
         if self.must(of).children.is_empty() {
             let id = self.alloc_id(next_version)?;
-            self.place(id, Version::new(of, birth));
+            let mut v = Version::new(of, birth);
+            v.size = size;
+            self.place(id, v);
             self.must_mut(of).children.push(id);
             self.set_tag(tag, id);
             changed.push(id);
@@ -343,8 +353,11 @@ impl VersionTree {
                 },
             );
             heir.flags = old.flags;
+            heir.size = size;
             self.place(keep, heir);
-            self.place(id, Version::new(of, birth));
+            let mut v = Version::new(of, birth);
+            v.size = size;
+            self.place(id, v);
             let g = self.must_mut(of);
             g.tag = 0;
             g.memo.clear();
@@ -359,6 +372,21 @@ impl VersionTree {
         }
         self.relabel();
         Ok(*next_version - 1)
+    }
+
+    /// The origin grows from `old` bytes: every version that had the
+    /// origin's size keeps `old` as its own. Returns the ids changed.
+    pub fn keep_sizes(&mut self, old: u64) -> Vec<u32> {
+        let mut changed = Vec::new();
+        for (id, slot) in self.slots.iter_mut().enumerate().skip(1) {
+            if let Some(v) = slot {
+                if v.size.is_none() {
+                    v.size = Some(old);
+                    changed.push(id as u32);
+                }
+            }
+        }
+        changed
     }
 
     fn set_tag(&mut self, tag: u32, id: u32) {

@@ -87,6 +87,9 @@ pub struct VersionRecord {
     /// The version's identity (None in records written before identities
     /// existed: kind 2).
     pub uuid: Option<[u8; 16]>,
+    /// The version's size in bytes when it differs from its origin's (the
+    /// origin grew after it was taken: kind 7). None: the origin's size.
+    pub size: Option<u64>,
 }
 
 /// Catalog key: (origin, version); version 0 holds the origin record.
@@ -280,15 +283,27 @@ impl Codec for CatalogCodec {
                 }
             }
             CatValue::Version(v) => {
-                out.push(if v.uuid.is_some() { 3 } else { 2 });
+                // Kind 7 carries a size; it always has an identity.
+                let uuid = match (v.uuid, v.size) {
+                    (None, Some(_)) => Some([0; 16]),
+                    (u, _) => u,
+                };
+                out.push(match (uuid.is_some(), v.size.is_some()) {
+                    (_, true) => 7,
+                    (true, false) => 3,
+                    (false, false) => 2,
+                });
                 varint::put(out, u64::from(v.parent));
                 varint::put(out, u64::from(v.tag));
                 varint::put(out, u64::from(v.flags));
                 varint::put(out, v.birthday);
                 varint::put(out, v.exceptions);
                 put_str(out, &v.memo);
-                if let Some(u) = &v.uuid {
+                if let Some(u) = &uuid {
                     out.extend_from_slice(u);
+                }
+                if let Some(size) = v.size {
+                    varint::put(out, size);
                 }
             }
         }
@@ -351,7 +366,7 @@ impl Codec for CatalogCodec {
                     receive,
                 }))
             }
-            2 | 3 => {
+            2 | 3 | 7 => {
                 let mut v = VersionRecord {
                     parent: r.get_u32()?,
                     tag: r.get_u32()?,
@@ -360,11 +375,19 @@ impl Codec for CatalogCodec {
                     exceptions: r.get()?,
                     memo: get_str(r, MAX_MEMO)?,
                     uuid: None,
+                    size: None,
                 };
-                if kind == 3 {
+                if kind != 2 {
                     let mut u = [0u8; 16];
                     u.copy_from_slice(r.bytes(16)?);
                     v.uuid = Some(u);
+                }
+                if kind == 7 {
+                    let size = r.get()?;
+                    if size == 0 || size > crate::format::MAX_ORIGIN_BYTES {
+                        return Err(r.err("version size out of range"));
+                    }
+                    v.size = Some(size);
                 }
                 Ok(CatValue::Version(v))
             }

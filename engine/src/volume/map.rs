@@ -32,11 +32,11 @@ impl Volume {
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let end = offset
             .checked_add(len)
-            .filter(|&e| e <= self.size)
+            .filter(|&e| e <= self.size())
             .ok_or(Error::OutOfRange {
                 offset,
                 len,
-                size: self.size,
+                size: self.size(),
             })?;
         if len == 0 {
             return Ok(Vec::new());
@@ -54,7 +54,7 @@ impl Volume {
             c += n;
         }
         if let Some(e) = out.last_mut() {
-            e.len = e.len.min(self.size - e.offset);
+            e.len = e.len.min(self.size() - e.offset);
         }
         Ok(out)
     }

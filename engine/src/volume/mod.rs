@@ -25,7 +25,30 @@ pub struct Volume {
     tag: u32,
     /// A version named by id rather than by tag (a hidden frozen copy).
     version: Option<u32>,
-    size: u64,
+    size: Size,
+}
+
+/// A volume's size: a snapshot's is fixed; the origin's grows with it.
+enum Size {
+    Fixed(u64),
+    Origin(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Size {
+    fn of(o: &crate::store::MetaOrigin, version: u32) -> Size {
+        if version == 0 {
+            Size::Origin(o.live_size.clone())
+        } else {
+            Size::Fixed(o.version_size(version))
+        }
+    }
+
+    fn get(&self) -> u64 {
+        match self {
+            Size::Fixed(s) => *s,
+            Size::Origin(a) => a.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
 }
 
 /// One chunk's part of a request.
@@ -68,7 +91,7 @@ impl Store {
     pub fn volume(&self, origin_id: &str, tag: u32) -> Result<Volume> {
         let mut m = self.inner.meta()?;
         let index = m.origin(origin_id)?;
-        m.version_of(index, tag)?;
+        let version = m.version_of(index, tag)?;
         let o = m.origin_mut(index)?;
         if o.dev.is_none() {
             return Err(Error::OriginNotAttached(origin_id.to_string()));
@@ -81,7 +104,7 @@ impl Store {
             origin_id: origin_id.to_string(),
             tag,
             version: None,
-            size: o.rec().size,
+            size: Size::of(o, version),
         })
     }
 }
@@ -109,7 +132,7 @@ impl Volume {
             origin_id: id,
             tag,
             version: Some(version),
-            size: o.rec().size,
+            size: Size::of(o, version),
         })
     }
 }
@@ -133,9 +156,10 @@ impl Drop for Volume {
 }
 
 impl Volume {
-    /// Size in bytes (the origin's recorded size).
+    /// Size in bytes: a snapshot's is what the origin had when it was
+    /// taken; the origin's follows [`Store::grow`](crate::Store::grow).
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.get()
     }
 
     /// The tag this volume shows (0 = origin).
@@ -153,11 +177,11 @@ impl Volume {
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
         match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size => Ok(()),
+            Some(end) if end <= self.size() => Ok(()),
             _ => Err(Error::OutOfRange {
                 offset,
                 len: len as u64,
-                size: self.size,
+                size: self.size(),
             }),
         }
     }
@@ -202,7 +226,7 @@ impl Volume {
         let len_usize = usize::try_from(len).map_err(|_| Error::OutOfRange {
             offset,
             len,
-            size: self.size,
+            size: self.size(),
         })?;
         self.check_range(offset, len_usize)?;
         let zeros = vec![0u8; (1 << 20).min(len_usize)];

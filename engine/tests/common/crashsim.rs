@@ -61,6 +61,13 @@ pub fn matches(
     }
     for (tag, want) in base.versions.iter().filter(|(t, _)| tags.contains(t)) {
         let got = read_all(&store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?);
+        if got.len() != want.len() {
+            return Err(format!(
+                "tag {tag} is {} bytes, expected {}",
+                got.len(),
+                want.len()
+            ));
+        }
         for (b, (&g, &w)) in got.iter().zip(want).enumerate() {
             if g == w {
                 continue;
@@ -161,6 +168,9 @@ pub fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Mod
             Step::Zero { tag, offset, len } => pending.push((*tag, *offset, vec![0u8; *len])),
             _ => {}
         }
+        if let Step::GrowOrigin { to } = step {
+            s.origin.grow(to);
+        }
         let res = if let Step::Reopen = step {
             s.store.flush().and_then(|_| {
                 let cow: Dev = s.cow.clone();
@@ -216,6 +226,7 @@ pub fn drive(s: &mut Setup, ops: &[Op], model: &mut Model) -> (Model, Option<Mod
                     | Step::Delete { .. }
                     | Step::Rollback { .. }
                     | Step::RollbackStart { .. }
+                    | Step::GrowOrigin { .. }
             );
             return (durable, structural.then_some(after), pending);
         }

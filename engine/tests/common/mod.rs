@@ -47,6 +47,10 @@ pub enum Op {
     /// Let the committer write held overwrites out (commit, then device
     /// writes; no origin sync).
     Settle,
+    /// Make the origin device larger by `bytes` and grow the origin.
+    GrowOrigin {
+        bytes: usize,
+    },
 }
 
 pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
@@ -65,6 +69,7 @@ pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
         1 => Just(Op::Clean),
         1 => Just(Op::Reopen),
         2 => Just(Op::Settle),
+        1 => prop_oneof![Just(4096usize), Just(12288), Just(6144)].prop_map(|bytes| Op::GrowOrigin { bytes }),
     ]
 }
 
@@ -114,16 +119,27 @@ pub struct Model {
     pub next_tag: u32,
     /// The tag of a rollback started and not finished.
     pub pending: Option<u32>,
+    /// The origin's first size: ops give offsets in it, and they are
+    /// scaled to a version's own size.
+    pub base: usize,
+    /// Times the origin grew (at most [`MAX_GROWS`]).
+    pub grown: u32,
 }
+
+/// Grows of the origin a workload makes at most.
+pub const MAX_GROWS: u32 = 3;
 
 impl Model {
     pub fn new(origin: Vec<u8>) -> Model {
+        let base = origin.len();
         let mut versions = BTreeMap::new();
         versions.insert(0, origin);
         Model {
             versions,
             next_tag: 1,
             pending: None,
+            base,
+            grown: 0,
         }
     }
 
@@ -147,9 +163,10 @@ impl Model {
             // While a rollback runs: no second one, no snapshot of the origin,
             // no deleting the tag being rolled back; those finish it instead.
             match *op {
-                Op::Rollback { .. } | Op::RollbackBg { .. } | Op::SnapOrigin => {
-                    return Some(Step::Finish)
-                }
+                Op::Rollback { .. }
+                | Op::RollbackBg { .. }
+                | Op::SnapOrigin
+                | Op::GrowOrigin { .. } => return Some(Step::Finish),
                 Op::Delete { pick } if self.pick_snapshot(pick) == Some(p) => {
                     return Some(Step::Finish)
                 }
@@ -163,20 +180,18 @@ impl Model {
                 len,
                 seed,
             } => {
+                let tag = self.pick_any(pick);
+                let (offset, len) = self.scale(tag, offset, len);
                 let data: Vec<u8> = (0..len)
                     .map(|i| seed.wrapping_add((i * 7 + i / 13) as u8) | 1)
                     .collect();
-                Step::Write {
-                    tag: self.pick_any(pick),
-                    offset,
-                    data,
-                }
+                Step::Write { tag, offset, data }
             }
-            Op::Zero { pick, offset, len } => Step::Zero {
-                tag: self.pick_any(pick),
-                offset,
-                len,
-            },
+            Op::Zero { pick, offset, len } => {
+                let tag = self.pick_any(pick);
+                let (offset, len) = self.scale(tag, offset, len);
+                Step::Zero { tag, offset, len }
+            }
             Op::SnapOrigin => Step::SnapOrigin,
             Op::SnapOf { pick } => Step::SnapOf {
                 tag: self.pick_snapshot(pick)?,
@@ -184,18 +199,40 @@ impl Model {
             Op::Delete { pick } => Step::Delete {
                 tag: self.pick_snapshot(pick)?,
             },
+            // A snapshot taken before the origin grew cannot be rolled
+            // back into it (engine/tests/grow.rs shows the refusal).
             Op::Rollback { pick } => Step::Rollback {
-                tag: self.pick_snapshot(pick)?,
+                tag: self.pick_snapshot(pick).filter(|t| self.same_size(*t))?,
             },
             Op::RollbackBg { pick } => Step::RollbackStart {
-                tag: self.pick_snapshot(pick)?,
+                tag: self.pick_snapshot(pick).filter(|t| self.same_size(*t))?,
             },
+            Op::GrowOrigin { bytes } => {
+                if self.grown >= MAX_GROWS {
+                    return None;
+                }
+                Step::GrowOrigin {
+                    to: self.versions[&0].len() + bytes,
+                }
+            }
             Op::Finish => Step::Finish,
             Op::Flush => Step::Flush,
             Op::Clean => Step::Clean,
             Op::Reopen => Step::Reopen,
             Op::Settle => Step::Settle,
         })
+    }
+
+    /// An op's offset and length (in the first size) within `tag`'s size.
+    fn scale(&self, tag: u32, offset: usize, len: usize) -> (usize, usize) {
+        let size = self.versions[&tag].len();
+        let at = ((offset as u128 * size as u128) / self.base as u128) as usize;
+        let at = at.min(size - 1);
+        (at, len.min(size - at))
+    }
+
+    fn same_size(&self, tag: u32) -> bool {
+        self.versions[&tag].len() == self.versions[&0].len()
     }
 
     pub fn apply(&mut self, step: &Step) {
@@ -229,6 +266,10 @@ impl Model {
                 self.pending = Some(*tag);
             }
             Step::Finish => self.pending = None,
+            Step::GrowOrigin { to } => {
+                self.versions.get_mut(&0).unwrap().resize(*to, 0);
+                self.grown += 1;
+            }
             Step::Flush | Step::Clean | Step::Reopen | Step::Settle => {}
         }
     }
@@ -265,9 +306,14 @@ pub enum Step {
     Clean,
     Reopen,
     Settle,
+    /// Grow the origin to `to` bytes (the caller grows its device first).
+    GrowOrigin {
+        to: usize,
+    },
 }
 
-/// Run a step on the engine (Reopen is the caller's business).
+/// Run a step on the engine (Reopen, and growing the origin's device, are
+/// the caller's business).
 pub fn run(store: &Store, step: &Step) -> dms_engine::Result<()> {
     match step {
         Step::Write { tag, offset, data } => {
@@ -286,6 +332,11 @@ pub fn run(store: &Store, step: &Step) -> dms_engine::Result<()> {
         Step::Clean => store.clean().map(|_| ()),
         Step::Reopen => Ok(()),
         Step::Settle => dms_engine::testing::settle(store),
+        Step::GrowOrigin { to } => {
+            let (_, after) = store.grow_origin(ORIGIN)?;
+            assert_eq!(after, *to as u64, "the origin grew to the device's size");
+            Ok(())
+        }
     }
 }
 
@@ -307,6 +358,13 @@ pub fn compare(store: &Store, model: &Model) -> Result<(), String> {
     }
     for (tag, want) in &model.versions {
         let v = store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?;
+        if v.size() != want.len() as u64 {
+            return Err(format!(
+                "tag {tag} is {} bytes, want {}",
+                v.size(),
+                want.len()
+            ));
+        }
         let got = read_all(&v);
         if &got != want {
             let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
@@ -344,7 +402,8 @@ pub fn run_workload_held(
     use std::sync::Arc;
     let e = |what: &str, err: dms_engine::Error| format!("{what}: {err}");
     let initial = pattern(origin_bytes, 0xA5);
-    let origin: Dev = Arc::new(MemDev::from_bytes("origin", &initial));
+    let origin_mem = Arc::new(MemDev::from_bytes("origin", &initial));
+    let origin: Dev = origin_mem.clone();
     let cow = Arc::new(MemDev::new("cow", cow_bytes));
     let mut store = Store::format(
         cow.clone(),
@@ -371,6 +430,9 @@ pub fn run_workload_held(
             store
                 .attach(ORIGIN, origin.clone())
                 .map_err(|err| e("attach", err))?;
+        }
+        if let Step::GrowOrigin { to } = step {
+            origin_mem.grow(to as u64);
         }
         run(&store, &step).map_err(|err| format!("step {i} {step:?}: {err}"))?;
         model.apply(&step);

@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from . import _dms
@@ -155,6 +155,11 @@ class SnapshotInfo:
     memo: str
     parent: Optional[int]
     uuid: str = ""
+    #: Size in bytes: a snapshot taken before its origin grew keeps its own.
+    size: int = 0
+
+
+_SNAPSHOT_FIELDS = {f.name for f in fields(SnapshotInfo)}
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,8 @@ class OriginInfo:
     #: The token of an interrupted receive into this origin (``dms send
     #: --resume`` takes it), else None.
     receive_token: Optional[str] = None
+    #: The store's space policy, as ``dms.policy`` returns it.
+    policy: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -297,8 +304,13 @@ def list(dm_dev: Optional[str] = None) -> List[OriginInfo]:  # noqa: A001 - mirr
                 cleaning=o["cleaning"],
                 cleaning_versions=o["cleaning_versions"],
                 rollbacking=RollbackInfo(**rb) if rb else None,
-                snapshots=[SnapshotInfo(**s) for s in o["snapshots"]],
+                # Fields a newer daemon adds are left out.
+                snapshots=[
+                    SnapshotInfo(**{k: v for k, v in s.items() if k in _SNAPSHOT_FIELDS})
+                    for s in o["snapshots"]
+                ],
                 receive_token=(o.get("receiving") or {}).get("receive_token"),
+                policy=o.get("policy"),
             )
         )
     return out

@@ -38,6 +38,9 @@ pub(crate) struct Origin {
     /// Set after an origin write; the next commit syncs the device.
     pub dirty: Arc<AtomicBool>,
     pub open_volumes: usize,
+    /// The origin's size, shared with its open origin volumes (they see a
+    /// grow at once).
+    pub live_size: Arc<std::sync::atomic::AtomicU64>,
     /// Open volumes per tag (a snapshot open is exposed: no policy deletes it).
     pub open_tags: HashMap<u32, usize>,
     /// The cleaning pass in progress: version -> its one surviving child
@@ -53,6 +56,7 @@ impl Origin {
         } else {
             HashMap::new()
         };
+        let size = rec.size;
         Origin {
             index,
             rec,
@@ -60,6 +64,7 @@ impl Origin {
             dev,
             dirty: Arc::new(AtomicBool::new(false)),
             open_volumes: 0,
+            live_size: Arc::new(std::sync::atomic::AtomicU64::new(size)),
             open_tags: HashMap::new(),
             cleaning,
             owned: OwnedSet::default(),
@@ -76,6 +81,15 @@ impl Origin {
 
     pub fn chunks(&self, chunk_bytes: u64) -> u64 {
         self.rec.size.div_ceil(chunk_bytes)
+    }
+
+    /// Size in bytes of version `v`: its own if the origin grew after it
+    /// was taken, else the origin's.
+    pub fn version_size(&self, v: u32) -> u64 {
+        match self.tree.get(v).and_then(|x| x.size) {
+            Some(s) if v != 0 => s,
+            _ => self.rec.size,
+        }
     }
 }
 
