@@ -73,8 +73,10 @@ impl Store {
             let (origin_id, tag, before) = victim;
             self.delete(&origin_id, tag)?;
             deleted = true;
-            inner.room_epoch.fetch_add(1, Ordering::AcqRel);
             let report = self.clean_origin(index, false)?;
+            // Moved only once the space is there: a writer that read the
+            // new value planned with it, so its ENOSPC calls for more.
+            inner.room_epoch.fetch_add(1, Ordering::AcqRel);
             tracing::warn!(
                 origin = %origin_id,
                 tag,
