@@ -147,6 +147,19 @@ fn sigterm_with_a_mounted_filesystem_keeps_serving_and_a_second_stops_after_a_fl
     assert!(log(&env).contains("stopping now"), "{}", log(&env));
     let _ = Command::new("umount").arg("-l").arg(&m).status();
     let _ = Command::new("losetup").args(["-d", &lo]).status();
+    // The lazy unmount lets go of the old loop device in its own time; a
+    // new daemon attaching the same number meanwhile would lose it to the
+    // old one's autoclear.
+    let backing = format!(
+        "/sys/block/{}/loop/backing_file",
+        lo.trim_start_matches("/dev/")
+    );
+    for _ in 0..100 {
+        if !Path::new(&backing).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Everything reached the devices: the snapshot's write, the filesystem.
     // A new daemon exposes both dm_devs again from the registry.
     env.ok(&["list"]);
