@@ -468,3 +468,79 @@ fn an_origin_grown_underneath_grows_its_dm_devs_and_its_snapshots_keep_theirs() 
     assert_eq!(file_size(&env.mapper("s1")), 8 * MIB);
     assert!(std::fs::read(env.mapper("s1")).unwrap() == snap);
 }
+
+#[test]
+fn a_refused_grow_changes_nothing_and_a_rollback_stopped_by_a_full_device_goes_on_after_one() {
+    let test =
+        "a_refused_grow_changes_nothing_and_a_rollback_stopped_by_a_full_device_goes_on_after_one";
+    if !require(test) {
+        return;
+    }
+    let env = Env::new();
+    let origin = env.image("o.img", 4 * MIB); // 1,024 chunks
+    let cow = env.image("c.img", 8 * MIB);
+    env.ok(&["create", "orig", &origin, &cow, "-bf"]);
+    let o = env.mapper("orig");
+    write(&o, 0, 1024, 1);
+    env.ok(&["snapshot", "orig"]); // 1: all 1s
+    write(&o, 0, 1024, 2); // 1,024 copies for 1
+    env.ok(&["snapshot", "orig"]); // 2: all 2s
+    env.ok(&["remove", "orig"]);
+    env.ok(&["create", "s2", &origin, &cow, "2", "--read-only"]);
+    let set = |p: &str, n: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(n)
+            .unwrap()
+    };
+    // A shrunk origin device refuses the whole grow: the COW device that
+    // grew meanwhile is not taken either (on a store of its own: a shrunk
+    // file has lost its end).
+    let (o2, c2) = (env.image("o2.img", 4 * MIB), env.image("c2.img", 4 * MIB));
+    env.ok(&["create", "p", &o2, &c2, "-bf"]);
+    let p_total = |env: &Env| -> u64 {
+        let j: serde_json::Value = serde_json::from_str(&env.ok(&["list", "p", "--json"])).unwrap();
+        j["origins"][0]["total_chunks"].as_u64().unwrap()
+    };
+    let before = p_total(&env);
+    set(&c2, 8 * MIB);
+    set(&o2, 2 * MIB);
+    let why = env.fails(&["grow", "p"], 1);
+    assert!(why.contains("was bound with"), "{why}");
+    assert_eq!(p_total(&env), before);
+    env.ok(&["remove", "p"]);
+    // Rolling tag 1 back copies the origin's 2s out for tag 2 first: 1,024
+    // more chunks than the device has. The rollback stops; settle says so.
+    env.ok(&["create", "s1", &origin, &cow, "1"]);
+    env.ok(&["rollback", "s1", "1", "-b"]);
+    let why = env.fails(&["settle"], 1);
+    assert!(why.contains("stopped") && why.contains("full"), "{why}");
+    // The device grown: the rollback goes on by itself and ends.
+    set(&cow, 16 * MIB);
+    let out = env.ok(&["grow", "s1"]);
+    assert!(out.contains("8388608 -> 16777216 bytes"), "{out}");
+    env.ok(&["settle"]);
+    env.ok(&["remove", "s1"]);
+    env.ok(&["create", "orig", &origin, &cow]);
+    let count = |p: std::path::PathBuf| {
+        let mut n = [0usize; 256];
+        for b in std::fs::read(p).unwrap() {
+            n[b as usize] += 1;
+        }
+        (0..256)
+            .filter(|&b| n[b] > 0)
+            .map(|b| (b, n[b]))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (count(env.mapper("orig")), count(env.mapper("s2")));
+    let all = |v: usize| vec![(v, 4 * MIB as usize)];
+    assert!(
+        a == all(1) && b == all(2),
+        "orig {a:?}, s2 {b:?}\n{}",
+        std::fs::read_to_string(env.run.path().join("daemon.log")).unwrap_or_default()
+    );
+    let c = env.ok(&["check", &cow]);
+    assert!(c.ends_with("clean\n"), "{c}");
+}

@@ -148,7 +148,9 @@ enum Command {
     Du(space::DuCmd),
     /// Delete the snapshots a rule does not keep (never an exposed one).
     Prune(space::PruneCmd),
-    /// Use the new space of a COW device made larger underneath, online.
+    /// Use the new space of a COW device made larger underneath, and give
+    /// the origin of <dm_dev> its device's new size, online (its snapshots
+    /// keep theirs).
     Grow(space::GrowCmd),
     /// Show or set a store's space policy: a low-water mark and its hook,
     /// and what a write does when the COW device is full.

@@ -53,13 +53,15 @@ pub struct PolicyCmd {
     /// ("" for none).
     #[arg(long, value_name = "CMD")]
     hook: Option<String>,
-    /// What an origin write does when its copy-out finds the COW device
-    /// full: fail (ENOSPC), or delete the origin's oldest snapshots (never
-    /// an exposed one, never fewer than --keep-min) until it fits.
+    /// What a write to an origin or one of its snapshots does when it needs
+    /// a COW chunk and none is left: fail (ENOSPC), or delete that origin's
+    /// oldest snapshots until it fits (never an exposed one, never one of
+    /// the newest --keep-min, never one whose deletion frees nothing).
     #[arg(long, value_name = "RULE", value_parser = ["fail", "delete-oldest"])]
     on_full: Option<String>,
-    /// Under --on-full delete-oldest, the fewest snapshots an origin keeps.
-    #[arg(long, value_name = "N")]
+    /// Under --on-full delete-oldest: the newest N snapshots of an origin
+    /// are never deleted.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     keep_min: Option<u32>,
     #[arg(long)]
     json: bool,

@@ -251,7 +251,12 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
                 let (d, cow, origin_id) = (d.clone(), cow.clone(), origin_id.clone());
                 move || {
                     let r = store.finish_rollback(&origin_id);
-                    d.lock().rolling.remove(&(cow, origin_id));
+                    let mut st = d.lock();
+                    st.rolling.remove(&(cow.clone(), origin_id.clone()));
+                    if let Err(e) = &r {
+                        st.stalled.insert((cow, origin_id), e.to_string());
+                    }
+                    drop(st);
                     d.kick();
                     r
                 }
@@ -294,6 +299,16 @@ fn settle(d: &Daemon) -> Res<Response> {
                     .any(|e| e.store.cleaning_pending().unwrap_or(false))
         };
         if !pending {
+            // A rollback that stopped is not settled: say why.
+            let st = d.lock();
+            if let Some(((_, origin_id), why)) = st.stalled.iter().next() {
+                return Err(Fail::kind(
+                    format!(
+                        "the rollback into {origin_id} stopped ({why}); it starts again after dms grow or dms policy"
+                    ),
+                    ErrorKind::Busy,
+                ));
+            }
             return Ok(Response::ok(String::new()));
         }
         d.kick();

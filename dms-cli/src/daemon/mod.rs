@@ -70,6 +70,9 @@ pub(crate) struct State {
     pub devs: BTreeMap<String, DmDev>,
     /// (cow, origin id) with a rollback running in the background.
     pub rolling: HashSet<(PathBuf, String)>,
+    /// (cow, origin id) whose rollback stopped with an error (a full COW
+    /// device): why. `dms grow` and `dms policy` start it again.
+    pub stalled: HashMap<(PathBuf, String), String>,
     /// (cow, origin id, tag) of snapshots being deleted: the commit runs
     /// without the state lock, and no dm_dev may expose them meanwhile.
     pub deleting: HashSet<(PathBuf, String, u32)>,

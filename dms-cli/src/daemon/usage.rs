@@ -30,9 +30,13 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
         let (dev, store) = dev_and_store(&st, name)?;
         (store, dev.cow.clone(), dev.origin_id.clone())
     };
+    // The origin's device first, so that a shrunk one refuses the whole
+    // command with nothing changed.
+    let (recorded, device) = store.origin_device_size(&origin_id)?;
     let (old, new) = store.grow()?;
     let cb = store.chunk_bytes();
     let mut out = if new > old {
+        tracing::info!("grew {}: {old} -> {new} bytes", cow.display());
         format!(
             "{}: {old} -> {new} bytes ({} -> {} chunks)\n",
             cow.display(),
@@ -43,7 +47,22 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
         format!("{}: {old} bytes, as before\n", cow.display())
     };
     // The origin takes a larger device's size; its snapshots keep theirs.
-    let (o_old, o_new) = store.grow_origin(&origin_id)?;
+    let (o_old, o_new) = if device > recorded {
+        match store.grow_origin(&origin_id) {
+            Ok(sizes) => sizes,
+            // A rollback or receive into it: the COW device grew all the
+            // same; the origin grows once that has ended.
+            Err(e) if e.kind() == ErrorKind::Busy => {
+                out.push_str(&format!(
+                    "origin {origin_id}: not grown now ({e}); run dms grow again then\n"
+                ));
+                (recorded, recorded)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        (recorded, recorded)
+    };
     if o_new > o_old {
         out.push_str(&format!(
             "origin {origin_id}: {o_old} -> {o_new} bytes (its snapshots keep their sizes)\n"
@@ -51,7 +70,10 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
         tracing::info!("grew origin {origin_id}: {o_old} -> {o_new} bytes");
         grown_origin(d, &cow, &origin_id, o_new)?;
     }
-    tracing::info!("grew {}: {old} -> {new} bytes", cow.display());
+    // Room may have come for a rollback that stopped on a full device.
+    if new > old {
+        super::devices::resume_stalled(d, &cow);
+    }
     Ok(Response {
         output: out,
         data: Some(serde_json::json!({
@@ -215,6 +237,8 @@ pub(crate) fn policy(d: &Arc<Daemon>, name: &str, change: PolicyChange) -> Res<R
         if let Some(e) = d.lock().stores.get_mut(&cow) {
             e.low = false;
         }
+        // The new rule may let a rollback that stopped go on.
+        super::devices::resume_stalled(d, &cow);
         d.kick();
     }
     let out = format!(

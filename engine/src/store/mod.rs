@@ -122,6 +122,8 @@ pub(crate) struct Inner {
     pub(crate) room_epoch: AtomicU64,
     /// Snapshots the on-full rule deleted, not yet taken.
     pub(crate) sacrificed: Mutex<Vec<(String, u32)>>,
+    /// When a full device was last logged (at most every ten seconds).
+    pub(crate) full_logged: Mutex<Option<Instant>>,
 }
 
 /// An open store. Cheap to clone; safe to share between threads.
@@ -285,6 +287,7 @@ impl Store {
                 room: Mutex::new(()),
                 room_epoch: AtomicU64::new(0),
                 sacrificed: Mutex::new(Vec::new()),
+                full_logged: Mutex::new(None),
                 rollback_group: env_usize("DMS_ROLLBACK_GROUP").unwrap_or(32).clamp(1, 1024),
             }),
         };

@@ -311,6 +311,37 @@ impl Store {
     /// commit records the new size and the snapshots' own sizes, so a
     /// crash leaves the old size or the new. A smaller device is refused;
     /// so is a grow while a rollback or a receive runs into the origin.
+    /// The origin's recorded size and its device's size now, without
+    /// changing anything; a device that shrank, or grew past what the
+    /// store addresses, is refused as [`Store::grow_origin`] would.
+    pub fn origin_device_size(&self, origin_id: &str) -> Result<(u64, u64)> {
+        let (dev, old) = {
+            let m = self.inner.meta()?;
+            let o = m.origin_ref(m.origin(origin_id)?)?;
+            let dev = o
+                .dev
+                .clone()
+                .ok_or_else(|| Error::OriginNotAttached(origin_id.to_string()))?;
+            (dev, o.rec().size)
+        };
+        let bytes = dev.refresh_size()?;
+        if bytes < old {
+            return Err(Error::OriginShrunk {
+                origin: origin_id.to_string(),
+                bytes,
+                recorded: old,
+            });
+        }
+        if bytes > MAX_ORIGIN_BYTES {
+            return Err(Error::OriginTooLarge {
+                origin: origin_id.to_string(),
+                bytes,
+                max: MAX_ORIGIN_BYTES,
+            });
+        }
+        Ok((old, bytes))
+    }
+
     pub fn grow_origin(&self, origin_id: &str) -> Result<(u64, u64)> {
         let index = self.inner.meta()?.origin(origin_id)?;
         let shape = self.inner.shape(index);

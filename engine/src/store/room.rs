@@ -33,6 +33,7 @@ impl Store {
                 let m = inner.meta()?;
                 let p = m.policy();
                 if p.on_full != OnFull::DeleteOldest {
+                    self.note_full(None);
                     return Ok(false);
                 }
                 // At least one snapshot goes after the write found no
@@ -43,32 +44,43 @@ impl Store {
                 }
                 let keep_min = p.keep_min as usize;
                 let o = m.origin_ref(index)?;
+                let tree = o.tree();
                 let base: Option<Uuid> = o.rec().receive.as_ref().map(|r| r.base);
                 let rolling = o.rec().rollback.as_ref().map(|r| r.tag);
-                let mut snaps: Vec<(u64, u32, Uuid)> = o
-                    .tree()
+                let mut snaps: Vec<(u64, u32, u32)> = tree
                     .ids()
-                    .filter_map(|v| o.tree().get(v))
-                    .filter(|v| v.tag != 0)
-                    .map(|v| (v.birthday, v.tag, v.uuid))
+                    .filter_map(|v| tree.get(v).map(|x| (v, x)))
+                    .filter(|(_, x)| x.tag != 0)
+                    .map(|(v, x)| (x.birthday, x.tag, v))
                     .collect();
-                if snaps.len() <= keep_min {
-                    return Ok(false);
-                }
                 snaps.sort_unstable();
                 // The newest keep_min stay whatever happens; of the rest,
-                // the oldest that no one has open goes.
-                let pick = snaps[..snaps.len() - keep_min]
+                // those no one has open may go, oldest first.
+                let candidates: Vec<(u32, u32)> = snaps[..snaps.len().saturating_sub(keep_min)]
                     .iter()
-                    .find(|(_, tag, uuid)| {
-                        !o.open_tags.contains_key(tag)
-                            && Some(*tag) != rolling
-                            && Some(*uuid) != base
-                    });
-                match pick {
-                    Some(&(_, tag, _)) => (o.rec().id.clone(), tag, snaps.len()),
-                    None => return Ok(false),
+                    .filter(|&&(_, tag, v)| {
+                        !o.open_tags.contains_key(&tag)
+                            && Some(tag) != rolling
+                            && tree.get(v).map(|x| x.uuid) != base
+                    })
+                    .map(|&(_, tag, v)| (tag, v))
+                    .collect();
+                // Only if deleting them can free something: a snapshot
+                // that owns no copies, under a parent that is not a ghost
+                // holding some, gives nothing back.
+                let frees = |v: u32| {
+                    tree.get(v).is_some_and(|x| {
+                        x.exceptions > 0
+                            || tree
+                                .get(x.parent)
+                                .is_some_and(|p| x.parent != 0 && p.tag == 0 && p.exceptions > 0)
+                    })
+                };
+                if !candidates.iter().any(|&(_, v)| frees(v)) {
+                    self.note_full(Some((&o.rec().id, candidates.len())));
+                    return Ok(false);
                 }
+                (o.rec().id.clone(), candidates[0].0, snaps.len())
             };
             let (origin_id, tag, before) = victim;
             self.delete(&origin_id, tag)?;
@@ -89,6 +101,27 @@ impl Store {
                 log.remove(0);
             }
             log.push((origin_id, tag));
+        }
+    }
+
+    /// A write fails with ENOSPC: say so in the log, at most every ten
+    /// seconds. `rule`: under `delete-oldest`, the origin and how many of
+    /// its snapshots could have gone (none of which frees anything).
+    fn note_full(&self, rule: Option<(&str, usize)>) {
+        let mut last = lock(&self.inner.full_logged);
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        match rule {
+            None => tracing::warn!(
+                "the COW device is full: writes that need a copy fail with ENOSPC (on-full fail)"
+            ),
+            Some((origin, n)) => tracing::warn!(
+                origin = %origin,
+                deletable = n,
+                "the COW device is full and no snapshot of the origin may go to make room (the newest keep-min stay; open ones, and ones that free nothing, are kept): ENOSPC"
+            ),
         }
     }
 
