@@ -10,6 +10,7 @@ mod loopdev;
 mod nbd;
 mod receiving;
 pub mod registry;
+mod rolling;
 mod service;
 mod transfer;
 mod usage;

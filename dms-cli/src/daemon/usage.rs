@@ -72,7 +72,7 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     }
     // Room may have come for a rollback that stopped on a full device.
     if new > old {
-        super::devices::resume_stalled(d, &cow);
+        super::rolling::resume_stalled(d, &cow);
     }
     Ok(Response {
         output: out,
@@ -238,7 +238,7 @@ pub(crate) fn policy(d: &Arc<Daemon>, name: &str, change: PolicyChange) -> Res<R
             e.low = false;
         }
         // The new rule may let a rollback that stopped go on.
-        super::devices::resume_stalled(d, &cow);
+        super::rolling::resume_stalled(d, &cow);
         d.kick();
     }
     let out = format!(
