@@ -21,7 +21,7 @@ fn op(e: &[u8]) -> Op {
     let offset = usize::from(u16::from_le_bytes([e[2], e[3]])) % SIZE;
     // Lengths up to 16 KiB, some crossing many chunks, some a few bytes.
     let len = (usize::from(e[4]) * 67 + 1).min(SIZE - offset);
-    match e[0] % 15 {
+    match e[0] % 16 {
         0..=4 => Op::Write {
             pick,
             offset,
@@ -37,6 +37,9 @@ fn op(e: &[u8]) -> Op {
         11 => Op::Finish,
         12 => Op::Clean,
         13 => Op::Settle,
+        14 => Op::GrowOrigin {
+            bytes: [4096, 12288, 6144][usize::from(e[5]) % 3],
+        },
         _ => {
             if e[5] & 1 == 0 {
                 Op::Flush
