@@ -27,6 +27,18 @@ fn data_chunks(env: &Env, cow: &str) -> u64 {
     j["data_chunks"].as_u64().unwrap()
 }
 
+/// Tags of an origin's snapshots, from `dms list --json`.
+fn snapshot_tags(env: &Env, dm: &str) -> Vec<u64> {
+    let j: serde_json::Value = serde_json::from_str(&env.ok(&["list", dm, "--json"])).unwrap();
+    j["origins"][0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tag"].as_u64().unwrap())
+        .filter(|&t| t != 0)
+        .collect()
+}
+
 #[test]
 fn du_says_what_each_delete_frees() {
     if !require("du_says_what_each_delete_frees") {
@@ -97,17 +109,7 @@ fn prune_keeps_what_the_rule_says() {
         env.ok(&["snapshot", "orig"]);
     }
     env.ok(&["create", "old", &origin, &cow, "2", "--read-only"]);
-    let tags = |env: &Env| -> Vec<u64> {
-        let j: serde_json::Value =
-            serde_json::from_str(&env.ok(&["list", "orig", "--json"])).unwrap();
-        j["origins"][0]["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["tag"].as_u64().unwrap())
-            .filter(|&t| t != 0)
-            .collect()
-    };
+    let tags = |env: &Env| snapshot_tags(env, "orig");
     // Everything is younger than an hour: nothing goes.
     assert_eq!(
         env.ok(&["prune", "orig", "--keep-last", "1", "--keep-within", "1h"]),
@@ -263,18 +265,6 @@ fn crossing_the_low_water_mark_runs_the_hook_once() {
     env.ok(&["shutdown"]);
     // (The next command starts a daemon, which exposes orig again.)
     assert!(env.ok(&["policy", "orig"]).contains("low-water : 30%"));
-}
-
-/// Tags of an origin's snapshots, from `dms list --json`.
-fn snapshot_tags(env: &Env, dm: &str) -> Vec<u64> {
-    let j: serde_json::Value = serde_json::from_str(&env.ok(&["list", dm, "--json"])).unwrap();
-    j["origins"][0]["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["tag"].as_u64().unwrap())
-        .filter(|&t| t != 0)
-        .collect()
 }
 
 #[test]

@@ -29,9 +29,10 @@ fn attach_with(file: &Path, read_only: bool, direct: bool) -> Result<String, Str
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub fn detach(dev: &str) -> Result<(), String> {
+/// `losetup <op> <dev>`; its error line on failure.
+fn losetup(op: &str, dev: &str) -> Result<(), String> {
     let out = Command::new("losetup")
-        .args(["--detach", dev])
+        .args([op, dev])
         .output()
         .map_err(|e| format!("running losetup: {e}"))?;
     if !out.status.success() {
@@ -40,16 +41,13 @@ pub fn detach(dev: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub fn detach(dev: &str) -> Result<(), String> {
+    losetup("--detach", dev)
+}
+
 /// Make a loop device take its backing file's size again.
 pub fn set_capacity(dev: &str) -> Result<(), String> {
-    let out = Command::new("losetup")
-        .args(["--set-capacity", dev])
-        .output()
-        .map_err(|e| format!("running losetup: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    Ok(())
+    losetup("--set-capacity", dev)
 }
 
 /// Where a block device is mounted, if it is.
