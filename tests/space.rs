@@ -397,15 +397,30 @@ fn an_origin_grown_underneath_grows_its_dm_devs_and_its_snapshots_keep_theirs() 
             .unwrap()
     };
     assert_eq!(nbd_size("orig"), 8 * MIB);
+    // A second origin in the same store, whose device grows too.
+    let other = env.image("p.img", 4 * MIB);
+    env.ok(&["create", "p", &other, &cow, "-b"]);
+    let grow_file = |p: &str, n: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(n)
+            .unwrap()
+    };
+    grow_file(&other, 6 * MIB);
     // Larger underneath, then grow.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&origin)
-        .unwrap()
-        .set_len(12 * MIB)
-        .unwrap();
+    grow_file(&origin, 12 * MIB);
     let out = env.ok(&["grow", "orig"]);
     assert!(out.contains("8388608 -> 12582912 bytes"), "{out}");
+    // The other origin is named, not grown.
+    assert!(
+        out.contains("its device has 6291456 bytes, the origin 4194304"),
+        "{out}"
+    );
+    assert_eq!(file_size(&env.mapper("p")), 4 * MIB);
+    assert!(env.ok(&["grow", "p"]).contains("4194304 -> 6291456 bytes"));
+    env.ok(&["remove", "p"]);
     assert_eq!(file_size(&o), 12 * MIB);
     for l in &loops {
         assert_eq!(blockdev_size(l), 12 * MIB, "{l}");

@@ -74,6 +74,17 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     if new > old {
         super::rolling::resume_stalled(d, &cow);
     }
+    // Other origins of the store whose devices grew: each grows through
+    // one of its own dm_devs.
+    for other in store.origins()?.iter().filter(|o| **o != origin_id) {
+        if let Ok((r, now)) = store.origin_device_size(other) {
+            if now > r {
+                out.push_str(&format!(
+                    "origin {other}: its device has {now} bytes, the origin {r}: grow it through one of its dm_devs\n"
+                ));
+            }
+        }
+    }
     Ok(Response {
         output: out,
         data: Some(serde_json::json!({
