@@ -17,6 +17,16 @@ fn write(path: &std::path::Path, chunk: u64, n: u64, byte: u8) {
     f.sync_all().unwrap();
 }
 
+/// Make an image file larger (or smaller) underneath.
+fn set_len(path: &str, bytes: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+}
+
 fn du(env: &Env, dm: &str) -> serde_json::Value {
     serde_json::from_str(&env.ok(&["du", dm, "--json"])).unwrap()
 }
@@ -172,12 +182,7 @@ fn a_full_cow_device_grown_underneath_takes_the_writes_online() {
     let list = env.ok(&["list", "orig"]);
     assert!(list.contains("cow-status : full"), "{list}");
     // Larger underneath, then grow: the same writes go through.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&cow)
-        .unwrap()
-        .set_len(32 * MIB)
-        .unwrap();
+    set_len(&cow, 32 * MIB);
     let out = env.ok(&["grow", "orig"]);
     assert!(out.contains("2097152 -> 33554432 bytes"), "{out}");
     for c in stopped..2048 {
@@ -250,12 +255,7 @@ fn crossing_the_low_water_mark_runs_the_hook_once() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert_eq!(lines(), 1);
     // Grown: under the mark again; crossing it again runs the hook again.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&cow)
-        .unwrap()
-        .set_len(16 * MIB)
-        .unwrap();
+    set_len(&cow, 16 * MIB);
     env.ok(&["grow", "orig"]);
     assert!(env.ok(&["list", "orig"]).contains("cow-status : valid"));
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -400,17 +400,9 @@ fn an_origin_grown_underneath_grows_its_dm_devs_and_its_snapshots_keep_theirs() 
     // A second origin in the same store, whose device grows too.
     let other = env.image("p.img", 4 * MIB);
     env.ok(&["create", "p", &other, &cow, "-b"]);
-    let grow_file = |p: &str, n: u64| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_len(n)
-            .unwrap()
-    };
-    grow_file(&other, 6 * MIB);
+    set_len(&other, 6 * MIB);
     // Larger underneath, then grow.
-    grow_file(&origin, 12 * MIB);
+    set_len(&origin, 12 * MIB);
     let out = env.ok(&["grow", "orig"]);
     assert!(out.contains("8388608 -> 12582912 bytes"), "{out}");
     // The other origin is named, not grown.
@@ -492,14 +484,6 @@ fn a_refused_grow_changes_nothing_and_a_rollback_stopped_by_a_full_device_goes_o
     env.ok(&["snapshot", "orig"]); // 2: all 2s
     env.ok(&["remove", "orig"]);
     env.ok(&["create", "s2", &origin, &cow, "2", "--read-only"]);
-    let set = |p: &str, n: u64| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_len(n)
-            .unwrap()
-    };
     // A shrunk origin device refuses the whole grow: the COW device that
     // grew meanwhile is not taken either (on a store of its own: a shrunk
     // file has lost its end).
@@ -510,8 +494,8 @@ fn a_refused_grow_changes_nothing_and_a_rollback_stopped_by_a_full_device_goes_o
         j["origins"][0]["total_chunks"].as_u64().unwrap()
     };
     let before = p_total(&env);
-    set(&c2, 8 * MIB);
-    set(&o2, 2 * MIB);
+    set_len(&c2, 8 * MIB);
+    set_len(&o2, 2 * MIB);
     let why = env.fails(&["grow", "p"], 1);
     assert!(why.contains("was bound with"), "{why}");
     assert_eq!(p_total(&env), before);
@@ -523,7 +507,7 @@ fn a_refused_grow_changes_nothing_and_a_rollback_stopped_by_a_full_device_goes_o
     let why = env.fails(&["settle"], 1);
     assert!(why.contains("stopped") && why.contains("full"), "{why}");
     // The device grown: the rollback goes on by itself and ends.
-    set(&cow, 16 * MIB);
+    set_len(&cow, 16 * MIB);
     let out = env.ok(&["grow", "s1"]);
     assert!(out.contains("8388608 -> 16777216 bytes"), "{out}");
     env.ok(&["settle"]);

@@ -72,32 +72,8 @@ pub struct OriginList {
     /// The store's space policy (`dms policy`); absent when the store is
     /// not available.
     #[serde(default)]
-    pub policy: Option<Policy>,
+    pub policy: Option<super::usage::Policy>,
     pub snapshots: Vec<Row>,
-}
-
-/// A store's space policy as `dms policy` and `dms list --json` show it.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct Policy {
-    /// Percent in use at which the store is low (0: none).
-    pub low_water: u8,
-    /// Run once per crossing ("" for none).
-    pub hook: String,
-    /// `fail` or `delete-oldest`.
-    pub on_full: String,
-    /// Under `delete-oldest`, the fewest snapshots an origin keeps.
-    pub keep_min: u32,
-}
-
-impl From<&dms_engine::StorePolicy> for Policy {
-    fn from(p: &dms_engine::StorePolicy) -> Policy {
-        Policy {
-            low_water: p.low_water,
-            hook: p.hook.clone(),
-            on_full: p.on_full.name().into(),
-            keep_min: p.keep_min,
-        }
-    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -283,7 +259,7 @@ fn origin_list(
         used_chunks: status.used_chunks,
         total_chunks: status.total_chunks,
         cow_status: cow_status(status, low_water(st, cow)).into(),
-        policy: policy(st, cow).as_ref().map(Policy::from),
+        policy: policy(st, cow).as_ref().map(super::usage::Policy::from),
         cleaning: o.cleaning.is_some() || o.ghosts > 0,
         cleaning_versions: o.ghosts,
         rollbacking: rolling,

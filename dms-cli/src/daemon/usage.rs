@@ -5,6 +5,7 @@ use super::fail::{Fail, Res};
 use super::{Daemon, DmDev, State};
 use crate::proto::Response;
 use dms_engine::{ErrorKind, Store};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// A dm_dev and its open store.
@@ -203,6 +204,30 @@ pub(crate) fn du(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     })
 }
 
+/// A store's space policy as `dms policy` and `dms list --json` show it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Policy {
+    /// Percent in use at which the store is low (0: none).
+    pub low_water: u8,
+    /// Run once per crossing ("" for none).
+    pub hook: String,
+    /// `fail` or `delete-oldest`.
+    pub on_full: String,
+    /// Under `delete-oldest`, the fewest snapshots an origin keeps.
+    pub keep_min: u32,
+}
+
+impl From<&dms_engine::StorePolicy> for Policy {
+    fn from(p: &dms_engine::StorePolicy) -> Policy {
+        Policy {
+            low_water: p.low_water,
+            hook: p.hook.clone(),
+            on_full: p.on_full.name().into(),
+            keep_min: p.keep_min,
+        }
+    }
+}
+
 /// What `dms policy` asks to change (None: keep).
 pub(crate) struct PolicyChange {
     pub low_water: Option<u8>,
@@ -265,7 +290,7 @@ pub(crate) fn policy(d: &Arc<Daemon>, name: &str, change: PolicyChange) -> Res<R
     );
     Ok(Response {
         output: out,
-        data: Some(serde_json::to_value(super::list::Policy::from(&p)).unwrap_or_default()),
+        data: Some(serde_json::to_value(Policy::from(&p)).unwrap_or_default()),
         ..Default::default()
     })
 }
