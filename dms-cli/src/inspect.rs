@@ -88,6 +88,7 @@ fn dump(
             continue;
         }
         let excs = store.exceptions_of(&o.id, tag).map_err(fail)?;
+        let zeros = store.zero_map(&o.id).map_err(fail)?;
         if json {
             doc.push(serde_json::json!({
                 "origin": o.id,
@@ -99,6 +100,9 @@ fn dump(
                 "exceptions": excs.iter().map(|e| serde_json::json!({
                                         "chunk": e.chunk, "version": e.version,
                     "tag": (e.tag != 0).then_some(e.tag), "cow_chunk": e.cow_chunk,
+                })).collect::<Vec<_>>(),
+                "zeroed": zeros.iter().map(|&(first, count)| serde_json::json!({
+                    "chunk": first, "count": count,
                 })).collect::<Vec<_>>(),
             }));
             continue;
@@ -131,6 +135,12 @@ fn dump(
             out.push_str(&format!(
                 "  chunk {} version {} ({who}) -> {to}\n",
                 e.chunk, e.version
+            ));
+        }
+        for &(first, count) in &zeros {
+            out.push_str(&format!(
+                "  chunks {first}..{} zeroed (discarded)\n",
+                first + count
             ));
         }
     }

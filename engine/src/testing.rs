@@ -70,6 +70,10 @@ pub fn sample_store() -> Result<Sample> {
             first.write_at(&[round ^ 0x5a; 100], at)?;
         }
     }
+    // A zero map of two runs, one of them split by a write.
+    first.discard(64 * 4096, 16 * 4096)?;
+    first.discard(200 * 4096, 3 * 4096)?;
+    first.write_at(&[1; 10], 70 * 4096)?;
     store.snapshot_of(SAMPLE_ORIGINS[0], 2, "child")?;
     // Tag 2 has a child: deleting it leaves a ghost.
     store.delete(SAMPLE_ORIGINS[0], 2)?;
@@ -218,4 +222,33 @@ pub fn panic_holding_the_metadata_lock(store: &Store) {
 pub fn set_receive_progress_every(bytes: u64) {
     crate::stream::receive::PROGRESS_EVERY
         .store(bytes.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An origin's zero map: runs of chunks `(first, count)` that its device
+/// reads as zeros, discarded through dms.
+pub fn zero_map(store: &Store, origin_id: &str) -> Result<Vec<(u64, u64)>> {
+    store.zero_map(origin_id)
+}
+
+/// Check that every chunk in every attached origin's zero map reads as
+/// zeros on its device: the map's promise. The first chunk that does not.
+pub fn verify_zero_maps(store: &Store) -> std::result::Result<(), String> {
+    let cb = store.inner.chunk_bytes;
+    let m = store.inner.meta().map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; cb as usize];
+    for o in m.origins() {
+        let Some(dev) = &o.dev else { continue };
+        for (s, k) in o.zeros().runs() {
+            for c in s..s + k {
+                dev.read_at(&mut buf, c * cb).map_err(|e| e.to_string())?;
+                if buf.iter().any(|&b| b != 0) {
+                    return Err(format!(
+                        "origin {} chunk {c} is in the zero map but holds data",
+                        o.rec().id
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -452,3 +452,44 @@ fn crash_at_every_point_of_an_origin_grow() {
         assert!(crashes > 40, "chunk {cp}: {crashes} crash points");
     }
 }
+
+/// Discards into the zero map (the origin device has no holes) and writes
+/// back into the discarded chunks, crashed at every single write and sync:
+/// after the crash no chunk the map names holds data, block status calls
+/// no data a hole, and every version reads as before.
+#[test]
+fn crash_at_every_point_of_a_discard_and_rewrite() {
+    let w = |offset, len, seed| Op::Write {
+        pick: 0,
+        offset,
+        len,
+        seed,
+    };
+    let z = |offset, len| Op::Zero {
+        pick: 0,
+        offset,
+        len,
+    };
+    let ops = vec![
+        z(4000, 20000),
+        Op::SnapOrigin,
+        w(9000, 100, 1),
+        z(0, 12288),
+        Op::Flush,
+        w(16384, 5000, 2),
+        Op::SnapOrigin,
+        w(4096, 4096, 3),
+        Op::Settle,
+        z(16384, 16384),
+        Op::Reopen,
+        w(20000, 3000, 4),
+        Op::Rollback { pick: 0 },
+        z(8192, 8192),
+        w(8192, 10, 5),
+        Op::Flush,
+    ];
+    for cp in [1, 4] {
+        let crashes = crash_case(cp, &ops, u64::MAX).unwrap();
+        assert!(crashes > 40, "chunk {cp}: {crashes} crash points");
+    }
+}

@@ -182,3 +182,99 @@ fn a_discard_through_dms_gives_a_sparse_origin_its_holes_back() {
     assert!(blocks <= 12 * CB, "{blocks} bytes allocated");
     assert!(store.check().unwrap().is_clean());
 }
+
+/// What a store with origin "o" on `origin` reads back after a flush and
+/// a restart.
+fn reopen(store: Store, cow: &Arc<MemDev>, origin: &Arc<MemDev>) -> Store {
+    store.flush().unwrap();
+    drop(store);
+    let store = Store::open(cow.clone()).unwrap();
+    store.attach("o", origin.clone()).unwrap();
+    store
+}
+
+#[test]
+fn a_device_without_holes_keeps_its_discarded_chunks_in_the_zero_map() {
+    use dms_engine::testing::{verify_zero_maps, zero_map};
+    let cow = Arc::new(MemDev::new("cow", 4 << 20));
+    let origin = Arc::new(MemDev::from_bytes("origin", &vec![7u8; 64 * CB as usize]));
+    let store = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+    store.bind("o", origin.clone()).unwrap();
+    let t1 = store.snapshot_origin("o", "").unwrap();
+    let o = store.volume("o", 0).unwrap();
+    // Chunks 10..14 whole; the partial chunks at the ends stay data.
+    o.discard(10 * CB - 100, 4 * CB + 200).unwrap();
+    assert_eq!(zero_map(&store, "o").unwrap(), vec![(10, 4)]);
+    let want = vec![
+        ext(0, 10, 0, false),
+        ext(10, 4, 0, true),
+        ext(14, 50, 0, false),
+    ];
+    assert_eq!(o.extents(0, 64 * CB).unwrap(), want);
+    // The snapshot kept its data: its own copies there.
+    let v1 = store.volume("o", t1).unwrap();
+    assert_eq!(v1.extents(10 * CB, CB).unwrap(), vec![ext(10, 1, 1, false)]);
+    drop((o, v1));
+    // The map is on disk: a restart sees the same.
+    let store = reopen(store, &cow, &origin);
+    let o = store.volume("o", 0).unwrap();
+    assert_eq!(o.extents(0, 64 * CB).unwrap(), want);
+    // A snapshot taken now reads the zeros through the origin: holes too.
+    let t2 = store.snapshot_origin("o", "").unwrap();
+    let v2 = store.volume("o", t2).unwrap();
+    assert_eq!(
+        v2.extents(10 * CB, 4 * CB).unwrap(),
+        vec![ext(10, 4, 0, true)]
+    );
+    // A write to a discarded chunk takes it out of the map, durably: after
+    // a restart it is data on the origin, and the snapshot has its own copy
+    // of the zeros.
+    o.write_at(&[9; 100], 11 * CB + 5).unwrap();
+    assert_eq!(zero_map(&store, "o").unwrap(), vec![(10, 1), (12, 2)]);
+    drop((o, v2));
+    let store = reopen(store, &cow, &origin);
+    assert_eq!(zero_map(&store, "o").unwrap(), vec![(10, 1), (12, 2)]);
+    let o = store.volume("o", 0).unwrap();
+    assert_eq!(
+        o.extents(10 * CB, 4 * CB).unwrap(),
+        vec![
+            ext(10, 1, 0, true),
+            ext(11, 1, 0, false),
+            ext(12, 2, 0, true)
+        ]
+    );
+    let mut b = vec![1u8; CB as usize];
+    o.read_at(&mut b, 11 * CB).unwrap();
+    assert!(b[..5].iter().chain(&b[105..]).all(|&x| x == 0));
+    assert!(b[5..105].iter().all(|&x| x == 9));
+    let v2 = store.volume("o", t2).unwrap();
+    assert_eq!(v2.extents(11 * CB, CB).unwrap(), vec![ext(11, 1, 1, false)]);
+    v2.read_at(&mut b, 11 * CB).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    verify_zero_maps(&store).unwrap();
+    assert!(store.check().unwrap().is_clean());
+}
+
+#[test]
+fn a_zero_map_of_many_runs_keeps_the_longest_within_its_bound() {
+    use dms_engine::testing::{verify_zero_maps, zero_map};
+    let chunks = 8192u64;
+    let cow = Arc::new(MemDev::new("cow", 4 << 20));
+    let origin = Arc::new(MemDev::new("origin", chunks * CB));
+    let store = Store::format(cow.clone(), &FormatOptions::default()).unwrap();
+    store.bind("o", origin.clone()).unwrap();
+    let o = store.volume("o", 0).unwrap();
+    o.write_at(&vec![3u8; (chunks * CB) as usize], 0).unwrap();
+    // 2,000 runs of one chunk, far apart, then one long run.
+    for i in 0..2000 {
+        o.discard((i * 4 + 1) * CB, CB).unwrap();
+    }
+    o.discard(8100 * CB, 50 * CB).unwrap();
+    drop(o);
+    let store = reopen(store, &cow, &origin);
+    let runs = zero_map(&store, "o").unwrap();
+    assert!(runs.len() > 100 && runs.len() < 2000, "{} runs", runs.len());
+    assert!(runs.contains(&(8100, 50)), "the longest run is kept");
+    verify_zero_maps(&store).unwrap();
+    assert!(store.check().unwrap().is_clean());
+}

@@ -2,6 +2,8 @@
 //! image files in a temporary directory, loop devices and mounts cleaned up.
 #![allow(dead_code)]
 
+pub mod nbd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;

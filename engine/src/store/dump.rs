@@ -46,6 +46,15 @@ impl Store {
         Ok(out)
     }
 
+    /// An origin's zero map: runs `(first chunk, count)` that its device
+    /// reads as zeros because they were discarded through dms (kept for
+    /// devices without holes, such as block devices), ascending.
+    pub fn zero_map(&self, origin_id: &str) -> Result<Vec<(u64, u64)>> {
+        let m = self.inner.meta()?;
+        let index = m.origin(origin_id)?;
+        Ok(m.origin_ref(index)?.zeros().runs())
+    }
+
     /// The chunks whose content may differ between tags `a` and `b` of an
     /// origin, ascending, from metadata alone (no data is read): a chunk
     /// differs unless both versions resolve it to the same place. This is

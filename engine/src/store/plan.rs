@@ -53,8 +53,15 @@ pub(crate) fn plan_write(
 ) -> Result<Plan> {
     let first = origin_of(m, o)?.tree().only_child(version);
     if version == 0 {
+        // A chunk the zero map names leaves it, durably, before the
+        // device is written there.
+        m.unzero(o, chunk);
         match first {
-            None => return Ok(Plan::Direct { wait: None }),
+            None => {
+                return Ok(Plan::Direct {
+                    wait: m.overwrite_wait(o, chunk, None, durable),
+                })
+            }
             Some(x) if origin_of(m, o)?.owned.contains(x, chunk) => {
                 return Ok(Plan::Direct {
                     wait: m.overwrite_wait(o, chunk, None, durable),

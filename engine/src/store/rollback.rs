@@ -303,6 +303,8 @@ impl Inner {
                     let Src::Cow(e) = resolve(o.tree(), source, &excs) else {
                         continue;
                     };
+                    m.unzero(index, c);
+                    let o = m.origin_ref(index)?;
                     let copy = match heir_target(&o.cleaning, o.tree().only_child(0), &excs) {
                         Some(h) => Some((h, m.alloc_data()?)),
                         None => None,

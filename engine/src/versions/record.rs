@@ -105,6 +105,31 @@ pub enum CatValue {
     Version(VersionRecord),
     /// The store's policy (kind 5, at key `(u32::MAX, 0)`).
     Policy(StorePolicy),
+    /// An origin's zero map (kind 8, at key `(origin, ZEROS_VERSION)`):
+    /// runs of whole chunks, `(first, count)` ascending and apart, that
+    /// the origin device reads as zeros because they were discarded
+    /// through dms.
+    Zeros(Vec<(u64, u64)>),
+}
+
+/// The catalog "version" under which an origin's zero map is kept (real
+/// version ids stay below 2^24).
+pub const ZEROS_VERSION: u32 = u32::MAX;
+
+/// The most bytes of runs a zero map record holds: it stays within the
+/// catalog's entry bound (kind byte and count before it).
+pub const ZERO_MAP_BYTES: usize = 1400;
+const _: () = assert!(1 + 10 + ZERO_MAP_BYTES <= <CatalogCodec as Codec>::MAX_ENTRY);
+
+/// Bytes the runs take in a zero map record.
+pub fn zero_runs_len(runs: &[(u64, u64)]) -> usize {
+    let mut end = 0;
+    let mut n = 0;
+    for &(s, k) in runs {
+        n += varint::len(s - end) + varint::len(k - 1);
+        end = s + k;
+    }
+    n
 }
 
 /// What a store keeps of its space policy (`dms policy`).
@@ -282,6 +307,16 @@ impl Codec for CatalogCodec {
                     varint::put(out, u64::from(p.keep_min));
                 }
             }
+            CatValue::Zeros(runs) => {
+                out.push(8);
+                varint::put(out, runs.len() as u64);
+                let mut end = 0;
+                for &(s, k) in runs {
+                    varint::put(out, s - end);
+                    varint::put(out, k - 1);
+                    end = s + k;
+                }
+            }
             CatValue::Version(v) => {
                 // Kind 7 carries a size; it always has an identity.
                 let uuid = match (v.uuid, v.size) {
@@ -410,6 +445,28 @@ impl Codec for CatalogCodec {
                     p.keep_min = r.get_u32()?;
                 }
                 Ok(CatValue::Policy(p))
+            }
+            8 => {
+                let n = r.get()?;
+                let mut runs = Vec::new();
+                let mut end = 0u64;
+                for i in 0..n {
+                    let gap = r.get()?;
+                    if i > 0 && gap == 0 {
+                        return Err(r.err("zero map runs touch"));
+                    }
+                    let s = end.checked_add(gap);
+                    let k = r.get()?.checked_add(1);
+                    let (Some(s), Some(k)) = (s, k) else {
+                        return Err(r.err("zero map run overflows"));
+                    };
+                    end = s
+                        .checked_add(k)
+                        .filter(|&e| e <= crate::format::MAX_ORIGIN_BYTES)
+                        .ok_or_else(|| r.err("zero map run overflows"))?;
+                    runs.push((s, k));
+                }
+                Ok(CatValue::Zeros(runs))
             }
             _ => Err(r.err("unknown record kind")),
         }

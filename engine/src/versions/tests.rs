@@ -47,3 +47,24 @@ fn snapshot_of_a_parent_makes_a_ghost() {
     assert_eq!(plan.get(&c), Some(&None));
     assert_eq!(plan.get(&a), Some(&Some(a2)));
 }
+
+#[test]
+fn a_zero_map_record_round_trips_and_bad_runs_are_refused() {
+    use crate::btree::Codec;
+    use crate::format::varint::Reader;
+    use crate::versions::record::{zero_runs_len, CatValue, CatalogCodec};
+    let runs = vec![(0, 1), (5, 300), (1 << 40, 1 << 20)];
+    let mut out = Vec::new();
+    CatalogCodec::put_value(None, &CatValue::Zeros(runs.clone()), &mut out);
+    assert_eq!(out.len(), 2 + zero_runs_len(&runs));
+    let back = CatalogCodec::get_value(None, &mut Reader::new(&out, 9, "catalog")).unwrap();
+    assert_eq!(back, CatValue::Zeros(runs));
+    let decode = |b: &[u8]| CatalogCodec::get_value(None, &mut Reader::new(b, 9, "catalog"));
+    // Runs that touch (gap 0 after the first), one past 2^60, cut short.
+    assert!(decode(&[8, 2, 0, 0, 0, 0]).is_err());
+    let mut far = vec![8, 1];
+    crate::format::varint::put(&mut far, 1 << 60);
+    far.push(0);
+    assert!(decode(&far).is_err());
+    assert!(decode(&[8, 3, 0, 0]).is_err());
+}

@@ -20,7 +20,7 @@ pub struct Extent {
     /// held by the version k − 1 steps above it in the version tree.
     pub depth: u32,
     /// Reads as zeros that were never stored: a hole of a sparse origin
-    /// device (and not a write held in memory).
+    /// device, or a run of its zero map (and not a write held in memory).
     pub hole: bool,
 }
 
@@ -136,9 +136,27 @@ impl Volume {
                 i = j;
             }
         }
-        // Holes of the origin device in this batch's bytes.
+        // Holes of the origin device in this batch's bytes, and the runs of
+        // its zero map.
         let (lo, hi) = (from * cb, ((from + n) * cb).min(ctx.size));
-        let holes = holes(&*ctx.dev, lo, hi);
+        let mut holes = holes(&*ctx.dev, lo, hi);
+        let zeros = inner
+            .meta()?
+            .origin_ref(self.origin)?
+            .zeros()
+            .within(from, from + n);
+        if !zeros.is_empty() {
+            holes.extend(zeros.iter().map(|&(s, e)| (s * cb, e * cb)));
+            holes.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(holes.len());
+            for (s, e) in holes {
+                match merged.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => merged.push((s, e)),
+                }
+            }
+            holes = merged;
+        }
         let mut h = 0;
         for k in 0..n {
             let chunk = from + k;
@@ -195,12 +213,12 @@ fn holes(dev: &dyn BlockDev, lo: u64, hi: u64) -> Vec<(u64, u64)> {
 }
 
 impl Volume {
-    /// Discard a range: it reads as zeros afterwards. On the origin, the
-    /// whole chunks of it that a sparse origin file holds go back to the
-    /// file system (holes, which block status then shows as never stored):
-    /// once the zeros and the copy-outs they needed are durable, each such
-    /// chunk is punched under its stripe lock if the device still reads
-    /// zeros there and no write to it is held.
+    /// Discard a range: it reads as zeros afterwards. On the origin, its
+    /// whole chunks become "never stored" for block status: once the zeros
+    /// and the copy-outs they needed are durable, each chunk that the
+    /// device still reads as zeros, with no write to it held, is punched
+    /// out of a sparse origin file under its stripe lock, or, on a device
+    /// without holes, recorded in the origin's zero map.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.write_zeroes(offset, len)?;
         if self.tag != 0 || self.version.is_some() {
@@ -209,9 +227,10 @@ impl Volume {
         let inner = self.inner();
         let cb = inner.chunk_bytes;
         let (first, end) = (offset.div_ceil(cb), (offset + len) / cb);
-        if first >= end || !self.ctx()?.dev.can_punch() {
+        if first >= end {
             return Ok(());
         }
+        let punch = self.ctx()?.dev.can_punch();
         self.flush()?;
         let shape = inner.shape(self.origin);
         let _shape = shape.read().unwrap_or_else(PoisonError::into_inner);
@@ -244,10 +263,18 @@ impl Volume {
                     _ => runs.push((chunk, 1)),
                 }
             }
+            let mut unpunched = Vec::new();
             for (s, k) in runs {
-                if !ctx.dev.punch_hole(s * cb, k * cb)? {
-                    // The device cannot: zeros it stays.
-                    return Ok(());
+                if !punch || !ctx.dev.punch_hole(s * cb, k * cb)? {
+                    unpunched.push((s, k));
+                }
+            }
+            // A device without holes (a block device) keeps the zeros, and
+            // the zero map says where they are.
+            if !unpunched.is_empty() {
+                let mut m = inner.meta()?;
+                for (s, k) in unpunched {
+                    m.mark_zero(self.origin, s, k)?;
                 }
             }
             drop(locked);

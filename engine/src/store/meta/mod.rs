@@ -10,6 +10,7 @@
 mod owned;
 mod pointers;
 mod prepare;
+mod zeros;
 
 pub(crate) use owned::OwnedSet;
 
@@ -19,7 +20,7 @@ use crate::exceptions::ExceptionCodec;
 use crate::format::Superblock;
 use crate::io::Dev;
 use crate::space::{Allocator, SpaceMap};
-use crate::versions::record::{CatKey, CatValue, CatalogCodec, OriginRecord};
+use crate::versions::record::{CatKey, CatValue, CatalogCodec, OriginRecord, ZEROS_VERSION};
 use crate::versions::{Version, VersionTree};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -47,6 +48,8 @@ pub(crate) struct Origin {
     /// (None = dropped with its subtree).
     pub cleaning: HashMap<u32, Option<u32>>,
     pub owned: OwnedSet,
+    /// Chunks the device reads as zeros, discarded through dms.
+    zeros: zeros::ZeroMap,
 }
 
 impl Origin {
@@ -68,6 +71,7 @@ impl Origin {
             open_tags: HashMap::new(),
             cleaning,
             owned: OwnedSet::default(),
+            zeros: zeros::ZeroMap::default(),
         }
     }
 
@@ -170,6 +174,8 @@ pub(crate) struct Meta {
     /// The store's policy, and whether it is to be written.
     policy: crate::versions::record::StorePolicy,
     policy_dirty: bool,
+    /// Origins whose zero map is to be written.
+    zeros_dirty: HashSet<u32>,
 }
 
 pub(crate) fn loader<'a>(cow: &'a Dev, sb: &Superblock) -> Loader<'a> {
@@ -212,6 +218,7 @@ impl Meta {
             force_dirty: false,
             policy: Default::default(),
             policy_dirty: false,
+            zeros_dirty: HashSet::new(),
         }
     }
 
@@ -232,6 +239,7 @@ impl Meta {
         cat.range(&io, &lo, &hi, usize::MAX, &mut entries)?;
         let block = sb.catalog_root;
         let mut grouped: HashMap<u32, (Option<OriginRecord>, Vec<_>)> = HashMap::new();
+        let mut zero_maps: Vec<(u32, Vec<(u64, u64)>)> = Vec::new();
         let mut policy = crate::versions::record::StorePolicy::default();
         for (k, v) in entries {
             if k == crate::versions::record::POLICY_KEY {
@@ -250,6 +258,7 @@ impl Meta {
             let slot = grouped.entry(k.origin).or_default();
             match v {
                 CatValue::Origin(o) if k.version == 0 => slot.0 = Some(o),
+                CatValue::Zeros(z) if k.version == ZEROS_VERSION => zero_maps.push((k.origin, z)),
                 CatValue::Version(r) if k.version != 0 => slot.1.push((k.version, r)),
                 _ => {
                     return Err(Error::corrupt(
@@ -278,6 +287,17 @@ impl Meta {
             }
             let tree = VersionTree::from_records(rec.birthday, versions, rec.next_version, block)?;
             origins.insert(index, Origin::new(index, rec, tree, None));
+        }
+        let cb = u64::from(sb.chunk_pages) * crate::format::PAGE_SIZE as u64;
+        for (index, runs) in zero_maps {
+            let Some(o) = origins.get_mut(&index) else {
+                return Err(Error::corrupt(
+                    block,
+                    "catalog tree node",
+                    format!("zero map without origin {index}"),
+                ));
+            };
+            o.zeros = zeros::ZeroMap::from_runs(&runs, o.rec.size / cb, block)?;
         }
         let store_uuid = sb.uuid;
         let mut m = Meta::new(cow, sb, space, origins, 1);
@@ -438,6 +458,11 @@ impl Meta {
             .remove(&index)
             .ok_or_else(|| Error::UnknownOrigin(format!("#{index}")))?;
         self.by_id.remove(&o.rec.id);
+        self.zeros_dirty.remove(&index);
+        self.removed_records.push(CatKey {
+            origin: index,
+            version: ZEROS_VERSION,
+        });
         for v in o.tree.ids() {
             self.removed_records.push(CatKey {
                 origin: index,

@@ -3,7 +3,7 @@
 use super::{loader, EncodedPages, Meta};
 use crate::error::Result;
 use crate::format::Superblock;
-use crate::versions::record::{CatKey, CatValue};
+use crate::versions::record::{CatKey, CatValue, ZEROS_VERSION};
 
 impl Meta {
     pub fn has_changes(&self) -> bool {
@@ -13,6 +13,7 @@ impl Meta {
             || !self.changed_versions.is_empty()
             || !self.changed_records.is_empty()
             || !self.removed_records.is_empty()
+            || !self.zeros_dirty.is_empty()
             || self.space.alloc.fresh_pages() > 0
             || self.space.alloc.has_pending()
     }
@@ -30,6 +31,23 @@ impl Meta {
         }
         for key in std::mem::take(&mut self.removed_records) {
             self.cat.remove(&io, &mut self.space.alloc, &key)?;
+        }
+        let mut zeroed: Vec<u32> = self.zeros_dirty.drain().collect();
+        zeroed.sort_unstable();
+        for o in zeroed {
+            let Some(org) = self.origins.get(&o) else {
+                continue;
+            };
+            let key = CatKey {
+                origin: o,
+                version: ZEROS_VERSION,
+            };
+            if org.zeros().is_empty() {
+                self.cat.remove(&io, &mut self.space.alloc, &key)?;
+            } else {
+                let val = CatValue::Zeros(org.zeros().runs());
+                self.cat.insert(&io, &mut self.space.alloc, key, val)?;
+            }
         }
         let mut origins: Vec<u32> = self.changed_records.drain().collect();
         origins.sort_unstable();
