@@ -315,9 +315,11 @@ pub fn handle_conn(mut c: Box<dyn Conn>, exports: Arc<dyn Exports>, tls: Option<
     }
 }
 
-/// Serve every connection `accept` gives until `stop` (it polls: the
-/// listener is non-blocking).
+/// Serve every connection `accept` gives until `stop`: the listener
+/// (`fd`) is non-blocking, and the loop waits on it for at most 20 ms at a
+/// time to look at `stop`.
 fn accept_loop(
+    fd: std::os::fd::RawFd,
     mut accept: impl FnMut() -> io::Result<Box<dyn Conn>>,
     exports: Arc<dyn Exports>,
     tls: Option<Arc<tls::Server>>,
@@ -330,7 +332,7 @@ fn accept_loop(
                 std::thread::spawn(move || handle_conn(c, ex, tls));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
+                crate::daemon::service::wait_for_connection(fd, 20)
             }
             Err(e) => tracing::warn!("nbd accept: {e}"),
         }
@@ -345,12 +347,13 @@ pub fn serve_unix(
     stop: Arc<AtomicBool>,
 ) {
     let _ = listener.set_nonblocking(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let accept = || -> io::Result<Box<dyn Conn>> {
         let (s, _) = listener.accept()?;
         s.set_nonblocking(false)?;
         Ok(Box::new(s))
     };
-    accept_loop(accept, exports, tls, stop);
+    accept_loop(fd, accept, exports, tls, stop);
 }
 
 /// Accept connections on TCP until `stop`.
@@ -361,11 +364,12 @@ pub fn serve_tcp(
     stop: Arc<AtomicBool>,
 ) {
     let _ = listener.set_nonblocking(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let accept = || -> io::Result<Box<dyn Conn>> {
         let (s, _) = listener.accept()?;
         s.set_nonblocking(false)?;
         let _ = s.set_nodelay(true);
         Ok(Box::new(s))
     };
-    accept_loop(accept, exports, tls, stop);
+    accept_loop(fd, accept, exports, tls, stop);
 }
