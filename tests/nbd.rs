@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::nbd::{run, uri};
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,24 +13,6 @@ const MIB: u64 = 1 << 20;
 
 fn tools_present(test: &str) -> bool {
     require_tools(test, &["nbdinfo", "nbdcopy", "qemu-io", "fio"])
-}
-
-fn uri(env: &Env, export: &str) -> String {
-    format!(
-        "nbd+unix:///{export}?socket={}",
-        env.run.path().join("nbd.sock").display()
-    )
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 #[test]

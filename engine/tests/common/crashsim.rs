@@ -63,14 +63,7 @@ pub fn matches(
     for (tag, want) in base.versions.iter().filter(|(t, _)| tags.contains(t)) {
         let v = store.volume(ORIGIN, *tag).map_err(|e| e.to_string())?;
         let got = read_all(&v);
-        for x in v.extents(0, v.size()).map_err(|e| e.to_string())? {
-            let (a, b) = (x.offset as usize, (x.offset + x.len) as usize);
-            if x.hole && got[a..b].iter().any(|&c| c != 0) {
-                return Err(format!(
-                    "tag {tag}: {a}..{b} is reported a hole but holds data"
-                ));
-            }
-        }
+        holes_read_zeros(&v, *tag, &got)?;
         if got.len() != want.len() {
             return Err(format!(
                 "tag {tag} is {} bytes, expected {}",

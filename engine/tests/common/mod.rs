@@ -346,6 +346,20 @@ pub fn read_all(v: &Volume) -> Vec<u8> {
     buf
 }
 
+/// Block status never calls data "never stored": every extent of `v`
+/// (tag `tag`) reported as a hole is zeros in `content`.
+pub fn holes_read_zeros(v: &Volume, tag: u32, content: &[u8]) -> Result<(), String> {
+    for x in v.extents(0, v.size()).map_err(|e| e.to_string())? {
+        let (a, b) = (x.offset as usize, (x.offset + x.len) as usize);
+        if x.hole && content[a..b].iter().any(|&c| c != 0) {
+            return Err(format!(
+                "tag {tag}: {a}..{b} is reported a hole but holds data"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Compare every version of the engine with the model.
 pub fn compare(store: &Store, model: &Model) -> Result<(), String> {
     dms_engine::testing::verify_zero_maps(store)?;
@@ -367,15 +381,7 @@ pub fn compare(store: &Store, model: &Model) -> Result<(), String> {
             ));
         }
         let got = read_all(&v);
-        // Block status never calls data "never stored": a hole reads zeros.
-        for x in v.extents(0, v.size()).map_err(|e| e.to_string())? {
-            let (a, b) = (x.offset as usize, (x.offset + x.len) as usize);
-            if x.hole && want[a..b].iter().any(|&c| c != 0) {
-                return Err(format!(
-                    "tag {tag}: {a}..{b} is reported a hole but holds data"
-                ));
-            }
-        }
+        holes_read_zeros(&v, *tag, want)?;
         if &got != want {
             let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
             return Err(format!(
