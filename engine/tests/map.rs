@@ -226,14 +226,25 @@ fn a_device_without_holes_keeps_its_discarded_chunks_in_the_zero_map() {
         v2.extents(10 * CB, 4 * CB).unwrap(),
         vec![ext(10, 4, 0, true)]
     );
+    // Discarding them again writes nothing there: no copy of the zeros for
+    // the snapshot; chunks 9 and 14 join the map (their data copied out).
+    let used = store.status().unwrap().used_chunks;
+    o.discard(9 * CB, 6 * CB).unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        v2.extents(10 * CB, 4 * CB).unwrap(),
+        vec![ext(10, 4, 0, true)]
+    );
+    assert_eq!(zero_map(&store, "o").unwrap(), vec![(9, 6)]);
+    assert_eq!(store.status().unwrap().used_chunks, used + 2);
     // A write to a discarded chunk takes it out of the map, durably: after
     // a restart it is data on the origin, and the snapshot has its own copy
     // of the zeros.
     o.write_at(&[9; 100], 11 * CB + 5).unwrap();
-    assert_eq!(zero_map(&store, "o").unwrap(), vec![(10, 1), (12, 2)]);
+    assert_eq!(zero_map(&store, "o").unwrap(), vec![(9, 2), (12, 3)]);
     drop((o, v2));
     let store = reopen(store, &cow, &origin);
-    assert_eq!(zero_map(&store, "o").unwrap(), vec![(10, 1), (12, 2)]);
+    assert_eq!(zero_map(&store, "o").unwrap(), vec![(9, 2), (12, 3)]);
     let o = store.volume("o", 0).unwrap();
     assert_eq!(
         o.extents(10 * CB, 4 * CB).unwrap(),

@@ -116,10 +116,10 @@ pub enum CatValue {
 /// version ids stay below 2^24).
 pub const ZEROS_VERSION: u32 = u32::MAX;
 
-/// The most bytes of runs a zero map record holds: it stays within the
-/// catalog's entry bound (kind byte and count before it).
+/// The most bytes of runs a zero map record holds: with its key (two
+/// varints), kind byte and count it stays within the catalog's entry bound.
 pub const ZERO_MAP_BYTES: usize = 1400;
-const _: () = assert!(1 + 10 + ZERO_MAP_BYTES <= <CatalogCodec as Codec>::MAX_ENTRY);
+const _: () = assert!(10 + 1 + 10 + ZERO_MAP_BYTES <= <CatalogCodec as Codec>::MAX_ENTRY);
 
 /// Bytes the runs take in a zero map record.
 pub fn zero_runs_len(runs: &[(u64, u64)]) -> usize {

@@ -220,14 +220,34 @@ impl Volume {
     /// out of a sparse origin file under its stripe lock, or, on a device
     /// without holes, recorded in the origin's zero map.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.write_zeroes(offset, len)?;
-        if self.tag != 0 || self.version.is_some() {
-            return Ok(());
-        }
+        let origin = self.tag == 0 && self.version.is_none();
+        let end_byte = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size())
+            .ok_or(Error::OutOfRange {
+                offset,
+                len,
+                size: self.size(),
+            })?;
         let inner = self.inner();
         let cb = inner.chunk_bytes;
-        let (first, end) = (offset.div_ceil(cb), (offset + len) / cb);
-        if first >= end {
+        let (first, end) = (offset.div_ceil(cb), end_byte / cb);
+        // Whole chunks the zero map names read as zeros already (unless a
+        // rollback makes the origin read its source there): writing them
+        // again would take them out of the map, and copy zeros out for the
+        // snapshots that read them through the origin.
+        let zeroed = if origin && first < end && self.rollback_source()?.is_none() {
+            self.zeroed(first, end)?
+        } else {
+            Vec::new()
+        };
+        let mut at = offset;
+        for &(s, e) in &zeroed {
+            self.write_zeroes(at, s * cb - at)?;
+            at = e * cb;
+        }
+        self.write_zeroes(at, end_byte - at)?;
+        if !origin || first >= end {
             return Ok(());
         }
         let punch = self.ctx()?.dev.can_punch();
@@ -243,8 +263,12 @@ impl Volume {
             if self.rollback_source()?.is_some() {
                 return Ok(());
             }
+            let zeroed = self.zeroed(c, c + n)?;
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for chunk in c..c + n {
+                if zeroed.iter().any(|&(s, e)| s <= chunk && chunk < e) {
+                    continue;
+                }
                 let held = locked
                     .stripe(Inner::stripe_index(self.origin, chunk))
                     .holds(&Loc::Origin {
@@ -281,6 +305,16 @@ impl Volume {
             c += n;
         }
         Ok(())
+    }
+
+    /// The runs of the origin's zero map within chunks `[from, to)`.
+    fn zeroed(&self, from: u64, to: u64) -> Result<Vec<(u64, u64)>> {
+        Ok(self
+            .inner()
+            .meta()?
+            .origin_ref(self.origin)?
+            .zeros()
+            .within(from, to))
     }
 
     /// The chunks whose content may differ between snapshot `tag` of this
