@@ -407,7 +407,7 @@ pub fn run(opts: Options) -> Result<()> {
                 std::thread::spawn(move || serve(&d, stream));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                service::wait_for_connection(std::os::fd::AsRawFd::as_raw_fd(&listener), 20)
+                nbd::wait_for_connection(std::os::fd::AsRawFd::as_raw_fd(&listener), 20)
             }
             Err(e) => tracing::warn!("accept: {e}"),
         }

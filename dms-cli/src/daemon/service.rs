@@ -100,19 +100,3 @@ pub fn notify(state: &str) {
         tracing::warn!("notifying the service manager: {e}");
     }
 }
-
-/// Wait until the listening socket `fd` has a connection to accept, or
-/// `ms` milliseconds have passed (the caller's loop looks at its stop flag
-/// meanwhile): a client is accepted at once rather than at the next turn
-/// of a polling loop.
-pub fn wait_for_connection(fd: std::os::fd::RawFd, ms: i32) {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd of our own, for the duration of the call.
-    unsafe {
-        libc::poll(&mut p, 1, ms);
-    }
-}

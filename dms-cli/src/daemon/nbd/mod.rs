@@ -331,9 +331,7 @@ fn accept_loop(
                 let (ex, tls) = (exports.clone(), tls.clone());
                 std::thread::spawn(move || handle_conn(c, ex, tls));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                crate::daemon::service::wait_for_connection(fd, 20)
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for_connection(fd, 20),
             Err(e) => tracing::warn!("nbd accept: {e}"),
         }
     }
@@ -372,4 +370,20 @@ pub fn serve_tcp(
         Ok(Box::new(s))
     };
     accept_loop(fd, accept, exports, tls, stop);
+}
+
+/// Wait until the listening socket `fd` has a connection to accept, or
+/// `ms` milliseconds have passed (the caller's loop looks at its stop flag
+/// meanwhile): a client is accepted at once rather than at the next turn
+/// of a polling loop.
+pub(crate) fn wait_for_connection(fd: std::os::fd::RawFd, ms: i32) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd of our own, for the duration of the call.
+    unsafe {
+        libc::poll(&mut p, 1, ms);
+    }
 }
