@@ -16,6 +16,7 @@
 #   SIZE_MB (1024) image size; FIRST_IO (64M) bytes per fio write pass;
 #   PG_WINDOW (10) seconds per pgbench window; PG_SCALE (20); PG=0 skips pgbench;
 #   ROUNDS (3) times each system is measured, in turn; FIO=0 skips fio;
+#   SYSTEMS ("raw dms xfs btrfs") the systems measured;
 #   REPORT_ONLY=1 prints the table and plot again from DIR's results.
 # Prints a markdown table; writes docs/img/snapshot-cost.png (gnuplot).
 set -euo pipefail
@@ -28,6 +29,7 @@ PG=${PG:-1}
 PG_WINDOW=${PG_WINDOW:-10}
 PG_SCALE=${PG_SCALE:-20}
 ROUNDS=${ROUNDS:-3}
+SYSTEMS=${SYSTEMS:-raw dms xfs btrfs}
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (loop devices, mounts)" >&2; exit 1; }
 for t in fio losetup mkfs.xfs mkfs.btrfs mkfs.ext4 gnuplot fsfreeze; do
     command -v $t >/dev/null || {
@@ -121,6 +123,10 @@ pg_series() { # dev snapshot-command(with $MNT)
     sleep $((2 * w)); eval "$snap"
     sleep "$(python3 -c "import time; print(max(0, $t0 + 4 * $w - time.time()))")"; eval "$snap"
     wait $pid
+    # Kept per run (pgbench-<n>.out, in the order the runs were made), to
+    # look at the seconds around each snapshot.
+    PG_RUNS=$((${PG_RUNS:-0} + 1))
+    cp "$DIR/pgbench.out" "$DIR/pgbench-$PG_RUNS.out"
     read -r PG_BEFORE PG_AFTER < <(python3 - "$DIR/pgbench.out" "$w" <<'PY'
 import re, sys
 w = int(sys.argv[2])
@@ -219,10 +225,15 @@ reflink_fs() { # name mkfs-command
 # falls on all of them alike.
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r of $ROUNDS" >&2
-    run_raw
-    run_dms
-    reflink_fs xfs "mkfs.xfs -q -f -m reflink=1"
-    reflink_fs btrfs "mkfs.btrfs -q -f"
+    for sys in $SYSTEMS; do
+        case $sys in
+        raw) run_raw ;;
+        dms) run_dms ;;
+        xfs) reflink_fs xfs "mkfs.xfs -q -f -m reflink=1" ;;
+        btrfs) reflink_fs btrfs "mkfs.btrfs -q -f" ;;
+        *) echo "bench: unknown system $sys (raw, dms, xfs, btrfs)" >&2; exit 1 ;;
+        esac
+    done
 done
 
 fi # REPORT_ONLY
