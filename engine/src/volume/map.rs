@@ -2,7 +2,7 @@
 //! (`base:allocation`, `qemu:allocation-depth`) and `qemu-img map` show.
 
 use super::Volume;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exceptions::MERGED;
 use crate::io::BlockDev;
 use crate::store::{Inner, Loc};
@@ -30,14 +30,7 @@ impl Volume {
     /// of the chunk holding the last byte, or at the device's end), merged
     /// where neighbours read alike. Empty for an empty range.
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.size())
-            .ok_or(Error::OutOfRange {
-                offset,
-                len,
-                size: self.size(),
-            })?;
+        let end = self.range_end(offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -221,14 +214,7 @@ impl Volume {
     /// without holes, recorded in the origin's zero map.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let origin = self.tag == 0 && self.version.is_none();
-        let end_byte = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.size())
-            .ok_or(Error::OutOfRange {
-                offset,
-                len,
-                size: self.size(),
-            })?;
+        let end_byte = self.range_end(offset, len)?;
         let inner = self.inner();
         let cb = inner.chunk_bytes;
         let (first, end) = (offset.div_ceil(cb), end_byte / cb);

@@ -176,14 +176,20 @@ impl Volume {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size() => Ok(()),
-            _ => Err(Error::OutOfRange {
+        self.range_end(offset, len as u64).map(|_| ())
+    }
+
+    /// The end of `[offset, offset + len)`, which must lie within the
+    /// volume.
+    fn range_end(&self, offset: u64, len: u64) -> Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size())
+            .ok_or(Error::OutOfRange {
                 offset,
-                len: len as u64,
+                len,
                 size: self.size(),
-            }),
-        }
+            })
     }
 
     fn ctx(&self) -> Result<Ctx> {
