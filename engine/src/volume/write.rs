@@ -304,7 +304,24 @@ impl Volume {
         let o = self.origin;
         let mut olds = Vec::with_capacity(batch.len());
         let mut scratch = vec![0u8; cb as usize];
-        for (p, plan) in batch.iter().zip(job.plans) {
+        let mut i = 0;
+        while i < batch.len() {
+            if let Plan::CopyOut { n, .. } = job.plans[i] {
+                // A run of copy-outs of neighbouring chunks into neighbouring
+                // COW chunks: one read and one write for all of it.
+                let mut j = i + 1;
+                while j < batch.len()
+                    && batch[j].chunk == batch[j - 1].chunk + 1
+                    && matches!(job.plans[j], Plan::CopyOut { n: m, .. } if m == n + (j - i) as u64)
+                {
+                    j += 1;
+                }
+                olds.extend(self.copy_out_run(&batch[i..j], n, ctx, cb, locked)?);
+                i = j;
+                continue;
+            }
+            let (p, plan) = (&batch[i], &job.plans[i]);
+            i += 1;
             let data = job.data(p);
             let full = p.len as u64 == cb;
             let s = locked.stripe_mut(Inner::stripe_index(o, p.chunk));
@@ -312,17 +329,8 @@ impl Volume {
                 origin: o,
                 chunk: p.chunk,
             };
-            let mut old = None;
             match *plan {
-                Plan::Direct { .. } => {}
-                Plan::CopyOut { n, .. } => {
-                    // The copy is of what the device holds: nothing held.
-                    inner.settle(s, o, &at_origin)?;
-                    let mut b = vec![0u8; cb as usize].into_boxed_slice();
-                    read_chunk(&*ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
-                    cow.write_at(&b, n * cb)?;
-                    old = Some(b);
-                }
+                Plan::Direct { .. } | Plan::CopyOut { .. } => {}
                 Plan::InPlace { e, wait } => {
                     let loc = Loc::Cow { chunk: e };
                     if wait.is_none() && !s.holds(&loc) {
@@ -369,8 +377,43 @@ impl Volume {
                     }
                 }
             }
-            olds.push(old);
+            olds.push(None);
         }
         Ok(olds)
+    }
+
+    /// Copy origin chunks `run` (neighbours) out to COW chunks `n..`: the
+    /// copy is of what the device holds, so anything held for them is
+    /// written to it first. Each chunk's old data, for the held write.
+    fn copy_out_run(
+        &self,
+        run: &[Piece],
+        n: u64,
+        ctx: &super::Ctx,
+        cb: u64,
+        locked: &mut WriteLocked<'_>,
+    ) -> Result<Vec<Old>> {
+        let inner = self.inner();
+        let o = self.origin;
+        for p in run {
+            let s = locked.stripe_mut(Inner::stripe_index(o, p.chunk));
+            inner.settle(
+                s,
+                o,
+                &Loc::Origin {
+                    origin: o,
+                    chunk: p.chunk,
+                },
+            )?;
+        }
+        let start = run[0].chunk * cb;
+        let mut buf = vec![0u8; run.len() * cb as usize];
+        let have = ctx.size.saturating_sub(start).min(buf.len() as u64) as usize;
+        ctx.dev.read_at(&mut buf[..have], start)?;
+        inner.cow.write_at(&buf, n * cb)?;
+        Ok(buf
+            .chunks(cb as usize)
+            .map(|c| Some(c.to_vec().into_boxed_slice()))
+            .collect())
     }
 }
