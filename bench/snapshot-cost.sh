@@ -120,13 +120,20 @@ pg_series() { # dev snapshot-command(with $MNT)
     su postgres -c "$pgb -c 8 -j 2 -T $((5 * w)) -P 1 postgres" >"$DIR/pgbench.out" 2>&1 &
     local pid=$! t0
     t0=$(date +%s.%N)
-    sleep $((2 * w)); eval "$snap"
-    sleep "$(python3 -c "import time; print(max(0, $t0 + 4 * $w - time.time()))")"; eval "$snap"
+    timed_snap() { # the snapshot command, its start and length logged
+        local s0 s1
+        s0=$(date +%s.%N); eval "$snap"; s1=$(date +%s.%N)
+        printf 'snapshot at %.2f s took %.3f s\n' "$(echo "$s0 - $t0" | bc -l)" "$(echo "$s1 - $s0" | bc -l)" >>"$DIR/pgbench.out.snaps"
+    }
+    : >"$DIR/pgbench.out.snaps"
+    sleep $((2 * w)); timed_snap
+    sleep "$(python3 -c "import time; print(max(0, $t0 + 4 * $w - time.time()))")"; timed_snap
     wait $pid
     # Kept per run (pgbench-<n>.out, in the order the runs were made), to
     # look at the seconds around each snapshot.
     PG_RUNS=$((${PG_RUNS:-0} + 1))
     cp "$DIR/pgbench.out" "$DIR/pgbench-$PG_RUNS.out"
+    cat "$DIR/pgbench.out.snaps" >>"$DIR/pgbench-$PG_RUNS.out"
     read -r PG_BEFORE PG_AFTER < <(python3 - "$DIR/pgbench.out" "$w" <<'PY'
 import re, sys
 w = int(sys.argv[2])
