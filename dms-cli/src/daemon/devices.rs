@@ -13,6 +13,7 @@ use dms_engine::{FormatOptions, Store};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How a dm_dev is exposed besides its mapper file.
 #[derive(Clone, Copy, Debug, Default)]
@@ -354,16 +355,26 @@ pub(crate) fn users_of(st: &State, cow: &PathBuf) -> Option<String> {
     (!names.is_empty()).then(|| names.join(", "))
 }
 
-/// Why a dm_dev cannot be removed now, if it cannot.
-pub(crate) fn busy(d: &Daemon, name: &str, dev: &DmDev) -> Option<String> {
+/// How long a command that takes a dm_dev away waits for NBD clients that
+/// are leaving: a client that has just closed its connection counts until
+/// the requests it had in flight are done.
+pub(crate) const LEAVING: Duration = Duration::from_secs(1);
+
+/// Why a dm_dev cannot be removed now, if it cannot; NBD clients still
+/// connected after waiting up to `grace` for them to go count as busy.
+pub(crate) fn busy(d: &Daemon, name: &str, dev: &DmDev, grace: Duration) -> Option<String> {
     let file = d.mapper.path(name);
     for l in loopdev::backed_by(&file) {
         if let Some(m) = loopdev::mounted_at(&l) {
             return Some(format!("dm_dev {name} is busy: {l} is mounted on {m}"));
         }
     }
-    let _ = dev;
-    let clients = dev.nbd_clients.load(Ordering::SeqCst);
+    let until = std::time::Instant::now() + grace;
+    let mut clients = dev.nbd_clients.load(Ordering::SeqCst);
+    while clients > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        clients = dev.nbd_clients.load(Ordering::SeqCst);
+    }
     if clients > 0 {
         return Some(format!(
             "dm_dev {name} is busy: {clients} NBD client(s) connected"
@@ -453,7 +464,7 @@ pub(crate) fn remove(d: &Daemon, st: &mut State, name: &str, force: bool) -> Res
         ));
     };
     if !force {
-        if let Some(why) = busy(d, name, dev) {
+        if let Some(why) = busy(d, name, dev, LEAVING) {
             return Err(Fail::kind(why, ErrorKind::Busy));
         }
     }
@@ -483,7 +494,7 @@ pub(crate) fn remove_all(d: &Daemon, force: bool) -> Res<Response> {
     let names: Vec<String> = st.devs.keys().cloned().collect();
     if !force {
         for n in &names {
-            if let Some(why) = st.devs.get(n).and_then(|dev| busy(d, n, dev)) {
+            if let Some(why) = st.devs.get(n).and_then(|dev| busy(d, n, dev, LEAVING)) {
                 return Err(Fail::kind(why, ErrorKind::Busy));
             }
         }

@@ -320,7 +320,7 @@ fn shutdown(d: &Daemon, force: bool) -> Res<Response> {
     let st = d.lock();
     if !force {
         for (n, dev) in &st.devs {
-            if let Some(why) = busy(d, n, dev) {
+            if let Some(why) = busy(d, n, dev, super::devices::LEAVING) {
                 return Err(Fail::kind(why, ErrorKind::Busy));
             }
         }

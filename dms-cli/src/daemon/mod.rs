@@ -295,7 +295,7 @@ impl Stopping {
             let st = d.lock();
             st.devs
                 .iter()
-                .filter_map(|(n, dev)| devices::busy(d, n, dev))
+                .filter_map(|(n, dev)| devices::busy(d, n, dev, Duration::ZERO))
                 .collect()
         };
         if busy.is_empty() {
