@@ -387,3 +387,70 @@ fn settling_writes_held_data_without_a_flush() {
     assert!(org.writes.load(Ordering::SeqCst) > before);
     assert_eq!(st.held().chunks, 0);
 }
+
+#[test]
+fn partial_writes_to_a_held_chunk_hold_only_their_bytes_and_read_back_whole() {
+    // 64 KiB chunks: a held write keeps only what was written in memory;
+    // the device keeps the rest of the chunk until the held bytes settle.
+    let opts = FormatOptions {
+        chunk_pages: 16,
+        ..FormatOptions::default()
+    };
+    let cb = 65536usize;
+    let ctl = FaultController::new();
+    let initial = pattern(MIB as usize, 12);
+    let org = Arc::new(FaultDev::new("origin", initial.clone(), ctl.clone()));
+    let cow = Arc::new(FaultDev::new("cow", vec![0u8; 16 * MIB as usize], ctl));
+    let st = Store::format(cow.clone(), &opts).unwrap();
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    let base = 2 * cb;
+    let mut want = initial.clone();
+    let mut put = |o: &dms_engine::Volume, at: usize, len: usize, v: u8| {
+        o.write_at(&vec![v; len], (base + at) as u64).unwrap();
+        want[base + at..base + at + len].fill(v);
+    };
+    put(&o, 1000, 1000, 0x11);
+    let held = st.held();
+    assert_eq!(held.chunks, 1);
+    assert_eq!(held.bytes, 1000 + HELD_OVERHEAD, "{held:?}");
+    // A write past the held bytes, one before them, one across a gap and
+    // one inside: the gaps keep the chunk's old bytes.
+    put(&o, 40000, 1000, 0x22);
+    put(&o, 100, 50, 0x33);
+    put(&o, 30000, 20000, 0x44);
+    put(&o, 1500, 10, 0x55);
+    // And one spanning the end of this chunk into the next.
+    put(&o, cb - 300, 600, 0x66);
+    assert!(st.held().chunks >= 2);
+    assert_eq!(
+        org.volatile_image(),
+        initial,
+        "held bytes reached the device"
+    );
+    let check = |st: &Store, o: &dms_engine::Volume| {
+        assert_eq!(read_all(o), want);
+        assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+        // Reads that start and end inside held and unheld bytes alike.
+        for (at, len) in [(0, 150), (990, 20), (1990, 39000), (cb - 400, 800)] {
+            let mut b = vec![0u8; len];
+            o.read_at(&mut b, (base + at) as u64).unwrap();
+            assert_eq!(b, want[base + at..base + at + len], "read at {at}+{len}");
+        }
+    };
+    check(&st, &o);
+    o.flush().unwrap();
+    assert_eq!(st.held().chunks, 0);
+    check(&st, &o);
+    assert_eq!(org.durable_image(), want);
+    let st2 = Store::open(Arc::new(MemDev::from_bytes("cow", &cow.durable_image()))).unwrap();
+    st2.attach(
+        ORIGIN,
+        Arc::new(MemDev::from_bytes("origin", &org.durable_image())),
+    )
+    .unwrap();
+    check(&st2, &st2.volume(ORIGIN, 0).unwrap());
+    assert!(st2.check().unwrap().is_clean());
+}

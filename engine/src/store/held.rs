@@ -10,10 +10,14 @@
 //! transaction not yet durable).
 //!
 //! Invariants:
-//! - A held entry is the whole current content of its location (an origin
-//!   chunk, or a COW chunk that one writable version alone reads); the device
-//!   still has older bytes there. Every read of the location is served from
-//!   the entry.
+//! - A held entry is the current content of bytes `lo..hi` of its location
+//!   (an origin chunk, or a COW chunk that one writable version alone reads):
+//!   what was written there since it began to be held. The device still has
+//!   older bytes there, and has the current bytes everywhere else (nothing
+//!   writes a held location's device but the entry's own settling). So the
+//!   old content is never read into memory to begin holding: a read of the
+//!   location reads the device, then copies the entry's bytes over it; a
+//!   write beyond `lo..hi` fills the gap between them from the device.
 //! - An entry reaches its device only once transaction `after` is durable:
 //!   the copy-outs and exception changes that protect every other version's
 //!   view of the old bytes. So the promise of the design is unchanged: a
@@ -33,16 +37,19 @@
 //!   committer thread, drains) before it takes any lock.
 
 mod committer;
+mod table;
 
 pub(crate) use committer::spawn_committer;
+pub use table::HeldStats;
+pub(crate) use table::HeldTable;
 
 use super::{lock, Inner, STRIPES};
 use crate::error::{Error, Result};
 use crate::io::{BlockDev, Dev};
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 /// Default bound on held data, bytes (see [`crate::Store::set_held_limit`]).
@@ -65,10 +72,23 @@ pub(crate) enum Loc {
     Cow { chunk: u64 },
 }
 
+impl Loc {
+    /// The chunk's number on its device.
+    fn chunk(&self) -> u64 {
+        match *self {
+            Loc::Origin { chunk, .. } | Loc::Cow { chunk } => chunk,
+        }
+    }
+}
+
 /// The data of one held location.
 pub(crate) struct Held {
+    /// Bytes `base..base + data.len()` of the location: the first write's
+    /// own range, and the whole chunk once a later write goes beyond it.
     data: Box<[u8]>,
-    /// Bytes `lo..hi` differ from the device.
+    base: usize,
+    /// Bytes `lo..hi` (within the window) are current; the device has the
+    /// current content of the rest of the location.
     lo: usize,
     hi: usize,
     /// Transaction that must be durable before the data goes to the device.
@@ -88,141 +108,15 @@ impl Stripe {
         !self.held.is_empty() && self.held.contains_key(loc)
     }
 
-    /// The held content of `loc`, if any.
-    pub(crate) fn data(&self, loc: &Loc) -> Option<&[u8]> {
+    /// The held bytes of `loc`, if any: where they start in the location,
+    /// and the bytes (the device has the current content of the rest).
+    pub(crate) fn data(&self, loc: &Loc) -> Option<(usize, &[u8])> {
         if self.held.is_empty() {
             return None;
         }
-        self.held.get(loc).map(|h| &h.data[..])
-    }
-}
-
-/// Counters of held data (see [`crate::Store::held`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HeldStats {
-    /// Locations held now.
-    pub chunks: u64,
-    /// Bytes held now, bookkeeping included.
-    pub bytes: u64,
-    /// The most bytes held at once since the store was opened.
-    pub peak_bytes: u64,
-    /// The bound: writers wait while `bytes` is at or above it.
-    pub limit: u64,
-}
-
-/// Counters and wake-ups of held data, shared with the committer thread.
-pub(crate) struct HeldTable {
-    count: AtomicUsize,
-    bytes: AtomicU64,
-    peak: AtomicU64,
-    limit: AtomicU64,
-    /// Highest `after` of any entry held: a commit up to it covers all.
-    max_after: AtomicU64,
-    /// The last failed write of held data, until a full drain succeeds:
-    /// (device, operation, errno).
-    error: Mutex<Option<(String, &'static str, i32)>>,
-    /// The committer sleeps on `work`; writers at the limit on `room`.
-    sleep: Mutex<()>,
-    work: Condvar,
-    room: Condvar,
-    shutdown: AtomicBool,
-    /// Whether a committer thread drains entries as they come.
-    background: AtomicBool,
-    /// Whether the committer thread exists.
-    thread: AtomicBool,
-    /// Whether the committer is asleep (and so wants a wake-up).
-    idle: AtomicBool,
-    /// Writers waiting for room.
-    room_waiters: AtomicUsize,
-}
-
-impl HeldTable {
-    pub(crate) fn new() -> HeldTable {
-        HeldTable {
-            count: AtomicUsize::new(0),
-            bytes: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
-            limit: AtomicU64::new(DEFAULT_HELD_LIMIT),
-            max_after: AtomicU64::new(0),
-            error: Mutex::new(None),
-            sleep: Mutex::new(()),
-            work: Condvar::new(),
-            room: Condvar::new(),
-            shutdown: AtomicBool::new(false),
-            background: AtomicBool::new(false),
-            thread: AtomicBool::new(false),
-            idle: AtomicBool::new(false),
-            room_waiters: AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether anything is held at all (the read path's fast check).
-    pub(crate) fn any(&self) -> bool {
-        self.count.load(Ordering::SeqCst) != 0
-    }
-
-    pub(crate) fn stats(&self) -> HeldStats {
-        HeldStats {
-            chunks: self.count.load(Ordering::SeqCst) as u64,
-            bytes: self.bytes.load(Ordering::SeqCst),
-            peak_bytes: self.peak.load(Ordering::SeqCst),
-            limit: self.limit.load(Ordering::SeqCst),
-        }
-    }
-
-    pub(crate) fn set_limit(&self, bytes: u64) {
-        self.limit.store(bytes, Ordering::SeqCst);
-        self.wake_room();
-        self.wake_committer();
-    }
-
-    pub(crate) fn set_background(&self, on: bool) {
-        let on = on && self.thread.load(Ordering::SeqCst);
-        self.background.store(on, Ordering::SeqCst);
-        self.wake_committer();
-    }
-
-    fn full(&self) -> bool {
-        self.bytes.load(Ordering::SeqCst) >= self.limit.load(Ordering::SeqCst)
-    }
-
-    fn wake_committer(&self) {
-        drop(lock(&self.sleep));
-        self.work.notify_all();
-    }
-
-    fn wake_room(&self) {
-        if self.room_waiters.load(Ordering::SeqCst) > 0 {
-            drop(lock(&self.sleep));
-            self.room.notify_all();
-        }
-    }
-
-    fn added(&self, size: u64, after: u64) {
-        self.max_after.fetch_max(after, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
-        let now = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        // The committer is woken only when it sleeps: while it works, what
-        // is held meanwhile waits for its next round (one commit for all).
-        if self.idle.load(Ordering::SeqCst) {
-            self.wake_committer();
-        }
-    }
-
-    fn removed(&self, size: u64) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
-        let before = self.bytes.fetch_sub(size, Ordering::SeqCst);
-        let limit = self.limit.load(Ordering::SeqCst);
-        if before >= limit && before - size < limit {
-            self.wake_room();
-        }
-    }
-
-    pub(crate) fn shut_down(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        self.wake_committer();
-        self.wake_room();
+        self.held
+            .get(loc)
+            .map(|h| (h.lo, &h.data[h.lo - h.base..h.hi - h.base]))
     }
 }
 
@@ -301,52 +195,72 @@ impl Inner {
         Ok(Locked { idx, guards })
     }
 
-    /// Start holding `loc` (absent from `stripe`) with its current content
-    /// `data`; the caller then overlays its write.
-    pub(crate) fn hold(
+    /// Write `data` at byte `off` of `loc` into its held entry, which is
+    /// made if there is none, noting a commit it must wait for. `dev` is
+    /// the location's device and `size` where that device's data ends
+    /// (bytes past it read as zeros): bytes between what is held and the
+    /// new range are read from it, as it still has their current content.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn hold_write(
         &self,
         stripe: &mut Stripe,
         origin: u32,
         loc: Loc,
-        data: Box<[u8]>,
-        after: Option<u64>,
-    ) {
-        let after = after.unwrap_or(0);
-        let h = Held {
-            data,
-            lo: 0,
-            hi: 0,
-            after,
-            origin,
-        };
-        let size = entry_size(&h);
-        stripe.held.insert(loc, h);
-        self.held.added(size, after);
-    }
-
-    /// Write `data` at `off` into the held entry of `loc`, noting a later
-    /// commit it must wait for.
-    pub(crate) fn overlay(
-        &self,
-        stripe: &mut Stripe,
-        loc: &Loc,
+        (dev, size): (&dyn BlockDev, u64),
         off: usize,
         data: &[u8],
         after: Option<u64>,
-    ) {
-        if let Some(h) = stripe.held.get_mut(loc) {
-            h.data[off..off + data.len()].copy_from_slice(data);
-            if h.lo == h.hi {
-                (h.lo, h.hi) = (off, off + data.len());
-            } else {
-                h.lo = h.lo.min(off);
-                h.hi = h.hi.max(off + data.len());
-            }
-            if let Some(t) = after {
-                h.after = h.after.max(t);
-                self.held.max_after.fetch_max(t, Ordering::SeqCst);
-            }
+    ) -> Result<()> {
+        let cb = self.chunk_bytes as usize;
+        let (a, b) = (off, off + data.len());
+        let Some(h) = stripe.held.get_mut(&loc) else {
+            let after = after.unwrap_or(0);
+            let h = Held {
+                data: data.into(),
+                base: a,
+                lo: a,
+                hi: b,
+                after,
+                origin,
+            };
+            let size = entry_size(&h);
+            stripe.held.insert(loc, h);
+            self.held.added(size, after);
+            return Ok(());
+        };
+        let (lo, hi) = (h.lo.min(a), h.hi.max(b));
+        if lo < h.base || hi > h.base + h.data.len() {
+            // Beyond the window: the window becomes the whole chunk.
+            let mut w = vec![0u8; cb].into_boxed_slice();
+            w[h.lo..h.hi].copy_from_slice(&h.data[h.lo - h.base..h.hi - h.base]);
+            let grown = (cb - h.data.len()) as u64;
+            h.data = w;
+            h.base = 0;
+            self.held.grew(grown);
         }
+        // The gap between the held bytes and the new ones, from the device.
+        let start = loc.chunk() * cb as u64;
+        let gap = if a > h.hi {
+            Some(h.hi..a)
+        } else if b < h.lo {
+            Some(b..h.lo)
+        } else {
+            None
+        };
+        if let Some(g) = gap {
+            let at = start + g.start as u64;
+            let n = (size.saturating_sub(at) as usize).min(g.len());
+            let dst = &mut h.data[g.start - h.base..g.end - h.base];
+            dev.read_at(&mut dst[..n], at)?;
+            dst[n..].fill(0);
+        }
+        h.data[a - h.base..b - h.base].copy_from_slice(data);
+        (h.lo, h.hi) = (lo, hi);
+        if let Some(t) = after {
+            h.after = h.after.max(t);
+            self.held.max_after.fetch_max(t, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Write `loc`'s held entry to its device now (after its commit), if it
@@ -394,7 +308,9 @@ impl Inner {
                 let end = (start + h.hi as u64).min(*size);
                 let from = start + h.lo as u64;
                 let res = if from < end {
-                    dev.write_at(&h.data[h.lo..(end - start) as usize], from)
+                    let n = (end - from) as usize;
+                    let at = h.lo - h.base;
+                    dev.write_at(&h.data[at..at + n], from)
                 } else {
                     Ok(())
                 };
@@ -403,9 +319,10 @@ impl Inner {
                 }
                 res
             }
-            (Loc::Cow { chunk }, _) => self
-                .cow
-                .write_at(&h.data[h.lo..h.hi], chunk * cb + h.lo as u64),
+            (Loc::Cow { chunk }, _) => self.cow.write_at(
+                &h.data[h.lo - h.base..h.hi - h.base],
+                chunk * cb + h.lo as u64,
+            ),
             (Loc::Origin { origin, .. }, None) => Err(Error::UnknownOrigin(format!("#{origin}"))),
         };
         match written {

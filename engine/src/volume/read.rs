@@ -1,6 +1,6 @@
 //! Reads: resolve each chunk to the origin or a COW chunk, read neighbouring
-//! pieces that resolve to one contiguous range at once, and serve held
-//! locations from memory.
+//! pieces that resolve to one contiguous range at once, and copy the held
+//! bytes of held locations over what their devices have.
 
 use super::{contiguous, pieces, Volume, BATCH_CHUNKS};
 use crate::error::Result;
@@ -86,8 +86,13 @@ impl Volume {
                         Src::Cow(e) => Loc::Cow { chunk: e },
                     };
                     let stripe = locked.stripe(Inner::stripe_index(self.origin, p.chunk));
-                    if let Some(d) = stripe.data(&loc) {
-                        buf[p.at..p.at + p.len].copy_from_slice(&d[p.off..p.off + p.len]);
+                    if let Some((lo, d)) = stripe.data(&loc) {
+                        let a = p.off.max(lo);
+                        let b = (p.off + p.len).min(lo + d.len());
+                        if a < b {
+                            buf[p.at + a - p.off..p.at + b - p.off]
+                                .copy_from_slice(&d[a - lo..b - lo]);
+                        }
                     }
                 }
             }

@@ -12,10 +12,6 @@ use crate::io::BlockDev;
 use crate::store::{plan_write, release, Inner, Loc, Plan, WriteLocked};
 use std::sync::PoisonError;
 
-/// The old content of a chunk, read for its copy-out: it becomes the
-/// chunk's held data, with the write on top.
-type Old = Option<Box<[u8]>>;
-
 /// One batch of a write: the request's data, the batch's pieces and their
 /// plans, and the version's context.
 struct Job<'a> {
@@ -135,13 +131,10 @@ impl Volume {
             ctx: &ctx,
             cb,
         };
-        let olds = match self.copy_data(&job, locked) {
-            Ok(olds) => olds,
-            Err(e) => {
-                release(&mut *inner.meta()?, &plans);
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.copy_data(&job, locked) {
+            release(&mut *inner.meta()?, &plans);
+            return Err(e);
+        }
         // Record the new exceptions; `need` is the transaction of the
         // copy-outs among them.
         let need = {
@@ -184,7 +177,7 @@ impl Volume {
         if rolling {
             return self.write_origin_rolling(&job, need, &full_chunks, locked);
         }
-        self.write_origin(&job, olds, need, locked)
+        self.write_origin(&job, need, locked)
     }
 
     /// Put an origin write in place: straight to the device where nothing
@@ -193,7 +186,6 @@ impl Volume {
     fn write_origin(
         &self,
         job: &Job<'_>,
-        olds: Vec<Old>,
         need: Option<u64>,
         locked: &mut WriteLocked<'_>,
     ) -> Result<()> {
@@ -201,7 +193,7 @@ impl Volume {
         let (batch, ctx, cb) = (job.batch, job.ctx, job.cb);
         // Runs of neighbouring pieces that go straight to the device.
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        for (i, ((p, plan), old)) in batch.iter().zip(job.plans).zip(olds).enumerate() {
+        for (i, (p, plan)) in batch.iter().zip(job.plans).enumerate() {
             let loc = Loc::Origin {
                 origin: self.origin,
                 chunk: p.chunk,
@@ -219,18 +211,15 @@ impl Volume {
                 }
                 continue;
             }
-            if !s.holds(&loc) {
-                let data = match old {
-                    Some(b) => b,
-                    None => {
-                        let mut b = vec![0u8; cb as usize].into_boxed_slice();
-                        read_chunk(&*ctx.dev, ctx.size, p.chunk, cb, &mut b)?;
-                        b
-                    }
-                };
-                inner.hold(s, self.origin, loc, data, wait);
-            }
-            inner.overlay(s, &loc, p.off, job.data(p), wait);
+            inner.hold_write(
+                s,
+                self.origin,
+                loc,
+                (&*ctx.dev, ctx.size),
+                p.off,
+                job.data(p),
+                wait,
+            )?;
         }
         for &(i, j) in &runs {
             let (first, last) = (batch[i], batch[j]);
@@ -296,13 +285,11 @@ impl Volume {
 
     /// Move data for every plan except the origin overwrite itself; a
     /// snapshot's in-place write that must wait for a commit is held.
-    /// Returns, per piece, the old data a copy-out read.
-    fn copy_data(&self, job: &Job<'_>, locked: &mut WriteLocked<'_>) -> Result<Vec<Old>> {
+    fn copy_data(&self, job: &Job<'_>, locked: &mut WriteLocked<'_>) -> Result<()> {
         let inner = self.inner();
         let (batch, ctx, cb) = (job.batch, job.ctx, job.cb);
         let cow = &inner.cow;
         let o = self.origin;
-        let mut olds = Vec::with_capacity(batch.len());
         let mut scratch = vec![0u8; cb as usize];
         let mut i = 0;
         while i < batch.len() {
@@ -316,7 +303,7 @@ impl Volume {
                 {
                     j += 1;
                 }
-                olds.extend(self.copy_out_run(&batch[i..j], n, ctx, cb, locked)?);
+                self.copy_out_run(&batch[i..j], n, ctx, cb, locked)?;
                 i = j;
                 continue;
             }
@@ -336,12 +323,8 @@ impl Volume {
                     if wait.is_none() && !s.holds(&loc) {
                         cow.write_at(data, e * cb + p.off as u64)?;
                     } else {
-                        if !s.holds(&loc) {
-                            let mut b = vec![0u8; cb as usize].into_boxed_slice();
-                            cow.read_at(&mut b, e * cb)?;
-                            inner.hold(s, o, loc, b, wait);
-                        }
-                        inner.overlay(s, &loc, p.off, data, wait);
+                        let size = (e + 1) * cb;
+                        inner.hold_write(s, o, loc, (&**cow, size), p.off, data, wait)?;
                     }
                 }
                 Plan::Move { e, n, .. } => {
@@ -377,14 +360,14 @@ impl Volume {
                     }
                 }
             }
-            olds.push(None);
         }
-        Ok(olds)
+        Ok(())
     }
 
     /// Copy origin chunks `run` (neighbours) out to COW chunks `n..`: the
     /// copy is of what the device holds, so anything held for them is
-    /// written to it first. Each chunk's old data, for the held write.
+    /// written to it first; the device keeps that old content until the
+    /// held write on top of it is settled.
     fn copy_out_run(
         &self,
         run: &[Piece],
@@ -392,7 +375,7 @@ impl Volume {
         ctx: &super::Ctx,
         cb: u64,
         locked: &mut WriteLocked<'_>,
-    ) -> Result<Vec<Old>> {
+    ) -> Result<()> {
         let inner = self.inner();
         let o = self.origin;
         for p in run {
@@ -407,13 +390,11 @@ impl Volume {
             )?;
         }
         let start = run[0].chunk * cb;
-        let mut buf = vec![0u8; run.len() * cb as usize];
-        let have = ctx.size.saturating_sub(start).min(buf.len() as u64) as usize;
-        ctx.dev.read_at(&mut buf[..have], start)?;
+        let len = run.len() as u64 * cb;
+        let have = ctx.size.saturating_sub(start).min(len);
+        let mut buf = vec![0u8; len as usize];
+        ctx.dev.read_at(&mut buf[..have as usize], start)?;
         inner.cow.write_at(&buf, n * cb)?;
-        Ok(buf
-            .chunks(cb as usize)
-            .map(|c| Some(c.to_vec().into_boxed_slice()))
-            .collect())
+        Ok(())
     }
 }
