@@ -101,19 +101,37 @@ impl<C: Codec> Tree<C> {
         key: C::Key,
         value: C::Value,
     ) -> Result<Inserted<C>> {
+        // The node's size is kept exact across this change (the entries
+        // around the change encoded before and after it), rather than
+        // bounded per change: a full node is then encoded again only when
+        // it may truly overflow.
+        let growth = self.sizes.get(&page).map(|s| s.1);
+        let mut buf = Vec::new();
         let node = self.node_mut(page)?;
         check_level(page, node, expected)?;
-        let old = match node {
+        let (old, delta) = match node {
             Node::Leaf(e) => match e.binary_search_by(|x| x.0.cmp(&key)) {
-                Ok(i) => Some(std::mem::replace(&mut e[i].1, value)),
+                Ok(i) => {
+                    let before = leaf_len::<C>(e, i, 2, &mut buf);
+                    let old = std::mem::replace(&mut e[i].1, value);
+                    (
+                        Some(old),
+                        leaf_len::<C>(e, i, 2, &mut buf) as isize - before as isize,
+                    )
+                }
                 Err(i) => {
+                    let before = leaf_len::<C>(e, i, 1, &mut buf);
                     e.insert(i, (key, value));
-                    None
+                    (
+                        None,
+                        leaf_len::<C>(e, i, 2, &mut buf) as isize - before as isize,
+                    )
                 }
             },
             Node::Internal(level, e) => {
                 let level = *level;
                 let i = route(e, &key);
+                let before = internal_len::<C>(e, i, 2, &mut buf);
                 let child = e[i].1;
                 let new_child = self.shadow(io, alloc, child)?;
                 if let Node::Internal(_, e) = self.node_mut(page)? {
@@ -124,14 +142,24 @@ impl<C: Codec> Tree<C> {
                 }
                 let (old, splits) =
                     self.insert_rec(io, alloc, new_child, Some(level - 1), key, value)?;
-                for (n, s) in splits.into_iter().enumerate() {
-                    if let Node::Internal(_, e) = self.node_mut(page)? {
-                        e.insert(i + 1 + n, s);
+                let n = splits.len();
+                let node = self.node_mut(page)?;
+                if let Node::Internal(_, e) = node {
+                    for (k, s) in splits.into_iter().enumerate() {
+                        e.insert(i + 1 + k, s);
                     }
                 }
-                old
+                let after = match node {
+                    Node::Internal(_, e) => internal_len::<C>(e, i, n + 2, &mut buf),
+                    Node::Leaf(_) => before,
+                };
+                (old, after as isize - before as isize)
             }
         };
+        if let (Some(s), Some(g)) = (self.sizes.get_mut(&page), growth) {
+            s.0 = s.0.saturating_add_signed(delta);
+            s.1 = g;
+        }
         let splits = self.split_if_needed(alloc, page)?;
         Ok((old, splits))
     }
@@ -317,6 +345,29 @@ impl<C: Codec> Tree<C> {
         }
         Ok(())
     }
+}
+
+/// Encoded bytes of leaf entries `from..from + n` (those that exist), each
+/// after its predecessor.
+fn leaf_len<C: Codec>(e: &[(C::Key, C::Value)], from: usize, n: usize, buf: &mut Vec<u8>) -> usize {
+    buf.clear();
+    for j in from..(from + n).min(e.len()) {
+        let prev = j.checked_sub(1).map(|p| &e[p]);
+        C::put_key(prev.map(|p| &p.0), &e[j].0, buf);
+        C::put_value(prev.map(|p| &p.1), &e[j].1, buf);
+    }
+    buf.len()
+}
+
+/// The same for entries of an internal node.
+fn internal_len<C: Codec>(e: &[(C::Key, u64)], from: usize, n: usize, buf: &mut Vec<u8>) -> usize {
+    buf.clear();
+    let mut child = 0;
+    for j in from..(from + n).min(e.len()) {
+        C::put_key(j.checked_sub(1).map(|p| &e[p].0), &e[j].0, buf);
+        child += crate::format::varint::len(e[j].1);
+    }
+    buf.len() + child
 }
 
 /// Where to cut an overflowing node so that every piece fits and pieces are

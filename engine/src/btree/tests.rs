@@ -46,6 +46,57 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// Every node whose size the tree keeps: the size it knows plus its bound
+/// of growth covers the real encoding, exactly so where no bound is left,
+/// and every dirty node fits its block.
+fn check_sizes(tree: &Tree<ExceptionCodec>) {
+    for (page, &(exact, growth)) in &tree.sizes {
+        let real = tree.cache[page].encode().len();
+        assert!(
+            exact + growth >= real,
+            "page {page}: {exact} + {growth} < {real}"
+        );
+        if growth == 0 {
+            assert_eq!(exact, real, "page {page}: the size kept is exact");
+        }
+    }
+    for page in &tree.dirty {
+        assert!(tree.cache[page].encode().len() <= PAYLOAD_SIZE);
+    }
+}
+
+#[test]
+fn sizes_kept_across_inserts_are_exact() {
+    let dev = MemDev::new("t", 64 << 20);
+    let mut alloc = TestAlloc {
+        next: 1,
+        free: vec![],
+        pending: vec![],
+        live: HashSet::new(),
+    };
+    let mut tree: Tree<ExceptionCodec> = Tree::new(0);
+    let io = Loader {
+        dev: &dev,
+        max_generation: 0,
+        page_count: 1 << 20,
+        chunk_pages: 1,
+    };
+    let mut seed = 0x0bad_cafe_f00d_1234u64;
+    // Runs of neighbouring chunks (as a large write makes them), values of
+    // varying width, some replaced, in random order of runs.
+    for run in 0..300u64 {
+        let start = (rng(&mut seed) % 100_000) * 64;
+        for c in start..start + 64 {
+            let r = rng(&mut seed);
+            let v = if r % 3 == 0 { r >> 20 } else { c + run };
+            tree.insert(&io, &mut alloc, ExcKey::new((r % 2) as u32, c, 0), v)
+                .unwrap();
+        }
+        check_sizes(&tree);
+    }
+    assert!(tree.sizes.len() > 10, "sizes are kept for most nodes");
+}
+
 #[test]
 fn matches_a_btreemap_through_commits_and_reloads() {
     let dev = MemDev::new("t", 64 << 20);
@@ -76,6 +127,9 @@ fn matches_a_btreemap_through_commits_and_reloads() {
                 );
             } else {
                 assert_eq!(tree.remove(&io, &mut alloc, &k).unwrap(), model.remove(&k));
+            }
+            if r % 64 == 0 {
+                check_sizes(&tree);
             }
         }
         for (page, encode) in tree.take_dirty(round + 1) {
