@@ -236,4 +236,16 @@ impl BlockDev for FileDev {
     fn next_hole(&self, offset: u64) -> Option<u64> {
         self.seek(offset, libc::SEEK_HOLE)
     }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return;
+        };
+        // SAFETY: an advisory call on a descriptor we own; a failure only
+        // means no read-ahead.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), off, n, libc::POSIX_FADV_WILLNEED);
+        }
+    }
 }

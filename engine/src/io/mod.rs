@@ -54,6 +54,10 @@ pub trait BlockDev: Send + Sync {
     fn next_hole(&self, _offset: u64) -> Option<u64> {
         None
     }
+    /// A hint that `len` bytes at `offset` will be read soon: the device
+    /// may start reading them now (`posix_fadvise(WILLNEED)`). Nothing
+    /// changes but timing.
+    fn will_need(&self, _offset: u64, _len: u64) {}
 }
 
 /// A shared handle to a backend.

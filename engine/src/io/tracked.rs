@@ -67,6 +67,10 @@ impl BlockDev for Tracked {
         self.dev.next_hole(offset)
     }
 
+    fn will_need(&self, offset: u64, len: u64) {
+        self.dev.will_need(offset, len)
+    }
+
     fn sync(&self) -> Result<()> {
         self.dirty.store(false, Ordering::Release);
         let res = self.dev.sync();

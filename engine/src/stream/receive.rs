@@ -18,6 +18,9 @@ use std::io::Read;
 /// Progress is made durable after this much data.
 const DURABLE_EVERY: u64 = 64 << 20;
 
+/// Records read ahead of the one being applied.
+const READ_AHEAD: usize = 2;
+
 /// [`DURABLE_EVERY`], or what a test set instead.
 pub(crate) static PROGRESS_EVERY: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(DURABLE_EVERY);
@@ -305,7 +308,10 @@ impl Store {
     }
 
     /// Write the records to the origin, in ascending order, making progress
-    /// durable now and then. Returns how it stopped.
+    /// durable now and then. Returns how it stopped. The stream is read
+    /// (and verified) on this thread while another applies what was read
+    /// before: a few records ahead, whose old data the origin's device is
+    /// asked to read meanwhile (an incremental receive copies it out).
     fn apply_records(
         &self,
         index: u32,
@@ -318,6 +324,71 @@ impl Store {
             Ok(v) => v,
             Err(e) => return Err(ReadError::Cut(e)),
         };
+        let (size, incremental) = (state.size, state.base != ZERO_ID);
+        type Item = std::result::Result<Option<Apply>, ReadError>;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Item>(READ_AHEAD);
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let vol = &vol;
+            let applier = std::thread::Builder::new()
+                .name("dms-receive".into())
+                .spawn_scoped(scope, move || {
+                    let mut take = |spare: Option<Vec<u8>>| -> Item {
+                        if let Some(b) = spare {
+                            let _ = spare_tx.send(b);
+                        }
+                        rx.recv().unwrap_or_else(|_| {
+                            Err(ReadError::Cut(Error::io(
+                                "stream",
+                                "read",
+                                std::io::Error::other("the stream's reader stopped"),
+                            )))
+                        })
+                    };
+                    self.apply_loop(vol, state, start, &mut take)
+                });
+            let applier = match applier {
+                Ok(a) => a,
+                Err(e) => return Err(ReadError::Cut(Error::io("stream", "start a thread", e))),
+            };
+            loop {
+                let item = next(spare_rx.try_recv().ok());
+                let more = match &item {
+                    Ok(Some(rec)) => {
+                        let (o, n) = match rec {
+                            Apply::Data(o, d) => (*o, d.len() as u64),
+                            Apply::Zero(o, n) => (*o, *n),
+                        };
+                        if incremental {
+                            vol.will_write(o, n);
+                        }
+                        progress(o.saturating_add(n).min(size), size);
+                        true
+                    }
+                    _ => false,
+                };
+                // A send fails once the applier has stopped (its error is
+                // the answer); the last item ends it.
+                if tx.send(item).is_err() || !more {
+                    break;
+                }
+            }
+            drop(tx);
+            applier
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// The applier's side of [`Self::apply_records`].
+    fn apply_loop(
+        &self,
+        vol: &Volume,
+        state: &mut ReceiveState,
+        start: u64,
+        next: &mut dyn FnMut(Option<Vec<u8>>) -> std::result::Result<Option<Apply>, ReadError>,
+    ) -> std::result::Result<(), ReadError> {
+        let index = vol.origin_index();
         let size = state.size;
         // A full stream fills the origin: what no record covers (an RBD
         // diff leaves out what was never written; the tail of a larger
@@ -331,7 +402,7 @@ impl Store {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     if full {
-                        if let Err(e) = zero_range(&vol, last_end, vol.size() - last_end) {
+                        if let Err(e) = zero_range(vol, last_end, vol.size() - last_end) {
                             state.next_offset = state.next_offset.max(last_end);
                             return Err(ReadError::Cut(e));
                         }
@@ -362,7 +433,7 @@ impl Store {
                 return Err(ReadError::Bad(e));
             }
             let gap = if full && offset > last_end {
-                zero_range(&vol, last_end, offset - last_end)
+                zero_range(vol, last_end, offset - last_end)
             } else {
                 Ok(())
             };
@@ -372,7 +443,7 @@ impl Store {
                     spare = Some(d);
                     r
                 }
-                Apply::Zero(o, n) => zero_range(&vol, o, n),
+                Apply::Zero(o, n) => zero_range(vol, o, n),
             });
             if let Err(e) = done {
                 // The device refused (full, failing): what came before stands.
@@ -381,7 +452,6 @@ impl Store {
             }
             last_end = offset + len;
             since += len;
-            progress(last_end, size);
             if since >= PROGRESS_EVERY.load(std::sync::atomic::Ordering::Relaxed) {
                 since = 0;
                 state.next_offset = last_end;

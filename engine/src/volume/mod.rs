@@ -221,6 +221,22 @@ impl Volume {
             .map(|r| (r.source, r.cursor)))
     }
 
+    /// The origin's index in the store.
+    pub(crate) fn origin_index(&self) -> u32 {
+        self.origin
+    }
+
+    /// A hint that `len` bytes at `offset` of the origin are about to be
+    /// written: their old content is read for copy-outs, so the device may
+    /// begin reading it now. Nothing changes but timing.
+    pub(crate) fn will_write(&self, offset: u64, len: u64) {
+        if let Ok(ctx) = self.ctx() {
+            if ctx.version == 0 && offset < ctx.size {
+                ctx.dev.will_need(offset, len.min(ctx.size - offset));
+            }
+        }
+    }
+
     /// Make every completed write durable: on its device (held data is
     /// written out first) and synced.
     pub fn flush(&self) -> Result<()> {
