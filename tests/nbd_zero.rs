@@ -62,9 +62,12 @@ fn discards_on_a_block_device_origin_are_holes_across_a_restart() {
     // nbdcopy skips the holes, and the copy is equal.
     let copy = env.path("copy.img");
     run(Command::new("nbdcopy").arg(uri(&env, "orig")).arg(&copy));
+    // The file's blocks also count the filesystem's own extent blocks
+    // (ext4 adds one when the data lies in more than four extents): a
+    // slack of 64 KiB for them, far below the 1 MiB of the smaller hole.
     let written = std::fs::metadata(&copy).unwrap().blocks() * 512;
     assert!(
-        written <= size - 5 * MIB,
+        written <= size - 5 * MIB + 64 * 1024,
         "nbdcopy wrote {written} bytes for {} of data",
         size - 5 * MIB
     );
