@@ -7,7 +7,10 @@
 #   incremental send  dms send COW 2 --from 1 > file  vs  the changed MiBs read from
 #                     their places into a file; and dd of as many bytes in a row
 #   incremental recv  dms receive O2 C2 < file        vs  those MiBs written to their
-#                     places in a copy of the origin; and dd in a row
+#                     places in a copy of the origin; and dd in a row; and
+#                     the least a store that keeps the base snapshot must do:
+#                     for each MiB, the old one read and written to another
+#                     file, the new one written in its place
 #
 # Sends go through the daemon (the store is held, its origin exposed);
 # receives run offline (no daemon holds the new store) and, with VIA=daemon,
@@ -56,6 +59,25 @@ for i, off in enumerate(offs):
         os.pwrite(d, os.pread(s, 1 << 20, off), i << 20)
     else:
         os.pwrite(d, os.pread(s, 1 << 20, i << 20), off)
+os.fsync(d)
+EOF
+}
+# What an incremental receive must do at the least when the origin keeps
+# the newest data and the base snapshot the old (the versioned-pointer
+# rule): each changed MiB's old content read and written to a second file
+# (the copy-out), the new MiB written in its place; both files fsynced.
+keep_old() { # src dst cow
+    python3 - "$1" "$2" "$3" "$DIR/places.txt" <<'EOF'
+import os, sys
+src, dst, cow, places = sys.argv[1:5]
+offs = [int(x) << 20 for x in open(places).read().split()]
+s = os.open(src, os.O_RDONLY)
+d = os.open(dst, os.O_RDWR)
+c = os.open(cow, os.O_WRONLY | os.O_CREAT, 0o644)
+for i, off in enumerate(offs):
+    os.pwrite(c, os.pread(d, 1 << 20, off), i << 20)
+    os.pwrite(d, os.pread(s, 1 << 20, i << 20), off)
+os.fsync(c)
 os.fsync(d)
 EOF
 }
@@ -118,7 +140,11 @@ for r in $(seq 1 "$ROUNDS"); do
     t=$(secs receive "$DIR/inc.dms" "$DIR/o2.img" "$DIR/c2.img")
     b=$(secs places write "$DIR/inc.raw" "$DIR/copy.raw")
     printf '%s\tincremental receive (same places)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
-    rm -f "$DIR/copy2.raw"
+    rm -f "$DIR/keep.raw"
+    cp --sparse=always "$DIR/copy.raw" "$DIR/copy3.raw"
+    b=$(secs keep_old "$DIR/inc.raw" "$DIR/copy3.raw" "$DIR/keep.raw")
+    printf '%s\tincremental receive (keeping the old: read, copy, write)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
+    rm -f "$DIR/keep.raw" "$DIR/copy3.raw" "$DIR/copy2.raw"
     b=$(secs dd_copy "$DIR/inc.dms" "$DIR/copy2.raw" "$n")
     printf '%s\tincremental receive (dd in a row)\t%.2f\t%.2f\t%s\t%s\t%s\t%s\n' "$r" "$t" "$b" "$n" "$(mbps "$n" "$t")" "$(mbps "$n" "$b")" "$(ratio "$b" "$t")" | tee -a "$DIR/results.tsv"
     "$DMS" remove dst1 >/dev/null 2>&1 || true
