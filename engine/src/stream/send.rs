@@ -303,13 +303,19 @@ impl Store {
             progress((to - start * cb).min(total), total);
             Ok(())
         };
+        // The devices are asked to begin reading the records after the one
+        // being read (a hint only): an incremental stream's runs lie
+        // scattered, where the kernel's own read-ahead does not reach.
+        let hint = |first: u64, count: u64| vol.will_read(first * cb, count * cb);
         match base_copy {
             None => {
                 let mut c = start;
                 while c < nchunks {
                     let n = per_record.min(nchunks - c);
+                    let next = c + n;
+                    hint(next, per_record.min(nchunks.saturating_sub(next)));
                     send_run(&mut em, c, n)?;
-                    c += n;
+                    c = next;
                 }
             }
             Some(b) => {
@@ -320,7 +326,16 @@ impl Store {
                         .into_iter()
                         .filter(|&c| c >= start && c < nchunks)
                         .collect();
-                    for (first, count) in runs(&chunks, per_record) {
+                    let runs = runs(&chunks, per_record);
+                    for (k, &(first, count)) in runs.iter().enumerate() {
+                        if k == 0 {
+                            if let Some(&(f, n)) = runs.get(1) {
+                                hint(f, n);
+                            }
+                        }
+                        if let Some(&(f, n)) = runs.get(k + 2) {
+                            hint(f, n);
+                        }
                         send_run(&mut em, first, count)?;
                     }
                     match next {
