@@ -1,6 +1,6 @@
 //! The daemon as a service: signals, the log, the unit file, the manual and
-//! completions, `dms list` while a snapshot runs, and stores with nothing
-//! exposed.
+//! completions, `dms list` while a snapshot runs, stores with nothing
+//! exposed, and commands that come right after a file is closed.
 
 mod common;
 
@@ -269,6 +269,62 @@ fn list_shows_stores_with_nothing_exposed() {
     let o = &json["origins"][0];
     assert_eq!(o["snapshots"][1]["memo"], "kept");
     assert!(o["snapshots"][1]["dm_dev"].is_null());
+}
+
+#[test]
+fn remove_and_shutdown_right_after_a_close_do_not_call_the_device_busy() {
+    if !require("remove_and_shutdown_right_after_a_close_do_not_call_the_device_busy") {
+        return;
+    }
+    // The kernel sends a FUSE file's release after close(2) has returned; a
+    // command that comes at once must not count the handle as open. A test
+    // hook makes every release 300 ms late, as a loaded machine may.
+    let env = Env::new();
+    let origin = env.image("o.img", 8 * MIB);
+    let cow = env.image("c.img", 24 * MIB);
+    let mut daemon = Command::new(bin())
+        .arg("daemon")
+        .env("DMS_RUN_DIR", env.run.path())
+        .env("DMS_TEST_RELEASE_DELAY_MS", "300")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !env.run.path().join("control.sock").exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.ok(&["create", "orig", &origin, &cow, "-bF"]);
+    env.ok(&["snapshot", "orig"]);
+    let write_and_close = |round: u8| {
+        let block = vec![round; 64 * 1024];
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(env.mapper("orig"))
+            .unwrap();
+        f.write_all(&block).unwrap();
+        block
+    };
+    for round in 1..4u8 {
+        let block = write_and_close(round);
+        env.ok(&["remove", "orig"]);
+        assert!(
+            read_at(Path::new(&origin), 0, block.len()) == block,
+            "round {round}: dms remove left the write held"
+        );
+        env.ok(&["create", "orig", &origin, &cow]);
+    }
+    let block = write_and_close(9);
+    env.ok(&["shutdown"]);
+    assert!(daemon.wait().unwrap().success());
+    assert!(
+        read_at(Path::new(&origin), 0, block.len()) == block,
+        "dms shutdown left the write held"
+    );
+    // Still open is still busy.
+    env.ok(&["list"]);
+    let _held = std::fs::File::open(env.mapper("orig")).unwrap();
+    let e = env.fails(&["remove", "orig"], 1);
+    assert!(e.contains("open file handle"), "{e}");
 }
 
 #[test]

@@ -355,13 +355,15 @@ pub(crate) fn users_of(st: &State, cow: &PathBuf) -> Option<String> {
     (!names.is_empty()).then(|| names.join(", "))
 }
 
-/// How long a command that takes a dm_dev away waits for NBD clients that
-/// are leaving: a client that has just closed its connection counts until
-/// the requests it had in flight are done.
+/// How long a command that takes a dm_dev away waits for NBD clients and
+/// file handles that are leaving: a client that has just closed its
+/// connection counts until the requests it had in flight are done, a file
+/// just closed until the kernel's release of it arrives.
 pub(crate) const LEAVING: Duration = Duration::from_secs(1);
 
 /// Why a dm_dev cannot be removed now, if it cannot; NBD clients still
-/// connected after waiting up to `grace` for them to go count as busy.
+/// connected and file handles still open after waiting up to `grace` for
+/// them to go count as busy.
 pub(crate) fn busy(d: &Daemon, name: &str, dev: &DmDev, grace: Duration) -> Option<String> {
     let file = d.mapper.path(name);
     for l in loopdev::backed_by(&file) {
@@ -380,8 +382,14 @@ pub(crate) fn busy(d: &Daemon, name: &str, dev: &DmDev, grace: Duration) -> Opti
             "dm_dev {name} is busy: {clients} NBD client(s) connected"
         ));
     }
-    let held = d.mapper.open_count(name);
+    // A file closed just now counts until the kernel's release of it
+    // arrives, which it sends after close(2) has returned.
     let ours = usize::from(st_loop(dev));
+    let mut held = d.mapper.open_count(name);
+    while held > ours && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        held = d.mapper.open_count(name);
+    }
     if held > ours {
         return Some(format!(
             "dm_dev {name} is busy: {} open file handle(s)",

@@ -50,6 +50,10 @@ struct Fs {
     uid: u32,
     gid: u32,
     start: SystemTime,
+    /// A test hook: `DMS_TEST_RELEASE_DELAY_MS` in the daemon's environment
+    /// delays each release by that much, standing in for a kernel that
+    /// sends it late after close(2) has returned.
+    release_delay: Option<std::time::Duration>,
 }
 
 impl Fs {
@@ -188,6 +192,9 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(d) = self.release_delay {
+            std::thread::sleep(d);
+        }
         if let Some(f) = self.shared.by_ino(ino.0) {
             let _ = f
                 .open
@@ -387,6 +394,10 @@ impl Mapper {
             uid,
             gid,
             start: SystemTime::now(),
+            release_delay: std::env::var("DMS_TEST_RELEASE_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|ms| std::time::Duration::from_millis(ms.min(10_000))),
         };
         let mut cfg = Config::default();
         cfg.mount_options = vec![
