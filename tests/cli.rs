@@ -328,15 +328,16 @@ fn refusals_are_one_line_and_change_nothing() {
         .fails(&["create", "x", "nosuchdisk9", &cow], 1)
         .contains("/dev/nosuchdisk9"));
     // A device another process holds.
-    let mut holder = std::process::Command::new("flock")
-        .args(["-x", &other, "sleep", "30"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let e = env.fails(&["create", "x", &origin, &other, "-bF"], 1);
-    assert!(e.contains("in use by another process"), "{e}");
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    {
+        // This test's process holds the lock, as flock(1) would.
+        use std::os::fd::AsRawFd;
+        let holder = std::fs::File::open(&other).unwrap();
+        // SAFETY: flock(2) on a file this scope keeps open.
+        let rc = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "flock {other}");
+        let e = env.fails(&["create", "x", &origin, &other, "-bF"], 1);
+        assert!(e.contains("in use by another process"), "{e}");
+    }
     // Nothing changed.
     assert_eq!(
         sh(&format!("md5sum {cow}")),
