@@ -63,6 +63,23 @@ fn log(env: &Env) -> String {
     std::fs::read_to_string(env.run.path().join("daemon.log")).unwrap_or_default()
 }
 
+/// A daemon started with a test hook set in its environment; returns once
+/// it answers on its control socket.
+fn daemon_with(env: &Env, hook: &str, value: &str) -> std::process::Child {
+    let daemon = Command::new(bin())
+        .arg("daemon")
+        .env("DMS_RUN_DIR", env.run.path())
+        .env(hook, value)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !env.run.path().join("control.sock").exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
+}
+
 #[test]
 fn sigterm_with_idle_devices_stops_cleanly_and_loses_no_write() {
     if !require("sigterm_with_idle_devices_stops_cleanly_and_loses_no_write") {
@@ -207,17 +224,7 @@ fn dms_list_does_not_wait_behind_a_snapshot() {
     let cow = env.image("c.img", 24 * MIB);
     // A daemon whose snapshots take two seconds while frozen (a test hook
     // standing in for a big filesystem's freeze and a slow disk's syncs).
-    let mut daemon = Command::new(bin())
-        .arg("daemon")
-        .env("DMS_RUN_DIR", env.run.path())
-        .env("DMS_TEST_SNAPSHOT_PAUSE_MS", "2000")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !env.run.path().join("control.sock").exists() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = daemon_with(&env, "DMS_TEST_SNAPSHOT_PAUSE_MS", "2000");
     env.ok(&["create", "orig", &origin, &cow, "-bF"]);
     let started = Instant::now();
     let snap = {
@@ -282,17 +289,7 @@ fn remove_and_shutdown_right_after_a_close_do_not_call_the_device_busy() {
     let env = Env::new();
     let origin = env.image("o.img", 8 * MIB);
     let cow = env.image("c.img", 24 * MIB);
-    let mut daemon = Command::new(bin())
-        .arg("daemon")
-        .env("DMS_RUN_DIR", env.run.path())
-        .env("DMS_TEST_RELEASE_DELAY_MS", "300")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !env.run.path().join("control.sock").exists() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = daemon_with(&env, "DMS_TEST_RELEASE_DELAY_MS", "300");
     env.ok(&["create", "orig", &origin, &cow, "-bF"]);
     env.ok(&["snapshot", "orig"]);
     let write_and_close = |round: u8| {
