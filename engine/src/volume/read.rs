@@ -23,22 +23,12 @@ impl Volume {
             let locked = inner.lock_read(self.origin, batch.iter().map(|p| p.chunk))?;
             let ctx = self.ctx()?;
             let srcs = self.sources(&ctx, batch)?;
-            // Coalesce neighbouring pieces that read one contiguous range.
-            let mut i = 0;
-            while i < batch.len() {
-                let mut j = i + 1;
-                while j < batch.len() && contiguous(&srcs[j - 1], &srcs[j]) {
-                    j += 1;
+            for r in runs(batch, &srcs, cb) {
+                let dst = &mut buf[r.at..r.at + r.len];
+                match r.src {
+                    Src::Origin => ctx.dev.read_at(dst, r.dev_off)?,
+                    Src::Cow(_) => inner.cow.read_at(dst, r.dev_off)?,
                 }
-                let first = batch[i];
-                let last = batch[j - 1];
-                let len = last.at + last.len - first.at;
-                let dst = &mut buf[first.at..first.at + len];
-                match srcs[i] {
-                    Src::Origin => ctx.dev.read_at(dst, first.chunk * cb + first.off as u64)?,
-                    Src::Cow(e) => inner.cow.read_at(dst, e * cb + first.off as u64)?,
-                }
-                i = j;
             }
             // Held locations are newer than their devices. The stripe locks,
             // held throughout, keep the committer from writing them out
@@ -126,24 +116,51 @@ impl Volume {
         let all = pieces(offset, len as usize, cb);
         for batch in all.chunks(BATCH_CHUNKS as usize) {
             let srcs = self.sources(&ctx, batch)?;
-            let mut i = 0;
-            while i < batch.len() {
-                let mut j = i + 1;
-                while j < batch.len() && contiguous(&srcs[j - 1], &srcs[j]) {
-                    j += 1;
+            for r in runs(batch, &srcs, cb) {
+                match r.src {
+                    Src::Origin => ctx.dev.will_need(r.dev_off, r.len as u64),
+                    Src::Cow(_) => inner.cow.will_need(r.dev_off, r.len as u64),
                 }
-                let first = batch[i];
-                let last = batch[j - 1];
-                let n = (last.at + last.len - first.at) as u64;
-                match srcs[i] {
-                    Src::Origin => ctx.dev.will_need(first.chunk * cb + first.off as u64, n),
-                    Src::Cow(e) => inner.cow.will_need(e * cb + first.off as u64, n),
-                }
-                i = j;
             }
         }
         Ok(())
     }
+}
+
+/// Neighbouring pieces that read one contiguous range of one device.
+struct Run {
+    src: Src,
+    /// Where the range starts on its device.
+    dev_off: u64,
+    /// Where it goes in the caller's buffer.
+    at: usize,
+    len: usize,
+}
+
+/// Coalesce `batch`, whose pieces resolve to `srcs`, into runs.
+fn runs(batch: &[Piece], srcs: &[Src], cb: u64) -> Vec<Run> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let mut j = i + 1;
+        while j < batch.len() && contiguous(&srcs[j - 1], &srcs[j]) {
+            j += 1;
+        }
+        let first = batch[i];
+        let last = batch[j - 1];
+        let base = match srcs[i] {
+            Src::Origin => first.chunk,
+            Src::Cow(e) => e,
+        };
+        out.push(Run {
+            src: srcs[i],
+            dev_off: base * cb + first.off as u64,
+            at: first.at,
+            len: last.at + last.len - first.at,
+        });
+        i = j;
+    }
+    out
 }
 
 #[cfg(test)]
