@@ -12,6 +12,27 @@ struct TestAlloc {
     live: HashSet<u64>,
 }
 
+impl TestAlloc {
+    fn new() -> TestAlloc {
+        TestAlloc {
+            next: 1,
+            free: vec![],
+            pending: vec![],
+            live: HashSet::new(),
+        }
+    }
+}
+
+/// A loader of one-page chunks from `dev`.
+fn loader(dev: &MemDev, max_generation: u64, page_count: u64) -> Loader<'_> {
+    Loader {
+        dev,
+        max_generation,
+        page_count,
+        chunk_pages: 1,
+    }
+}
+
 impl MetaAlloc for TestAlloc {
     fn alloc_meta(&mut self) -> Result<u64> {
         let p = self.free.pop().unwrap_or_else(|| {
@@ -68,19 +89,9 @@ fn check_sizes(tree: &Tree<ExceptionCodec>) {
 #[test]
 fn sizes_kept_across_inserts_are_exact() {
     let dev = MemDev::new("t", 64 << 20);
-    let mut alloc = TestAlloc {
-        next: 1,
-        free: vec![],
-        pending: vec![],
-        live: HashSet::new(),
-    };
+    let mut alloc = TestAlloc::new();
     let mut tree: Tree<ExceptionCodec> = Tree::new(0);
-    let io = Loader {
-        dev: &dev,
-        max_generation: 0,
-        page_count: 1 << 20,
-        chunk_pages: 1,
-    };
+    let io = loader(&dev, 0, 1 << 20);
     let mut seed = 0x0bad_cafe_f00d_1234u64;
     // Runs of neighbouring chunks (as a large write makes them), values of
     // varying width, some replaced, in random order of runs.
@@ -100,12 +111,7 @@ fn sizes_kept_across_inserts_are_exact() {
 #[test]
 fn matches_a_btreemap_through_commits_and_reloads() {
     let dev = MemDev::new("t", 64 << 20);
-    let mut alloc = TestAlloc {
-        next: 1,
-        free: vec![],
-        pending: vec![],
-        live: HashSet::new(),
-    };
+    let mut alloc = TestAlloc::new();
     let mut tree: Tree<ExceptionCodec> = Tree::new(0);
     let mut model = BTreeMap::new();
     let mut seed = 0x1234_5678_9abc_def1u64;
@@ -113,12 +119,7 @@ fn matches_a_btreemap_through_commits_and_reloads() {
         for _ in 0..2000 {
             let r = rng(&mut seed);
             let k = ExcKey::new((r % 3) as u32, (r >> 8) % 5000, ((r >> 24) % 7) as u32);
-            let io = Loader {
-                dev: &dev,
-                max_generation: round,
-                page_count: 1 << 20,
-                chunk_pages: 1,
-            };
+            let io = loader(&dev, round, 1 << 20);
             if r % 5 < 3 {
                 let v = (r >> 45) + 2;
                 assert_eq!(
@@ -140,12 +141,7 @@ fn matches_a_btreemap_through_commits_and_reloads() {
         // Drop the cache: everything must come back from disk.
         let root = tree.root();
         tree.reset(root);
-        let io = Loader {
-            dev: &dev,
-            max_generation: round + 1,
-            page_count: 1 << 20,
-            chunk_pages: 1,
-        };
+        let io = loader(&dev, round + 1, 1 << 20);
         let mut c = Collect(vec![], vec![]);
         tree.walk(&io, &mut c).unwrap();
         let want: Vec<_> = model.iter().map(|(k, v)| (*k, *v)).collect();
@@ -162,12 +158,7 @@ fn matches_a_btreemap_through_commits_and_reloads() {
     }
     // Remove everything: the tree and its pages go away.
     let keys: Vec<_> = model.keys().copied().collect();
-    let io = Loader {
-        dev: &dev,
-        max_generation: 100,
-        page_count: 1 << 20,
-        chunk_pages: 1,
-    };
+    let io = loader(&dev, 100, 1 << 20);
     for k in keys {
         assert!(tree.remove(&io, &mut alloc, &k).unwrap().is_some());
     }
@@ -178,19 +169,9 @@ fn matches_a_btreemap_through_commits_and_reloads() {
 #[test]
 fn a_flipped_byte_is_a_typed_error() {
     let dev = MemDev::new("t", 16 << 20);
-    let mut alloc = TestAlloc {
-        next: 1,
-        free: vec![],
-        pending: vec![],
-        live: HashSet::new(),
-    };
+    let mut alloc = TestAlloc::new();
     let mut tree: Tree<ExceptionCodec> = Tree::new(0);
-    let io = Loader {
-        dev: &dev,
-        max_generation: 1,
-        page_count: 4096,
-        chunk_pages: 1,
-    };
+    let io = loader(&dev, 1, 4096);
     for i in 0..3000u64 {
         tree.insert(&io, &mut alloc, ExcKey::new(0, i, 1), (i * 7) % 4000 + 2)
             .unwrap();
