@@ -359,7 +359,7 @@ pub(crate) fn users_of(st: &State, cow: &PathBuf) -> Option<String> {
 /// file handles that are leaving: a client that has just closed its
 /// connection counts until the requests it had in flight are done, a file
 /// just closed until the kernel's release of it arrives.
-pub(crate) const LEAVING: Duration = Duration::from_secs(1);
+pub(crate) const LEAVING: Duration = Duration::from_secs(2);
 
 /// Why a dm_dev cannot be removed now, if it cannot; NBD clients still
 /// connected and file handles still open after waiting up to `grace` for
