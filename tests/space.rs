@@ -258,7 +258,6 @@ fn crossing_the_low_water_mark_runs_the_hook_once() {
     set_len(&cow, 16 * MIB);
     env.ok(&["grow", "orig"]);
     assert!(env.ok(&["list", "orig"]).contains("cow-status : valid"));
-    std::thread::sleep(std::time::Duration::from_millis(2500));
     write(&env.mapper("orig"), 500, 1500, 3);
     wait_for(2);
     // The policy is the store's: it survives the daemon.

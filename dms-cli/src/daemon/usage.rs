@@ -38,6 +38,12 @@ pub(crate) fn grow(d: &Arc<Daemon>, name: &str) -> Res<Response> {
     let cb = store.chunk_bytes();
     let mut out = if new > old {
         tracing::info!("grew {}: {old} -> {new} bytes", cow.display());
+        // Under the low-water mark again, maybe: looked at from now on, so
+        // that crossing it again runs the hook again at once.
+        if let Some(e) = d.lock().stores.get_mut(&cow) {
+            e.low = false;
+        }
+        d.kick();
         format!(
             "{}: {old} -> {new} bytes ({} -> {} chunks)\n",
             cow.display(),
