@@ -41,6 +41,25 @@ fn list_json(env: &Env) -> serde_json::Value {
     serde_json::from_str(&env.ok(&["list", "--json"])).unwrap()
 }
 
+/// SIGKILL the daemon and wait until it has ended: threads in the middle
+/// of a sync keep a killed process, and its socket, a while.
+fn kill_daemon(env: &Env) {
+    let pid = env.daemon_pid();
+    // SAFETY: kill(2) on the daemon's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let t = std::time::Instant::now();
+    loop {
+        if process_gone(pid) {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the killed daemon {pid} is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn rollback_in_the_background_while_the_origin_is_written() {
     if !require("rollback_in_the_background_while_the_origin_is_written") {
@@ -101,9 +120,7 @@ fn a_rollback_and_a_cleaning_survive_a_killed_daemon() {
     // Kill the daemon right after the rollback starts.
     env.ok(&["rollback", "snap1", "1", "-b"]);
     let rolling = list_json(&env)["origins"][0]["rollbacking"].clone();
-    // SAFETY: kill(2) on the daemon's pid.
-    assert_eq!(unsafe { libc::kill(env.daemon_pid(), libc::SIGKILL) }, 0);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    kill_daemon(&env);
     // Any command starts it again; restoring snap1 resumes the rollback.
     env.ok(&["list"]);
     env.ok(&["settle"]);
@@ -143,9 +160,7 @@ fn a_rollback_and_a_cleaning_survive_a_killed_daemon() {
     for t in &tags {
         env.ok(&["delete", "orig", t]);
     }
-    // SAFETY: kill(2) on the daemon's pid.
-    assert_eq!(unsafe { libc::kill(env.daemon_pid(), libc::SIGKILL) }, 0);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    kill_daemon(&env);
     env.ok(&["list"]);
     env.ok(&["settle"]);
     let v = list_json(&env);

@@ -530,7 +530,7 @@ fn replication_into_another_network_namespace_over_tcp() {
         let mut listener = Command::new("ip")
             .args(["netns", "exec", &b, "sh", "-c"])
             .arg(format!(
-                "DMS_RUN_DIR={rb} socat -u TCP-LISTEN:{port},reuseaddr STDOUT | {dms} receive {recv_args} > {}",
+                "export DMS_RUN_DIR={rb}; socat -u TCP-LISTEN:{port},reuseaddr STDOUT | {dms} receive {recv_args} > {}",
                 out_file.display()
             ))
             .spawn()

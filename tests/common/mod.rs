@@ -249,7 +249,8 @@ pub fn touch(dir: &Path, name: &str) {
 pub fn nbd_connect(env: &Env) -> std::os::unix::net::UnixStream {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(env.run.path().join("nbd.sock")).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    // Long enough for a flush (a commit and its syncs) on a loaded disk.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
     let mut hello = [0u8; 18];
     s.read_exact(&mut hello).unwrap();
@@ -267,4 +268,14 @@ pub fn nbd_option(s: &mut std::os::unix::net::UnixStream, opt: u32, data: &[u8])
     b.extend_from_slice(&(data.len() as u32).to_be_bytes());
     b.extend_from_slice(data);
     s.write_all(&b).unwrap();
+}
+
+/// Whether process `pid` has ended: gone, or a zombie whose threads have
+/// all left (until then they keep its files, and sockets, open). A
+/// detached daemon's zombie waits for whoever adopted it to reap it.
+pub fn process_gone(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    stat.is_empty() || (state == Some('Z') && threads <= 1)
 }
