@@ -385,22 +385,41 @@ fn a_killed_daemon_comes_back_with_every_snapshot() {
     let orig_flushed = read("orig")[..4 * MIB as usize].to_vec();
     // A writer hammers the upper half without flushing while the daemon dies.
     let path = env.mapper("orig");
-    let writer = std::thread::spawn(move || {
-        let mut n = 0u64;
-        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        loop {
-            let off = 8 * MIB + (n * 37 % 2000) * 4096;
-            if f.seek(SeekFrom::Start(off)).is_err() || f.write_all(&[n as u8; 4096]).is_err() {
-                return n;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            loop {
+                let off = 8 * MIB + (n * 37 % 2000) * 4096;
+                if f.seek(SeekFrom::Start(off)).is_err() || f.write_all(&[n as u8; 4096]).is_err() {
+                    return n;
+                }
+                n += 1;
+                done.store(n, std::sync::atomic::Ordering::Relaxed);
             }
-            n += 1;
-        }
-    });
-    std::thread::sleep(std::time::Duration::from_millis(400));
+        })
+    };
+    // Killed in the middle of the writes, however slowly they start.
+    let t = std::time::Instant::now();
+    while done.load(std::sync::atomic::Ordering::Relaxed) < 100
+        && t.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = env.daemon_pid();
     // SAFETY: kill(2) on the daemon's pid.
-    assert_eq!(unsafe { libc::kill(env.daemon_pid(), libc::SIGKILL) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let writes = writer.join().unwrap();
     assert!(writes > 0, "the writer never wrote");
+    while !process_gone(pid) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(40),
+            "the killed daemon is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Any dms command starts the daemon again; the registry brings the devices back.
     let list = env.ok(&["list"]);
     assert!(
