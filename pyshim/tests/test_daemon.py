@@ -120,3 +120,23 @@ def test_seed_usage_example_through_the_daemon(daemon, images, mounts, tmp_path)
     finally:
         subprocess.run(["umount", str(tmp_path / "orig")], check=True)
     assert direct is None
+
+
+def test_shutdown_returns_once_the_daemon_has_ended(daemon, images):
+    origin, cow = images("o.img", 16 * MIB), images("c.img", 64 * MIB)
+    dev = dms.create("orig", origin, cow, bind=True, force_format=True)
+    dms.snapshot("orig")
+    with open(dev.path, "r+b") as f:
+        f.write(b"H" * (1 * MIB))  # held, not flushed
+    with open(os.path.join(str(daemon), "daemon.pid")) as f:
+        pid = int(f.read().strip())
+    dms.shutdown()
+    # Ended: no such process, or a zombie with no thread left.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ended = f.read().rsplit(") ", 1)[-1][:1] == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except OSError:
+        ended = True
+    assert ended, "dms.shutdown returned before the daemon ended"
+    with open(origin, "rb") as f:
+        assert f.read(1 * MIB) == b"H" * (1 * MIB), "held writes not on the origin"

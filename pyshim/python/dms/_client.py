@@ -114,13 +114,17 @@ def _checked(resp: dict) -> dict:
 
 def _call(req: dict, start: bool = True) -> dict:
     with _connect(start) as s:
-        s.sendall(json.dumps(req).encode() + b"\n")
         buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            s.sendall(json.dumps(req).encode() + b"\n")
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as e:
+            # A daemon that stops (or is killed) as the request arrives.
+            raise _dms.DaemonError(f"the dms daemon closed the connection ({e})") from e
     if not buf:
         raise _dms.DaemonError("the dms daemon closed the connection")
     resp = _checked(json.loads(buf))
@@ -356,12 +360,37 @@ def settle() -> None:
     _call({"op": "settle"})
 
 
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended: gone, or a zombie whose threads
+    have all left."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(") ", 1)[-1][:1]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return True
+    return state == "Z" and threads <= 1
+
+
 def shutdown(force: bool = False) -> None:
-    """Stop the daemon (no-op if none runs)."""
+    """Stop the daemon (no-op if none runs). Returns once it has exited, its
+    held writes on their devices and its devices free, as ``dms shutdown``
+    does."""
+    pid = None
+    try:
+        with open(os.path.join(run_dir(), "daemon.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
     try:
         _call({"op": "shutdown", "force": force}, start=False)
     except _dms.DaemonError:
-        pass
+        return
+    deadline = time.monotonic() + 30
+    while pid is not None and not _ended(pid):
+        if time.monotonic() > deadline:
+            raise _dms.DaemonError("the dms daemon did not exit within 30 s")
+        time.sleep(0.02)
 
 
 def du(dm_dev: str) -> dict:
