@@ -137,11 +137,14 @@ struct Run {
     len: usize,
 }
 
-/// Coalesce `batch`, whose pieces resolve to `srcs`, into runs.
-fn runs(batch: &[Piece], srcs: &[Src], cb: u64) -> Vec<Run> {
-    let mut out = Vec::new();
+/// Coalesce `batch`, whose pieces resolve to `srcs`, into runs (no
+/// allocation: this is on every read).
+fn runs<'a>(batch: &'a [Piece], srcs: &'a [Src], cb: u64) -> impl Iterator<Item = Run> + 'a {
     let mut i = 0;
-    while i < batch.len() {
+    std::iter::from_fn(move || {
+        if i >= batch.len() {
+            return None;
+        }
         let mut j = i + 1;
         while j < batch.len() && contiguous(&srcs[j - 1], &srcs[j]) {
             j += 1;
@@ -152,15 +155,15 @@ fn runs(batch: &[Piece], srcs: &[Src], cb: u64) -> Vec<Run> {
             Src::Origin => first.chunk,
             Src::Cow(e) => e,
         };
-        out.push(Run {
+        let run = Run {
             src: srcs[i],
             dev_off: base * cb + first.off as u64,
             at: first.at,
             len: last.at + last.len - first.at,
-        });
+        };
         i = j;
-    }
-    out
+        Some(run)
+    })
 }
 
 #[cfg(test)]
