@@ -47,17 +47,10 @@ fn kill_daemon(env: &Env) {
     let pid = env.daemon_pid();
     // SAFETY: kill(2) on the daemon's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let t = std::time::Instant::now();
-    loop {
-        if process_gone(pid) {
-            return;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(20),
-            "the killed daemon {pid} is still there"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        ended_within(pid, std::time::Duration::from_secs(20)),
+        "the killed daemon {pid} is still there"
+    );
 }
 
 #[test]

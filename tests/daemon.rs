@@ -21,18 +21,6 @@ fn alive(pid: i32) -> bool {
     !process_gone(pid)
 }
 
-/// Wait until the daemon `pid` has exited; false if it has not in `limit`.
-fn gone(pid: i32, limit: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if !alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 fn mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let p = path.display().to_string();
@@ -106,7 +94,7 @@ fn sigterm_with_idle_devices_stops_cleanly_and_loses_no_write() {
     let pid = env.daemon_pid();
     kill(pid, libc::SIGTERM);
     assert!(
-        gone(pid, Duration::from_secs(20)),
+        ended_within(pid, Duration::from_secs(20)),
         "the daemon did not stop"
     );
     let mapper = env.run.path().join("mapper");
@@ -173,7 +161,7 @@ fn sigterm_with_a_mounted_filesystem_keeps_serving_and_a_second_stops_after_a_fl
     }
     kill(pid, libc::SIGTERM);
     assert!(
-        gone(pid, Duration::from_secs(20)),
+        ended_within(pid, Duration::from_secs(20)),
         "a second SIGTERM did not stop it"
     );
     assert!(log(&env).contains("stopping now"), "{}", log(&env));

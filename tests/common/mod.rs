@@ -279,3 +279,15 @@ pub fn process_gone(pid: i32) -> bool {
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
     stat.is_empty() || (state == Some('Z') && threads <= 1)
 }
+
+/// Wait until process `pid` has ended; false if it has not in `limit`.
+pub fn ended_within(pid: i32, limit: std::time::Duration) -> bool {
+    let t = std::time::Instant::now();
+    while !process_gone(pid) {
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
