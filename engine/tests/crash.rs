@@ -64,6 +64,8 @@ fn crash_at_every_point_of_an_on_full_deletion() {
         whole(4),
         Op::SnapOrigin,
         whole(5),
+        Op::SnapOrigin,
+        whole(6),
         Op::Flush,
     ];
     for cp in [1, 4] {
@@ -286,6 +288,10 @@ fn crash_at_every_point_of_a_receive() {
     o.write_at(&[0u8; 8192], 40960).unwrap();
     o.write_at(&pattern(100, 0x77), 60000).unwrap();
     o.write_at(&pattern(30000, 0x78), 80000).unwrap();
+    // Chunks apart from the others: each goes to the device by itself.
+    for (at, v) in [(16384 + 10, 0x79), (24576, 0x7a), (120000, 0x7b)] {
+        o.write_at(&pattern(2000, v), at).unwrap();
+    }
     a.snapshot_origin(ORIGIN, "two").unwrap();
     let send = |from: Option<u32>, tag: u32, resume: Option<String>| {
         let mut out = Vec::new();

@@ -454,3 +454,43 @@ fn partial_writes_to_a_held_chunk_hold_only_their_bytes_and_read_back_whole() {
     check(&st2, &st2.volume(ORIGIN, 0).unwrap());
     assert!(st2.check().unwrap().is_clean());
 }
+
+#[test]
+fn a_drain_writes_held_neighbours_to_the_origin_in_one_write() {
+    // 4 KiB chunks. Three first writes after a snapshot, held: 16 whole
+    // neighbouring chunks; four neighbours of which the first and last are
+    // partly written; two chunks with a gap between them.
+    let cb = 4096usize;
+    let initial = pattern(MIB as usize, 21);
+    let org = Flaky::new(&initial);
+    let st = store_on(Arc::new(MemDev::new("cow", 16 * MIB)));
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    let mut want = initial.clone();
+    let mut put = |at: usize, len: usize, v: u8| {
+        o.write_at(&vec![v; len], at as u64).unwrap();
+        want[at..at + len].fill(v);
+    };
+    put(32 * cb, 16 * cb, 0x31);
+    put(49 * cb + 100, 4 * cb - 200, 0x32);
+    put(80 * cb, cb, 0x33);
+    put(82 * cb, cb, 0x34);
+    assert_eq!(st.held().chunks, 16 + 4 + 2, "{:?}", st.held());
+    let before = org.writes.load(Ordering::SeqCst);
+    o.flush().unwrap();
+    // One write per run: the 16, the 4, and each of the two apart.
+    assert_eq!(
+        org.writes.load(Ordering::SeqCst) - before,
+        4,
+        "held neighbours were not written together"
+    );
+    assert_eq!(st.held().chunks, 0);
+    assert_eq!(read_all(&o), want);
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+    let mut dev = vec![0u8; MIB as usize];
+    org.read_at(&mut dev, 0).unwrap();
+    assert!(dev == want, "the origin device does not hold the writes");
+    assert!(st.check().unwrap().is_clean());
+}

@@ -386,8 +386,18 @@ impl Inner {
                 }
                 locs.push((*l, h.origin));
             }
-            for &(loc, o) in &locs {
-                if let Err(e) = self.settle_in_drain(&mut s, loc, o, &mut targets) {
+            // Neighbouring origin chunks go out in one write each run.
+            locs.sort_unstable();
+            let mut k = 0;
+            while k < locs.len() {
+                let n = self.run_len(&s, &locs[k..]);
+                let res = if n > 1 {
+                    self.settle_run(&mut s, &locs[k..k + n], &mut targets)
+                } else {
+                    self.settle_in_drain(&mut s, locs[k].0, locs[k].1, &mut targets)
+                };
+                k += n;
+                if let Err(e) = res {
                     first_err.get_or_insert(e);
                     if self.check_failed().is_err() {
                         return Err(first_err.unwrap_or_else(|| Error::Failed(String::new())));
@@ -412,6 +422,102 @@ impl Inner {
                     *lock(&self.held.error) = None;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// How many of `locs` (sorted) from the first on form a run that one
+    /// write can settle: origin chunks of one origin, each the next chunk,
+    /// each held to its end but the last and from its start but the first.
+    fn run_len(&self, s: &Stripe, locs: &[(Loc, u32)]) -> usize {
+        let cb = self.chunk_bytes as usize;
+        let mut n = 1;
+        while n < locs.len() {
+            let (
+                Loc::Origin {
+                    origin: o1,
+                    chunk: c1,
+                },
+                Loc::Origin {
+                    origin: o2,
+                    chunk: c2,
+                },
+            ) = (locs[n - 1].0, locs[n].0)
+            else {
+                break;
+            };
+            let (Some(a), Some(b)) = (s.held.get(&locs[n - 1].0), s.held.get(&locs[n].0)) else {
+                break;
+            };
+            if o1 != o2 || c2 != c1 + 1 || a.hi != cb || b.lo != 0 {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Settle a run of neighbouring origin chunks (see [`Self::run_len`])
+    /// with one write. Their commits are durable already (a drain's).
+    fn settle_run(
+        &self,
+        s: &mut Stripe,
+        run: &[(Loc, u32)],
+        targets: &mut HashMap<u32, Target>,
+    ) -> Result<()> {
+        let durable = self.durable();
+        if run
+            .iter()
+            .any(|(l, _)| s.held.get(l).is_none_or(|h| h.after > durable))
+        {
+            for &(loc, o) in run {
+                self.settle_in_drain(s, loc, o, targets)?;
+            }
+            return Ok(());
+        }
+        let origin = run[0].1;
+        let (dev, dirty, size) = match targets.get(&origin) {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.target(origin)?;
+                targets.insert(origin, t.clone());
+                t
+            }
+        };
+        let cb = self.chunk_bytes;
+        let first = s.held.get(&run[0].0).map_or(0, |h| h.lo);
+        let start = run[0].0.chunk() * cb + first as u64;
+        let mut buf = Vec::with_capacity(run.len() * cb as usize);
+        for (l, _) in run {
+            if let Some(h) = s.held.get(l) {
+                buf.extend_from_slice(&h.data[h.lo - h.base..h.hi - h.base]);
+            }
+        }
+        let n = (size.saturating_sub(start) as usize).min(buf.len());
+        let res = if n > 0 {
+            dev.write_at(&buf[..n], start)
+        } else {
+            Ok(())
+        };
+        match res {
+            Ok(()) => {
+                self.mark_origin_dirty(origin, &dirty);
+                for (l, _) in run {
+                    if let Some(h) = s.held.remove(l) {
+                        self.held.removed(entry_size(&h));
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Error::Io { device, op, source } = &e {
+                    *lock(&self.held.error) = Some((
+                        device.clone(),
+                        op,
+                        source.raw_os_error().unwrap_or(libc::EIO),
+                    ));
+                }
+                Err(e)
             }
         }
     }

@@ -56,6 +56,8 @@ pub use crate::format::MAX_ORIGIN_BYTES;
 /// Smallest COW device accepted, in pages.
 const MIN_COW_PAGES: u64 = 256;
 pub(crate) const STRIPES: usize = 1024;
+/// Neighbouring chunks per stripe (see [`Inner::stripe_index`]).
+pub(crate) const STRIPE_GROUP: u64 = 16;
 
 /// Options for [`Store::format`].
 #[derive(Clone, Debug)]
@@ -481,8 +483,12 @@ impl Inner {
         g
     }
 
+    /// The stripe of a chunk. Neighbouring chunks share one (groups of
+    /// [`STRIPE_GROUP`]), so that a request spanning them takes fewer locks
+    /// and a drain finds held neighbours together and writes them at once.
     pub(crate) fn stripe_index(origin: u32, chunk: u64) -> usize {
-        let h = (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        let group = chunk / STRIPE_GROUP;
+        let h = (group.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(origin).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
             >> 40;
         (h as usize) % STRIPES
