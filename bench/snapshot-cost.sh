@@ -121,9 +121,12 @@ pg_series() { # dev snapshot-command(with $MNT)
     local pid=$! t0
     t0=$(date +%s.%N)
     timed_snap() { # the snapshot command, its start and length logged
-        local s0 s1
+        local s0 s1 w0 w1 stat=/sys/block/${dev#/dev/}/stat
+        w0=$(awk '{print $7}' "$stat")
         s0=$(date +%s.%N); eval "$snap"; s1=$(date +%s.%N)
-        printf 'snapshot at %.2f s took %.3f s\n' "$(echo "$s0 - $t0" | bc -l)" "$(echo "$s1 - $s0" | bc -l)" >>"$DIR/pgbench.out.snaps"
+        w1=$(awk '{print $7}' "$stat")
+        printf 'snapshot at %.2f s took %.3f s, %d MiB written to the device meanwhile\n' \
+            "$(echo "$s0 - $t0" | bc -l)" "$(echo "$s1 - $s0" | bc -l)" $(((w1 - w0) / 2048)) >>"$DIR/pgbench.out.snaps"
     }
     : >"$DIR/pgbench.out.snaps"
     sleep $((2 * w)); timed_snap

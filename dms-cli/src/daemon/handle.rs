@@ -116,10 +116,19 @@ fn message(d: &Arc<Daemon>, name: &str, args: &[String]) -> Res<Response> {
         Message::SnapshotOrigin { memo } => {
             let mounts = mounts_of_tag(d, &st, &cow, &origin_id, 0);
             drop(st);
+            let t0 = std::time::Instant::now();
             let frozen = freeze(&mounts)?;
+            let t1 = std::time::Instant::now();
             test_pause();
             let tag = store.snapshot_origin(&origin_id, &memo);
+            let t2 = std::time::Instant::now();
             drop(frozen);
+            tracing::debug!(
+                freeze = ?(t1 - t0),
+                snapshot = ?(t2 - t1),
+                thaw = ?t2.elapsed(),
+                "snapshot of {origin_id}"
+            );
             let tag = tag?;
             Ok(Response {
                 data: Some(serde_json::json!({ "tag": tag })),
