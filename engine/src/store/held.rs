@@ -284,6 +284,28 @@ impl Inner {
         }
     }
 
+    /// Remember a device error that kept held data from its device:
+    /// writers waiting at the bound get it instead of waiting.
+    fn note_held_error(&self, e: &Error) {
+        if let Error::Io { device, op, source } = e {
+            *lock(&self.held.error) = Some((
+                device.clone(),
+                op,
+                source.raw_os_error().unwrap_or(libc::EIO),
+            ));
+        }
+    }
+
+    /// The target of `origin`, looked up once per drain.
+    fn target_in(&self, origin: u32, targets: &mut HashMap<u32, Target>) -> Result<Target> {
+        if let Some(t) = targets.get(&origin) {
+            return Ok(t.clone());
+        }
+        let t = self.target(origin)?;
+        targets.insert(origin, t.clone());
+        Ok(t)
+    }
+
     fn target(&self, origin: u32) -> Result<Target> {
         let m = self.meta_now()?;
         let o = m.origin_ref(origin)?;
@@ -333,13 +355,7 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                if let Error::Io { device, op, source } = &e {
-                    *lock(&self.held.error) = Some((
-                        device.clone(),
-                        op,
-                        source.raw_os_error().unwrap_or(libc::EIO),
-                    ));
-                }
+                self.note_held_error(&e);
                 Err(e)
             }
         }
@@ -476,14 +492,7 @@ impl Inner {
             return Ok(());
         }
         let origin = run[0].1;
-        let (dev, dirty, size) = match targets.get(&origin) {
-            Some(t) => t.clone(),
-            None => {
-                let t = self.target(origin)?;
-                targets.insert(origin, t.clone());
-                t
-            }
-        };
+        let (dev, dirty, size) = self.target_in(origin, targets)?;
         let cb = self.chunk_bytes;
         let first = s.held.get(&run[0].0).map_or(0, |h| h.lo);
         let start = run[0].0.chunk() * cb + first as u64;
@@ -510,13 +519,7 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                if let Error::Io { device, op, source } = &e {
-                    *lock(&self.held.error) = Some((
-                        device.clone(),
-                        op,
-                        source.raw_os_error().unwrap_or(libc::EIO),
-                    ));
-                }
+                self.note_held_error(&e);
                 Err(e)
             }
         }
@@ -530,14 +533,7 @@ impl Inner {
         targets: &mut HashMap<u32, Target>,
     ) -> Result<()> {
         let target = match loc {
-            Loc::Origin { .. } => match targets.get(&origin) {
-                Some(t) => Some(t.clone()),
-                None => {
-                    let t = self.target(origin)?;
-                    targets.insert(origin, t.clone());
-                    Some(t)
-                }
-            },
+            Loc::Origin { .. } => Some(self.target_in(origin, targets)?),
             Loc::Cow { .. } => None,
         };
         self.settle_to(s, &loc, target.as_ref())
