@@ -43,7 +43,7 @@ if [ "$PG" = 1 ] && [ ! -x "$PGBIN/initdb" ]; then
     exit 1
 fi
 cargo build --release -q -p dms-cli
-DMS=$PWD/target/release/dms
+DMS=${DMS:-$PWD/target/release/dms}
 export DMS_RUN_DIR=$DIR/run
 LOOPS=()
 MOUNTS=()
@@ -107,13 +107,15 @@ pg_series() { # dev snapshot-command(with $MNT)
     local dev=$1 snap=$2 w=$PG_WINDOW
     MNT=$DIR/pg
     mkdir -p "$MNT"
-    mkfs.ext4 -q -F "$dev"
+    # Inode tables and journal written now: no lazy initialisation writing
+    # in the background while pgbench runs.
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dev"
     mount "$dev" "$MNT"
     MOUNTS+=("$MNT")
     chown postgres "$MNT"
     PGDATA_DIR=$MNT/data
     su postgres -c "$PGBIN/initdb -D $PGDATA_DIR" >/dev/null 2>&1
-    su postgres -c "$PGBIN/pg_ctl -D $PGDATA_DIR -w -l $MNT/log -o \"-k $MNT -p 5439 -c listen_addresses=''\" start" >/dev/null
+    su postgres -c "$PGBIN/pg_ctl -D $PGDATA_DIR -w -l $MNT/log -o \"-k $MNT -p 5439 -c listen_addresses='' -c max_wal_size=4GB -c checkpoint_timeout=30min\" start" >/dev/null
     local pgb="$PGBIN/pgbench -h $MNT -p 5439"
     su postgres -c "$pgb -i -q -s $PG_SCALE postgres" >/dev/null 2>&1
     su postgres -c "$PGBIN/psql -h $MNT -p 5439 -q -c checkpoint postgres" >/dev/null
