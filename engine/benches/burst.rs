@@ -67,14 +67,8 @@ fn main() {
         .unwrap();
     let origin = file(tmp.path(), "origin.img", ORIGIN_BYTES);
     let cow = file(tmp.path(), "cow.img", 3 * ORIGIN_BYTES);
-    let store = Store::format(
-        cow,
-        &FormatOptions {
-            chunk_pages: 1,
-            force: false,
-        },
-    )
-    .unwrap();
+    // 4 KiB chunks (the default).
+    let store = Store::format(cow, &FormatOptions::default()).unwrap();
     store.bind("origin", origin).unwrap();
     let v = Arc::new(store.volume("origin", 0).unwrap());
     let fill = vec![0x11u8; 1 << 20];

@@ -17,6 +17,20 @@ fn store_on(cow: Dev) -> Store {
     Store::format(cow, &FormatOptions::default()).unwrap()
 }
 
+/// A store over a `Flaky` origin of 1 MiB of `pattern(_, seed)`, its
+/// committer stopped, with one snapshot: the initial bytes, the origin
+/// device, the store, the snapshot's tag and the origin's volume.
+fn flaky_with_snapshot(seed: u8) -> (Vec<u8>, Arc<Flaky>, Store, u32, dms_engine::Volume) {
+    let initial = pattern(MIB as usize, seed);
+    let org = Flaky::new(&initial);
+    let st = store_on(Arc::new(MemDev::new("cow", 16 * MIB)));
+    set_background_committer(&st, false);
+    st.bind(ORIGIN, org.clone()).unwrap();
+    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
+    let o = st.volume(ORIGIN, 0).unwrap();
+    (initial, org, st, tag, o)
+}
+
 /// A memory device whose writes fail with EIO while `failing` is set.
 struct Flaky {
     mem: MemDev,
@@ -229,13 +243,7 @@ fn a_snapshot_taken_while_writes_are_held_keeps_them_after_a_crash() {
 
 #[test]
 fn an_origin_write_error_while_held_fails_the_flush_and_loses_nothing() {
-    let initial = pattern(MIB as usize, 5);
-    let org = Flaky::new(&initial);
-    let st = store_on(Arc::new(MemDev::new("cow", 16 * MIB)));
-    set_background_committer(&st, false);
-    st.bind(ORIGIN, org.clone()).unwrap();
-    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
-    let o = st.volume(ORIGIN, 0).unwrap();
+    let (initial, org, st, tag, o) = flaky_with_snapshot(5);
     o.write_at(&[0x77; 10000], 50000).unwrap();
     org.failing.store(true, Ordering::SeqCst);
     let err = o.flush().unwrap_err();
@@ -461,13 +469,7 @@ fn a_drain_writes_held_neighbours_to_the_origin_in_one_write() {
     // neighbouring chunks; four neighbours of which the first and last are
     // partly written; two chunks with a gap between them.
     let cb = 4096usize;
-    let initial = pattern(MIB as usize, 21);
-    let org = Flaky::new(&initial);
-    let st = store_on(Arc::new(MemDev::new("cow", 16 * MIB)));
-    set_background_committer(&st, false);
-    st.bind(ORIGIN, org.clone()).unwrap();
-    let tag = st.snapshot_origin(ORIGIN, "").unwrap();
-    let o = st.volume(ORIGIN, 0).unwrap();
+    let (initial, org, st, tag, o) = flaky_with_snapshot(21);
     let mut want = initial.clone();
     let mut put = |at: usize, len: usize, v: u8| {
         o.write_at(&vec![v; len], at as u64).unwrap();
