@@ -17,8 +17,10 @@
 #   PG_WINDOW (10) seconds per pgbench window; PG_SCALE (20); PG=0 skips pgbench;
 #   ROUNDS (3) times each system is measured, in turn; FIO=0 skips fio;
 #   SYSTEMS ("raw dms xfs btrfs") the systems measured;
-#   REPORT_ONLY=1 prints the table and plot again from DIR's results.
-# Prints a markdown table; writes docs/img/snapshot-cost.png (gnuplot).
+#   REPORT_ONLY=1 prints the table and plot again from DIR's results;
+#   DMS the dms binary measured, DMS_LABEL its row's name ("dms origin");
+#   PLOT (docs/img/snapshot-cost.png) where the plot goes, "" for none.
+# Prints a markdown table; writes the plot (gnuplot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-/var/tmp/dms-snap-bench}
@@ -30,6 +32,8 @@ PG_WINDOW=${PG_WINDOW:-10}
 PG_SCALE=${PG_SCALE:-20}
 ROUNDS=${ROUNDS:-3}
 SYSTEMS=${SYSTEMS:-raw dms xfs btrfs}
+DMS_LABEL=${DMS_LABEL:-dms origin}
+PLOT=${PLOT-docs/img/snapshot-cost.png}
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (loop devices, mounts)" >&2; exit 1; }
 for t in fio losetup mkfs.xfs mkfs.btrfs mkfs.ext4 gnuplot fsfreeze; do
     command -v $t >/dev/null || {
@@ -188,7 +192,7 @@ run_dms() {
     truncate -s $((SIZE_MB * 3))M "$DIR/dms/cow.img"
     L=$("$DMS" create orig "$DIR/dms/origin.raw" "$DIR/dms/cow.img" -bF --loop)
     LOOPS+=("$L")
-    fio_series "dms origin" "$L" '"$DMS" snapshot orig -m bench >/dev/null'
+    fio_series "$DMS_LABEL" "$L" '"$DMS" snapshot orig -m bench >/dev/null'
     local row=("${FIO_ROW[@]}")
     if [ "$PG" = 1 ]; then
         pg_series "$L" '"$DMS" snapshot orig -m pgbench >/dev/null'
@@ -303,9 +307,10 @@ for s in systems:
         out.append(f"{statistics.median(v):.0f}" if v else "0")
     print('"' + s + '"', *out, sep="\t")
 PY
+[ -n "$PLOT" ] || exit 0
 gnuplot <<GP
 set terminal pngcairo size 1000,460 font "sans,10" noenhanced
-set output "docs/img/snapshot-cost.png"
+set output "$PLOT"
 set multiplot layout 1,2 title "What a snapshot costs (medians; higher is better; one run, one disk)"
 set style data histograms
 set style histogram clustered gap 1
@@ -320,4 +325,4 @@ set title "pgbench, 8 clients (tps)"
 plot "$DIR/plot.dat" using 6:xtic(1) title "before snapshot (raw: a freeze only)", "" using 7 title "right after"
 unset multiplot
 GP
-echo "plot: docs/img/snapshot-cost.png" >&2
+echo "plot: $PLOT" >&2
