@@ -40,10 +40,10 @@ fn main() {
         Config::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
     );
-    let strategy = prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..30);
+    let strategy = ops_strategy(ORIGIN_BYTES, 1..30);
     // Every third run: the smallest COW device under a large origin, with
     // the on-full rule deleting the oldest snapshots.
-    let full = prop::collection::vec(op_strategy(Rig::FULL.origin_bytes), 1..30);
+    let full = ops_strategy(Rig::FULL.origin_bytes, 1..30);
     let t = Instant::now();
     let (mut crashes, mut losses, mut ops_total) = (0u64, 0u64, 0u64);
     let mut x = seed ^ 0x5DEE_CE66;

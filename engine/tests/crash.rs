@@ -21,19 +21,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn crash_anywhere_chunk_1(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..25)) {
+    fn crash_anywhere_chunk_1(ops in ops_strategy(ORIGIN_BYTES, 1..25)) {
         crash_case(1, &ops, 40)?;
     }
 
     #[test]
-    fn crash_anywhere_chunk_4(ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..25)) {
+    fn crash_anywhere_chunk_4(ops in ops_strategy(ORIGIN_BYTES, 1..25)) {
         crash_case(4, &ops, 40)?;
     }
 
     /// A full COW device under `delete-oldest`: crashes while writes
     /// delete and clean the oldest snapshots.
     #[test]
-    fn crash_anywhere_on_a_full_device(ops in prop::collection::vec(op_strategy(Rig::FULL.origin_bytes), 1..25), four in any::<bool>()) {
+    fn crash_anywhere_on_a_full_device(ops in ops_strategy(Rig::FULL.origin_bytes, 1..25), four in any::<bool>()) {
         crash_case_on(Rig::FULL, if four { 4 } else { 1 }, &ops, 40)?;
     }
 }

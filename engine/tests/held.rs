@@ -496,3 +496,67 @@ fn a_drain_writes_held_neighbours_to_the_origin_in_one_write() {
     assert!(dev == want, "the origin device does not hold the writes");
     assert!(st.check().unwrap().is_clean());
 }
+
+#[test]
+fn a_writer_going_in_order_finds_the_chunks_ahead_copied_out() {
+    // 4 KiB chunks in stripe groups of 16. A journal-like writer after a
+    // snapshot: when it enters a new group with the two chunks before it
+    // written since the snapshot, the rest of that group is copied out
+    // with its write, so the writes that follow there hold nothing and
+    // need no commit. Within a group it entered before, nothing is copied
+    // ahead (writing chunks 2, 3, 4, 5 copies out those four).
+    let cb = 4096usize;
+    let (initial, org, st, tag, o) = flaky_with_snapshot(22);
+    let mut want = initial.clone();
+    let mut put = |chunk: usize, v: u8| {
+        o.write_at(&vec![v; cb], (chunk * cb) as u64).unwrap();
+        want[chunk * cb..(chunk + 1) * cb].fill(v);
+    };
+    for c in 2..5 {
+        put(c, 0x40 + c as u8);
+    }
+    o.flush().unwrap();
+    put(5, 0x45);
+    assert_eq!(
+        st.held().chunks,
+        1,
+        "chunks were copied out ahead within a group"
+    );
+    for c in 6..16 {
+        put(c, 0x40 + c as u8);
+    }
+    assert_eq!(
+        st.held().chunks,
+        11,
+        "first writes are held until their commit"
+    );
+    o.flush().unwrap();
+    // Entering the next group copies the rest of it out.
+    put(16, 0x50);
+    assert_eq!(st.held().chunks, 1);
+    o.flush().unwrap();
+    for c in 17..32 {
+        put(c, 0x40 + c as u8);
+        assert_eq!(
+            st.held().chunks,
+            0,
+            "chunk {c}, ahead of the writer, was not copied out with chunk 16"
+        );
+    }
+    // A lone write at the start of a group copies nothing ahead.
+    put(96, 0x60);
+    o.flush().unwrap();
+    put(97, 0x61);
+    assert_eq!(
+        st.held().chunks,
+        1,
+        "a lone write copied chunks ahead of it"
+    );
+    o.flush().unwrap();
+    assert_eq!(read_all(&o), want);
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+    let mut dev = vec![0u8; MIB as usize];
+    org.read_at(&mut dev, 0).unwrap();
+    assert!(dev == want, "the origin device does not hold the writes");
+    assert!(st.check().unwrap().is_clean());
+}

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 const ORIGIN_BYTES: usize = 64 * 1024;
 const COW_BYTES: u64 = 8 << 20;
+const AHEAD_ORIGIN_BYTES: usize = 256 * 1024;
 
 fn cases() -> u32 {
     std::env::var("DMS_MODEL_CASES")
@@ -24,12 +25,20 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_version_matches_the_model_chunk_1(held in held_strategy(), ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..40)) {
+    fn every_version_matches_the_model_chunk_1(held in held_strategy(), ops in ops_strategy(ORIGIN_BYTES, 1..40)) {
         run_case(1, held, &ops)?;
     }
 
+    /// A larger origin (four stripe groups of 4 KiB chunks), so that
+    /// writers going in order cross into new groups and get chunks copied
+    /// out ahead of them.
     #[test]
-    fn every_version_matches_the_model_chunk_4(held in held_strategy(), ops in prop::collection::vec(op_strategy(ORIGIN_BYTES), 1..40)) {
+    fn every_version_matches_the_model_with_copy_outs_ahead(held in held_strategy(), ops in ops_strategy(AHEAD_ORIGIN_BYTES, 1..30)) {
+        run_workload_held(1, AHEAD_ORIGIN_BYTES, COW_BYTES, held, &ops).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn every_version_matches_the_model_chunk_4(held in held_strategy(), ops in ops_strategy(ORIGIN_BYTES, 1..40)) {
         run_case(4, held, &ops)?;
     }
 }

@@ -31,7 +31,7 @@ pub use clean::CleanReport;
 pub use dump::ExceptionEntry;
 pub use held::{HeldStats, DEFAULT_HELD_LIMIT, HELD_OVERHEAD};
 pub(crate) use held::{Loc, Stripe, WriteLocked};
-pub(crate) use plan::{plan_write, release, Plan};
+pub(crate) use plan::{plan_ahead, plan_write, release, Plan};
 pub use status::{OriginStatus, ReceiveStatus, StoreStatus, VersionStatus};
 pub use usage::{OriginUsage, TagUsage};
 

@@ -123,6 +123,65 @@ pub(crate) fn plan_write(
     }
 }
 
+/// Copy-outs ahead of an origin writer that goes through the device in
+/// order (a journal, a database's log): when the two chunks before the
+/// write's first were written since the newest snapshot and the write has
+/// entered a new stripe group (the caller checks that), the chunks `ahead`
+/// (the rest of that group, which the writer holds locked) that still need
+/// a copy-out get one now, in the same transaction. The writer's next writes there are then plain overwrites,
+/// and a flush after them needs no commit of its own. The copies hold what
+/// the origin holds, so no version's view changes, whatever happens next.
+///
+/// A guess, so it never costs a write anything but the copying: no chunk of
+/// the zero map, none when less than an eighth of the COW device is free,
+/// and a chunk that cannot be had ends the guess rather than the write.
+/// Returns `CopyOut` plans, in chunk order, beside the chunks they copy.
+pub(crate) fn plan_ahead(
+    m: &mut Meta,
+    o: u32,
+    first: u64,
+    ahead: std::ops::Range<u64>,
+) -> Result<Vec<(u64, Plan)>> {
+    let mut out = Vec::new();
+    let org = origin_of(m, o)?;
+    let Some(x) = org.tree().only_child(0) else {
+        return Ok(out);
+    };
+    if first < 2 || !org.owned.contains(x, first - 1) || !org.owned.contains(x, first - 2) {
+        return Ok(out);
+    }
+    let a = m.alloc();
+    if a.used_pages().saturating_mul(8) > a.page_count().saturating_mul(7) {
+        return Ok(out);
+    }
+    let cb = u64::from(m.sb().chunk_pages) * crate::format::PAGE_SIZE as u64;
+    for chunk in ahead {
+        let org = origin_of(m, o)?;
+        if org.owned.contains(x, chunk) || !org.zeros().within(chunk, chunk + 1).is_empty() {
+            continue;
+        }
+        let excs = m.exceptions(o, chunk)?;
+        if excs.iter().any(|e| e.0 == x) {
+            m.origin_mut(o)?.owned.learn(x, chunk);
+            continue;
+        }
+        let org = origin_of(m, o)?;
+        let Some(heir) = heir_target(&org.cleaning, Some(x), &excs)
+            .filter(|&h| chunk.saturating_mul(cb) < org.version_size(h))
+        else {
+            continue;
+        };
+        if !m.alloc().can_alloc_data() {
+            break;
+        }
+        match m.alloc_data() {
+            Ok(n) => out.push((chunk, Plan::CopyOut { heir, n })),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
 /// Give back the chunks that `plans` reserved and that no exception names.
 pub(crate) fn release(m: &mut Meta, plans: &[Plan]) {
     for plan in plans {

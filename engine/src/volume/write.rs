@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::exceptions::Src;
 use crate::io::read_chunk;
 use crate::io::BlockDev;
-use crate::store::{plan_write, release, Inner, Loc, Plan, WriteLocked};
+use crate::store::{plan_ahead, plan_write, release, Inner, Loc, Plan, WriteLocked, STRIPE_GROUP};
 use std::sync::PoisonError;
 
 /// One batch of a write: the request's data, the batch's pieces and their
@@ -45,7 +45,7 @@ impl Volume {
             loop {
                 let epoch = inner.room_epoch.load(std::sync::atomic::Ordering::Acquire);
                 let mut locked = inner.lock_write(self.origin, batch.iter().map(|p| p.chunk))?;
-                match self.write_batch(buf, batch, cb, &mut locked) {
+                match self.write_batch(buf, batch, cb, offset / cb, &mut locked) {
                     // The device is full and nothing of this batch was
                     // written: under the on-full rule, let go of every
                     // lock, make room, and plan the batch again.
@@ -72,6 +72,7 @@ impl Volume {
         buf: &[u8],
         batch: &[Piece],
         cb: u64,
+        first: u64,
         locked: &mut WriteLocked<'_>,
     ) -> Result<()> {
         let inner = self.inner();
@@ -99,7 +100,7 @@ impl Volume {
             }
         }
         let mut retried = false;
-        let plans = 'plan: loop {
+        let (plans, ahead) = 'plan: loop {
             let mut m = inner.meta()?;
             m.content_changes(self.origin, ctx.version)?;
             let durable = inner.durable();
@@ -122,7 +123,39 @@ impl Volume {
                     }
                 }
             }
-            break plans;
+            // Copy-outs ahead of a writer going through the origin in
+            // order, as it enters a stripe group (held locked): the rest of
+            // that group.
+            let last_copy = batch
+                .iter()
+                .zip(&plans)
+                .rev()
+                .find(|(_, plan)| matches!(plan, Plan::CopyOut { .. }))
+                .map(|(p, _)| p.chunk);
+            let ahead = match last_copy {
+                Some(c)
+                    if ctx.version == 0
+                        && !rolling
+                        && first >= 2
+                        && (first - 1) / STRIPE_GROUP != c / STRIPE_GROUP =>
+                {
+                    let from = batch[batch.len() - 1].chunk + 1;
+                    let to = ((c / STRIPE_GROUP + 1) * STRIPE_GROUP).min(ctx.size.div_ceil(cb));
+                    if from < to {
+                        match plan_ahead(&mut m, self.origin, first, from..to) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                release(&mut m, &plans);
+                                return Err(e);
+                            }
+                        }
+                    } else {
+                        Vec::new()
+                    }
+                }
+                _ => Vec::new(),
+            };
+            break (plans, ahead);
         };
         let job = Job {
             buf,
@@ -131,8 +164,15 @@ impl Volume {
             ctx: &ctx,
             cb,
         };
-        if let Err(e) = self.copy_data(&job, locked) {
-            release(&mut *inner.meta()?, &plans);
+        let copied = self
+            .copy_data(&job, locked)
+            .and_then(|()| self.copy_ahead(&ahead, &ctx, cb, locked));
+        if let Err(e) = copied {
+            let mut m = inner.meta()?;
+            release(&mut m, &plans);
+            for (_, plan) in &ahead {
+                release(&mut m, std::slice::from_ref(plan));
+            }
             return Err(e);
         }
         // Record the new exceptions; `need` is the transaction of the
@@ -158,6 +198,11 @@ impl Volume {
                             m.add_new_exception(self.origin, p.chunk, ctx.version, n)?;
                         }
                         Plan::Direct { .. } | Plan::InPlace { .. } => {}
+                    }
+                }
+                for (chunk, plan) in &ahead {
+                    if let Plan::CopyOut { heir, n } = *plan {
+                        m.add_new_exception(self.origin, *chunk, heir, n)?;
                     }
                 }
                 Ok(need)
@@ -360,6 +405,43 @@ impl Volume {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Make the copy-outs planned ahead of the write (see
+    /// [`crate::store::plan_ahead`]): runs of neighbouring chunks going to
+    /// neighbouring COW chunks are copied with one read and one write.
+    fn copy_ahead(
+        &self,
+        ahead: &[(u64, Plan)],
+        ctx: &super::Ctx,
+        cb: u64,
+        locked: &mut WriteLocked<'_>,
+    ) -> Result<()> {
+        let piece = |chunk: u64| Piece {
+            chunk,
+            off: 0,
+            len: cb as usize,
+            at: 0,
+        };
+        let mut i = 0;
+        while i < ahead.len() {
+            let Plan::CopyOut { n, .. } = ahead[i].1 else {
+                i += 1;
+                continue;
+            };
+            let mut run = vec![piece(ahead[i].0)];
+            let mut j = i + 1;
+            while j < ahead.len()
+                && ahead[j].0 == ahead[j - 1].0 + 1
+                && matches!(ahead[j].1, Plan::CopyOut { n: m, .. } if m == n + (j - i) as u64)
+            {
+                run.push(piece(ahead[j].0));
+                j += 1;
+            }
+            self.copy_out_run(&run, n, ctx, cb, locked)?;
+            i = j;
         }
         Ok(())
     }

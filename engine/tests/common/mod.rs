@@ -73,6 +73,25 @@ pub fn op_strategy(size: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A workload: ops of `op_strategy`, and now and then a stream of origin
+/// writes each starting where the one before ended (a journal, a log), the
+/// pattern that makes the engine copy chunks out ahead of the writer.
+pub fn ops_strategy(size: usize, count: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
+    let group = prop_oneof![
+        8 => op_strategy(size).prop_map(|op| vec![op]),
+        1 => (0..size, prop_oneof![Just(2048usize), Just(4096), Just(6144), Just(8192)], 3..17usize, any::<u8>())
+            .prop_map(move |(start, len, n, seed)| {
+                (0..n)
+                    .map(|i| start + i * len)
+                    .take_while(|&at| at < size)
+                    .enumerate()
+                    .map(|(i, at)| Op::Write { pick: 0, offset: at, len: len.min(size - at), seed: seed.wrapping_add(i as u8) })
+                    .collect()
+            }),
+    ];
+    prop::collection::vec(group, count).prop_map(|groups| groups.into_iter().flatten().collect())
+}
+
 /// How a workload's store treats held overwrites.
 #[derive(Clone, Copy, Debug)]
 pub struct Held {
