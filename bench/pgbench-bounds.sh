@@ -59,20 +59,7 @@ one() { # label systems [env...]
         cat "$DIR/last.log" >&2
         exit 1
     }
-    python3 - "$label" "$DIR/run/pgbench-1.out" "${PG_WINDOW:-10}" <<'PY' | tee -a "$DIR/rows.tsv"
-import re, sys
-label, path, w = sys.argv[1], sys.argv[2], int(sys.argv[3])
-tps = {}
-for line in open(path):
-    m = re.match(r"progress: ([0-9.]+) s, ([0-9.]+) tps", line)
-    if m:
-        tps[round(float(m.group(1)))] = float(m.group(2))
-mean = lambda a, b: sum(tps.get(t, 0) for t in range(a + 1, b + 1)) / (b - a)
-before = (mean(w, 2 * w) + mean(3 * w, 4 * w)) / 2
-after = (mean(2 * w, 3 * w) + mean(4 * w, 5 * w)) / 2
-part = lambda a, b: (mean(2 * w + a, 2 * w + b) + mean(4 * w + a, 4 * w + b)) / 2 / before
-print(f"{label}\t{after / before:.2f}\t{part(0, 1):.2f}\t{part(1, 4):.2f}\t{part(4, w):.2f}")
-PY
+    python3 bench/pgbench-windows.py "$DIR/run/pgbench-1.out" "${PG_WINDOW:-10}" "$label" | tee -a "$DIR/rows.tsv"
 }
 
 printf 'system\tafter/before\tfirst second\tseconds 2-4\tseconds 5-%s\n' "${PG_WINDOW:-10}"

@@ -143,20 +143,7 @@ pg_series() { # dev snapshot-command(with $MNT)
     PG_RUNS=$((${PG_RUNS:-0} + 1))
     cp "$DIR/pgbench.out" "$DIR/pgbench-$PG_RUNS.out"
     cat "$DIR/pgbench.out.snaps" >>"$DIR/pgbench-$PG_RUNS.out"
-    read -r PG_BEFORE PG_AFTER < <(python3 - "$DIR/pgbench.out" "$w" <<'PY'
-import re, sys
-w = int(sys.argv[2])
-tps = {}
-for line in open(sys.argv[1]):
-    m = re.match(r"progress: ([0-9.]+) s, ([0-9.]+) tps", line)
-    if m:
-        tps[round(float(m.group(1)))] = float(m.group(2))
-mean = lambda a, b: sum(tps.get(t, 0) for t in range(a + 1, b + 1)) / (b - a)
-before = (mean(w, 2 * w) + mean(3 * w, 4 * w)) / 2
-after = (mean(2 * w, 3 * w) + mean(4 * w, 5 * w)) / 2
-print(int(before), int(after))
-PY
-)
+    read -r PG_BEFORE PG_AFTER < <(python3 bench/pgbench-windows.py "$DIR/pgbench.out" "$w")
     su postgres -c "$PGBIN/pg_ctl -D $PGDATA_DIR -m fast -w stop" >/dev/null
     PGDATA_DIR=
     umount "$MNT"
