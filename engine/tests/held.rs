@@ -74,6 +74,24 @@ impl BlockDev for Flaky {
     }
 }
 
+/// After a flush: the origin reads `want`, snapshot `tag` reads `initial`,
+/// the origin device holds `want`, and the store checks clean.
+fn reads_as_written(
+    st: &Store,
+    o: &dms_engine::Volume,
+    org: &Flaky,
+    tag: u32,
+    want: &[u8],
+    initial: &[u8],
+) {
+    assert_eq!(read_all(o), want);
+    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
+    let mut dev = vec![0u8; MIB as usize];
+    org.read_at(&mut dev, 0).unwrap();
+    assert!(dev == want, "the origin device does not hold the writes");
+    assert!(st.check().unwrap().is_clean());
+}
+
 #[test]
 fn writers_wait_at_the_held_limit_and_nothing_is_lost() {
     const WRITERS: usize = 6;
@@ -489,12 +507,7 @@ fn a_drain_writes_held_neighbours_to_the_origin_in_one_write() {
         "held neighbours were not written together"
     );
     assert_eq!(st.held().chunks, 0);
-    assert_eq!(read_all(&o), want);
-    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
-    let mut dev = vec![0u8; MIB as usize];
-    org.read_at(&mut dev, 0).unwrap();
-    assert!(dev == want, "the origin device does not hold the writes");
-    assert!(st.check().unwrap().is_clean());
+    reads_as_written(&st, &o, &org, tag, &want, &initial);
 }
 
 #[test]
@@ -553,10 +566,5 @@ fn a_writer_going_in_order_finds_the_chunks_ahead_copied_out() {
         "a lone write copied chunks ahead of it"
     );
     o.flush().unwrap();
-    assert_eq!(read_all(&o), want);
-    assert_eq!(read_all(&st.volume(ORIGIN, tag).unwrap()), initial);
-    let mut dev = vec![0u8; MIB as usize];
-    org.read_at(&mut dev, 0).unwrap();
-    assert!(dev == want, "the origin device does not hold the writes");
-    assert!(st.check().unwrap().is_clean());
+    reads_as_written(&st, &o, &org, tag, &want, &initial);
 }
