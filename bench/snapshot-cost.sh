@@ -15,7 +15,8 @@
 # Usage: bench/snapshot-cost.sh [DIR]     (root; default /var/tmp/dms-snap-bench)
 #   SIZE_MB (1024) image size; FIRST_IO (64M) bytes per fio write pass;
 #   PG_WINDOW (10) seconds per pgbench window; PG_SCALE (20); PG=0 skips pgbench;
-#   ROUNDS (3) times each system is measured, in turn; FIO=0 skips fio;
+#   ROUNDS (5) times each system is measured, in turn (pgbench's after/before
+#   moves by about ±0.05 between rounds of one system); FIO=0 skips fio;
 #   SYSTEMS ("raw dms xfs btrfs") the systems measured;
 #   REPORT_ONLY=1 prints the table and plot again from DIR's results;
 #   DMS the dms binary measured, DMS_LABEL its row's name ("dms origin");
@@ -30,7 +31,7 @@ RUNTIME=${RUNTIME:-5}
 PG=${PG:-1}
 PG_WINDOW=${PG_WINDOW:-10}
 PG_SCALE=${PG_SCALE:-20}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SYSTEMS=${SYSTEMS:-raw dms xfs btrfs}
 DMS_LABEL=${DMS_LABEL:-dms origin}
 PLOT=${PLOT-docs/img/snapshot-cost.png}
