@@ -128,8 +128,9 @@ pub(crate) fn plan_write(
 /// write's first were written since the newest snapshot and the write has
 /// entered a new stripe group (the caller checks that), the chunks `ahead`
 /// (the rest of that group, which the writer holds locked) that still need
-/// a copy-out get one now, in the same transaction. The writer's next writes there are then plain overwrites,
-/// and a flush after them needs no commit of its own. The copies hold what
+/// a copy-out get one now, in the same transaction. The writer's next
+/// writes there are then plain overwrites, and a flush after them needs no
+/// commit of its own. The copies hold what
 /// the origin holds, so no version's view changes, whatever happens next.
 ///
 /// A guess, so it never costs a write anything but the copying: no chunk of
@@ -183,7 +184,7 @@ pub(crate) fn plan_ahead(
 }
 
 /// Give back the chunks that `plans` reserved and that no exception names.
-pub(crate) fn release(m: &mut Meta, plans: &[Plan]) {
+pub(crate) fn release<'a>(m: &mut Meta, plans: impl IntoIterator<Item = &'a Plan>) {
     for plan in plans {
         for c in plan.allocated() {
             m.free_data(c);

@@ -169,10 +169,10 @@ impl Volume {
             .and_then(|()| self.copy_ahead(&ahead, &ctx, cb, locked));
         if let Err(e) = copied {
             let mut m = inner.meta()?;
-            release(&mut m, &plans);
-            for (_, plan) in &ahead {
-                release(&mut m, std::slice::from_ref(plan));
-            }
+            release(
+                &mut m,
+                plans.iter().chain(ahead.iter().map(|(_, plan)| plan)),
+            );
             return Err(e);
         }
         // Record the new exceptions; `need` is the transaction of the
@@ -341,13 +341,9 @@ impl Volume {
             if let Plan::CopyOut { n, .. } = job.plans[i] {
                 // A run of copy-outs of neighbouring chunks into neighbouring
                 // COW chunks: one read and one write for all of it.
-                let mut j = i + 1;
-                while j < batch.len()
-                    && batch[j].chunk == batch[j - 1].chunk + 1
-                    && matches!(job.plans[j], Plan::CopyOut { n: m, .. } if m == n + (j - i) as u64)
-                {
-                    j += 1;
-                }
+                let j = copy_run_end(i, batch.len(), |k| {
+                    (batch[k].chunk, copy_target(&job.plans[k]))
+                });
                 self.copy_out_run(&batch[i..j], n, ctx, cb, locked)?;
                 i = j;
                 continue;
@@ -431,15 +427,8 @@ impl Volume {
                 i += 1;
                 continue;
             };
-            let mut run = vec![piece(ahead[i].0)];
-            let mut j = i + 1;
-            while j < ahead.len()
-                && ahead[j].0 == ahead[j - 1].0 + 1
-                && matches!(ahead[j].1, Plan::CopyOut { n: m, .. } if m == n + (j - i) as u64)
-            {
-                run.push(piece(ahead[j].0));
-                j += 1;
-            }
+            let j = copy_run_end(i, ahead.len(), |k| (ahead[k].0, copy_target(&ahead[k].1)));
+            let run: Vec<Piece> = ahead[i..j].iter().map(|&(c, _)| piece(c)).collect();
             self.copy_out_run(&run, n, ctx, cb, locked)?;
             i = j;
         }
@@ -479,4 +468,29 @@ impl Volume {
         inner.cow.write_at(&buf, n * cb)?;
         Ok(())
     }
+}
+
+/// The COW chunk a copy-out plan copies to.
+fn copy_target(plan: &Plan) -> Option<u64> {
+    match *plan {
+        Plan::CopyOut { n, .. } => Some(n),
+        _ => None,
+    }
+}
+
+/// Where the run of copy-outs that starts at `i` ends: the following
+/// entries (chunk and copy-out target, by `at`) that copy the next chunk
+/// to the next COW chunk, so one read and one write move them all.
+fn copy_run_end(i: usize, len: usize, at: impl Fn(usize) -> (u64, Option<u64>)) -> usize {
+    let (chunk, n) = at(i);
+    let mut j = i + 1;
+    while j < len {
+        let step = (j - i) as u64;
+        let (c, m) = at(j);
+        if c != chunk + step || m.is_none() || m != n.map(|n| n + step) {
+            break;
+        }
+        j += 1;
+    }
+    j
 }
